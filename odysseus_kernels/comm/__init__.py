@@ -1,0 +1,30 @@
+"""``comm``: the only part of the package that calls torch.distributed.
+
+Groups (:mod:`.groups`), the byte ledger (:mod:`.ledger`), rank-consistent validation
+(:mod:`.validate`), async collectives on a communication stream (:mod:`.collectives`), the P2P ring
+exchange (:mod:`.p2p`) and a local multi-process world for tests and the playground (:mod:`.launch`).
+"""
+from .collectives import (
+    CommHandle,
+    all_gather,
+    all_gather_async,
+    all_reduce,
+    all_reduce_async,
+    all_to_all,
+    all_to_all_async,
+    comm_stream,
+    reduce_scatter,
+    reduce_scatter_async,
+)
+from .groups import GroupInfo, group_info, new_group
+from .launch import LocalWorld, RankError, WorldTimeout
+from .ledger import CommLedger, KindStats, comm_ledger
+from .p2p import ring_exchange
+from .validate import rank_consistent, skip_cross_rank_checks
+
+__all__ = [
+    "CommHandle", "CommLedger", "GroupInfo", "KindStats", "LocalWorld", "RankError", "WorldTimeout",
+    "all_gather", "all_gather_async", "all_reduce", "all_reduce_async", "all_to_all", "all_to_all_async",
+    "comm_ledger", "comm_stream", "group_info", "new_group", "rank_consistent", "reduce_scatter",
+    "reduce_scatter_async", "ring_exchange", "skip_cross_rank_checks",
+]

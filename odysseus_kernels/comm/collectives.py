@@ -1,0 +1,158 @@
+"""Asynchronous collectives that return a :class:`CommHandle`.
+
+On CUDA the collective is issued from a dedicated high-priority communication stream that first
+waits for the producer (the current stream), so the caller can launch compute on its own stream
+and call ``handle.wait()`` only when it needs the result; ``wait()`` orders the caller's current
+stream after the communication. The handle keeps the input/output tensors alive until ``wait()``
+instead of ``record_stream`` (which delays frees on the caching allocator and grows memory): once
+the consumer stream has waited, their memory may be reused safely.
+On CPU (gloo) the same calls run with ``async_op=True`` and ``wait()`` blocks.
+Every call records its bytes in the active ledgers (see :mod:`.ledger`).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.distributed as dist
+
+from .groups import GroupInfo, group_info
+from .ledger import record
+
+
+@functools.lru_cache(maxsize=None)
+def _comm_stream(device_index: int) -> torch.cuda.Stream:
+    # priority: lower is higher; the highest available keeps NCCL kernels ahead of queued GEMMs.
+    lo, hi = torch.cuda.Stream.priority_range()
+    return torch.cuda.Stream(device=device_index, priority=hi)
+
+
+def comm_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """The communication stream of a CUDA device (``None`` for CPU tensors)."""
+    if device.type != "cuda":
+        return None
+    return _comm_stream(device.index if device.index is not None else torch.cuda.current_device())
+
+
+class CommHandle:
+    """A posted communication. ``wait()`` returns ``result`` once it is safe to use."""
+
+    __slots__ = ("_works", "_keep", "result", "_done")
+
+    def __init__(self, works, keep=(), result=None):
+        self._works = [w for w in works if w is not None]
+        self._keep = keep
+        self.result = result
+        self._done = False
+
+    def wait(self):
+        if not self._done:
+            for w in self._works:
+                w.wait()  # on CUDA: makes the *current* stream wait for the NCCL stream
+            self._works = []
+            self._keep = ()
+            self._done = True
+        return self.result
+
+    @staticmethod
+    def done(result=None) -> "CommHandle":
+        h = CommHandle((), result=result)
+        h._done = True
+        return h
+
+
+def launch(device: torch.device, issue):
+    """Run ``issue()`` (which posts async collectives and returns their works) on the comm stream."""
+    cs = comm_stream(device)
+    if cs is None:
+        return issue()
+    cs.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(cs):
+        return issue()
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def all_gather_async(out: torch.Tensor, inp: torch.Tensor, *, group=None) -> CommHandle:
+    """``out`` (``[N * inp.shape[0], ...]``, rank-major) gathers every rank's ``inp``."""
+    info = group_info(group)
+    if info.size == 1:
+        out.copy_(inp)
+        return CommHandle.done(out)
+    s = _nbytes(inp)
+    record("all_gather", (info.size - 1) * s, (info.size - 1) * s)
+    work = launch(inp.device, lambda: dist.all_gather_into_tensor(out, inp, group=info.group, async_op=True))
+    return CommHandle([work], (inp, out), out)
+
+
+def reduce_scatter_async(out: torch.Tensor, inp: torch.Tensor, *, group=None,
+                         op=dist.ReduceOp.SUM) -> CommHandle:
+    """``out`` (``[inp.shape[0] / N, ...]``) receives this rank's slice of the sum of ``inp``."""
+    info = group_info(group)
+    if info.size == 1:
+        out.copy_(inp)
+        return CommHandle.done(out)
+    s = _nbytes(inp) * (info.size - 1) // info.size
+    record("reduce_scatter", s, s)
+    work = launch(inp.device, lambda: dist.reduce_scatter_tensor(out, inp, op=op, group=info.group, async_op=True))
+    return CommHandle([work], (inp, out), out)
+
+
+def all_to_all_async(out: torch.Tensor, inp: torch.Tensor, *, group=None) -> CommHandle:
+    """Equal-split all-to-all along dim 0: chunk j of ``inp`` goes to rank j; chunk j of ``out``
+    comes from rank j."""
+    info = group_info(group)
+    if info.size == 1:
+        out.copy_(inp)
+        return CommHandle.done(out)
+    s = _nbytes(inp) * (info.size - 1) // info.size
+    r = _nbytes(out) * (info.size - 1) // info.size
+    record("all_to_all", s, r)
+    work = launch(inp.device, lambda: dist.all_to_all_single(out, inp, group=info.group, async_op=True))
+    return CommHandle([work], (inp, out), out)
+
+
+def all_reduce_async(t: torch.Tensor, *, group=None, op=dist.ReduceOp.SUM) -> CommHandle:
+    """In-place all-reduce of ``t``."""
+    info = group_info(group)
+    if info.size == 1:
+        return CommHandle.done(t)
+    s = 2 * _nbytes(t) * (info.size - 1) // info.size
+    record("all_reduce", s, s)
+    work = launch(t.device, lambda: dist.all_reduce(t, op=op, group=info.group, async_op=True))
+    return CommHandle([work], (t,), t)
+
+
+def all_gather(inp: torch.Tensor, *, group=None) -> torch.Tensor:
+    """Blocking convenience: every rank's ``inp`` concatenated along dim 0 in rank order."""
+    info = group_info(group)
+    inp = inp.contiguous()
+    out = inp.new_empty((info.size * inp.shape[0],) + tuple(inp.shape[1:]))
+    return all_gather_async(out, inp, group=info).wait()
+
+
+def reduce_scatter(inp: torch.Tensor, *, group=None) -> torch.Tensor:
+    """Blocking convenience: sum over ranks of ``inp`` (``[N*m, ...]``), this rank's ``[m, ...]``."""
+    info = group_info(group)
+    inp = inp.contiguous()
+    out = inp.new_empty((inp.shape[0] // info.size,) + tuple(inp.shape[1:]))
+    return reduce_scatter_async(out, inp, group=info).wait()
+
+
+def all_to_all(inp: torch.Tensor, *, group=None) -> torch.Tensor:
+    """Blocking convenience for :func:`all_to_all_async`."""
+    inp = inp.contiguous()
+    return all_to_all_async(torch.empty_like(inp), inp, group=group).wait()
+
+
+def all_reduce(t: torch.Tensor, *, group=None) -> torch.Tensor:
+    """Blocking in-place all-reduce (sum)."""
+    return all_reduce_async(t, group=group).wait()
+
+
+__all__ = [
+    "CommHandle", "GroupInfo", "comm_stream", "launch", "all_gather_async", "reduce_scatter_async",
+    "all_to_all_async", "all_reduce_async", "all_gather", "reduce_scatter", "all_to_all", "all_reduce",
+]

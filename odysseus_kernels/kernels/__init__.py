@@ -1,0 +1,1 @@
+"""Local compute only (no communication): torch references, Triton kernels, extension wrappers."""

@@ -1,0 +1,28 @@
+"""Fill uninitialised floating-point allocations with NaN inside tests, so that an output a kernel
+forgot to write fails loudly instead of passing with whatever the allocator left there."""
+import torch
+
+_installed = False
+
+
+def _wrap(fn):
+    def filled(*args, **kwargs):
+        t = fn(*args, **kwargs)
+        if t.is_floating_point() or t.is_complex():
+            t.fill_(float("nan"))
+        return t
+
+    filled.__wrapped__ = fn
+    return filled
+
+
+def install() -> None:
+    """Patch torch.empty / empty_like / empty_strided / Tensor.new_empty (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    torch.empty = _wrap(torch.empty)
+    torch.empty_like = _wrap(torch.empty_like)
+    torch.empty_strided = _wrap(torch.empty_strided)
+    torch.Tensor.new_empty = _wrap(torch.Tensor.new_empty)
+    _installed = True

@@ -1,0 +1,75 @@
+"""The multi-rank harness itself: results, rank failures, deadlocks, world sizes 1-4."""
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from tests.distributed import RankError, WorldTimeout, run_world
+
+
+def _rank_and_sum(x):
+    t = torch.tensor([float(dist.get_rank())])
+    dist.all_reduce(t)
+    return dist.get_rank(), dist.get_world_size(), t.item(), x
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_results_come_back_from_every_rank(world_size):
+    out = run_world(_rank_and_sum, world_size, "payload")
+    total = world_size * (world_size - 1) / 2
+    assert out == [(r, world_size, total, "payload") for r in range(world_size)]
+
+
+def _fail_on_rank_one():
+    if dist.get_rank() == 1:
+        raise ValueError("rank one is unhappy")
+    return "fine"
+
+
+def test_exception_on_one_rank_fails_with_its_traceback():
+    with pytest.raises(RankError) as info:
+        run_world(_fail_on_rank_one, 3)
+    assert set(info.value.failures) == {1}
+    assert "rank one is unhappy" in info.value.failures[1]
+    # the pool recovers for the next test
+    assert run_world(_rank_and_sum, 3, 1)[2] == (2, 3, 3.0, 1)
+
+
+def _fail_then_hang_others():
+    if dist.get_rank() == 0:
+        raise RuntimeError("rank zero failed before the collective")
+    dist.all_reduce(torch.ones(1))  # never completes: rank 0 is gone
+
+
+def test_exception_before_a_collective_does_not_hang():
+    t0 = time.monotonic()
+    with pytest.raises(RankError) as info:
+        run_world(_fail_then_hang_others, 2, timeout=60)
+    assert "rank zero failed" in info.value.failures[0]
+    assert time.monotonic() - t0 < 30
+
+
+def _deadlock():
+    buf = torch.zeros(4)
+    if dist.get_rank() == 0:
+        dist.recv(buf, src=1)  # rank 1 never sends
+    else:
+        dist.recv(buf, src=0)
+
+
+def test_deadlock_fails_within_timeout():
+    t0 = time.monotonic()
+    with pytest.raises(WorldTimeout):
+        run_world(_deadlock, 2, timeout=8)
+    assert time.monotonic() - t0 < 30
+    assert run_world(_rank_and_sum, 2, None)[0] == (0, 2, 1.0, None)
+
+
+def _empty_is_nan():
+    return bool(torch.empty(3).isnan().all()), bool(torch.empty_like(torch.ones(2)).isnan().all())
+
+
+def test_workers_and_parent_fill_empty_with_nan():
+    assert torch.empty(5).isnan().all()
+    assert run_world(_empty_is_nan, 2) == [(True, True)] * 2
