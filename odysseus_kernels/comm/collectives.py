@@ -71,6 +71,11 @@ def launch(device: torch.device, issue):
         return issue()
 
 
+# torch >= 2.14 renamed the tensor collectives (the old names warn); older releases have only those.
+_all_gather_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_tensor = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
@@ -83,7 +88,7 @@ def all_gather_async(out: torch.Tensor, inp: torch.Tensor, *, group=None) -> Com
         return CommHandle.done(out)
     s = _nbytes(inp)
     record("all_gather", (info.size - 1) * s, (info.size - 1) * s)
-    work = launch(inp.device, lambda: dist.all_gather_into_tensor(out, inp, group=info.group, async_op=True))
+    work = launch(inp.device, lambda: _all_gather_tensor(out, inp, group=info.group, async_op=True))
     return CommHandle([work], (inp, out), out)
 
 
@@ -96,7 +101,7 @@ def reduce_scatter_async(out: torch.Tensor, inp: torch.Tensor, *, group=None,
         return CommHandle.done(out)
     s = _nbytes(inp) * (info.size - 1) // info.size
     record("reduce_scatter", s, s)
-    work = launch(inp.device, lambda: dist.reduce_scatter_tensor(out, inp, op=op, group=info.group, async_op=True))
+    work = launch(inp.device, lambda: _reduce_scatter_tensor(out, inp, op=op, group=info.group, async_op=True))
     return CommHandle([work], (inp, out), out)
 
 
@@ -123,6 +128,11 @@ def all_reduce_async(t: torch.Tensor, *, group=None, op=dist.ReduceOp.SUM) -> Co
     record("all_reduce", s, s)
     work = launch(t.device, lambda: dist.all_reduce(t, op=op, group=info.group, async_op=True))
     return CommHandle([work], (t,), t)
+
+
+def all_gather_tensor_sync(out: torch.Tensor, inp: torch.Tensor, group) -> None:
+    """Unrecorded blocking all-gather into ``out`` (for comm-internal control traffic)."""
+    _all_gather_tensor(out, inp, group=group)
 
 
 def all_gather(inp: torch.Tensor, *, group=None) -> torch.Tensor:
@@ -153,6 +163,7 @@ def all_reduce(t: torch.Tensor, *, group=None) -> torch.Tensor:
 
 
 __all__ = [
+    "all_gather_tensor_sync",
     "CommHandle", "GroupInfo", "comm_stream", "launch", "all_gather_async", "reduce_scatter_async",
     "all_to_all_async", "all_reduce_async", "all_gather", "reduce_scatter", "all_to_all", "all_reduce",
 ]

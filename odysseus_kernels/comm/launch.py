@@ -156,9 +156,10 @@ class LocalWorld:
                 except Exception:  # noqa: BLE001
                     pass
         deadline = time.monotonic() + 2.0
-        for p in self._procs:
+        started = [p for p in self._procs if p.pid is not None]
+        for p in started:
             p.join(timeout=max(0.0, deadline - time.monotonic()))
-        for p in self._procs:
+        for p in started:
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)

@@ -27,7 +27,7 @@ class KindStats:
     calls: int = 0
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: nested ledgers with equal counts are different ledgers
 class CommLedger:
     """What this rank sent and received while the ledger was active."""
 

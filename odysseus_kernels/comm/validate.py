@@ -24,6 +24,7 @@ import threading
 import torch
 import torch.distributed as dist
 
+from .collectives import all_gather_tensor_sync
 from .groups import GroupInfo, control_device, group_info
 from .ledger import record
 
@@ -76,7 +77,7 @@ def rank_consistent(op: str, group=None):
     mine = torch.tensor([_digest(check.fields, err)], dtype=torch.int64, device=dev)
     allh = torch.empty(info.size, dtype=torch.int64, device=dev)
     record("metadata", 8 * (info.size - 1), 8 * (info.size - 1))
-    dist.all_gather_into_tensor(allh, mine, group=info.group)
+    all_gather_tensor_sync(allh, mine, info.group)
     if bool((allh == allh[0]).all()):
         if err is not None:
             raise err
