@@ -1,0 +1,55 @@
+"""Single-device attention as a differentiable op over the block kernels (Triton on CUDA, torch on
+CPU): the local core of TP-SP / Odysseus attention and of Ulysses after its all-to-all."""
+from __future__ import annotations
+
+import torch
+
+from ..kernels.attention import attention_block_bwd, attention_block_fwd
+
+
+class _LocalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale, causal, window, backend):
+        out, lse = attention_block_fwd(q, k, v, softmax_scale=scale, causal=causal, window=window,
+                                       backend=backend)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.opts = (scale, causal, window, backend)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        scale, causal, window, backend = ctx.opts
+        dq, dk, dv = attention_block_bwd(dout.contiguous(), q, k, v, out, lse, softmax_scale=scale,
+                                         causal=causal, window=window, backend=backend)
+        return dq, dk, dv, None, None, None, None
+
+
+def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                    softmax_scale: float | None = None, window: tuple[int, int] = (-1, -1),
+                    backend: str = "auto") -> torch.Tensor:
+    """Attention over the whole local sequence (no communication), differentiable.
+
+    Args:
+        q: ``[B, S, H, D]``; k, v: ``[B, S_k, H_kv, D]`` (``H % H_kv == 0``, GQA without repeating K/V).
+        causal: causal mask aligned at the start (query i sees keys ``<= i``).
+        softmax_scale: default ``1/sqrt(D)``. window: ``(left, right)`` sliding window, -1 = unbounded.
+        backend: ``"auto"`` (Triton on CUDA, torch elsewhere), or a backend of the block kernels.
+    Returns:
+        ``[B, S, H, D]`` in ``q.dtype``.
+    Example:
+        >>> out = ok.local_attention(q, k, v, causal=True)
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"local_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"local_attention: {name} must be [batch, seq, heads, head_dim], got shape {tuple(t.shape)}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"local_attention: q heads ({q.shape[2]}) must be divisible by k/v heads ({k.shape[2]})")
+    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"local_attention: shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"local_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    return _LocalAttention.apply(q, k, v, softmax_scale, causal, tuple(window), backend)
