@@ -7,6 +7,7 @@ exchange (:mod:`.p2p`) and a local multi-process world for tests and the playgro
 from .collectives import (
     CommHandle,
     all_gather,
+    all_gather_objects,
     all_gather_async,
     all_reduce,
     all_reduce_async,
@@ -24,7 +25,7 @@ from .validate import rank_consistent, skip_cross_rank_checks
 
 __all__ = [
     "CommHandle", "CommLedger", "GroupInfo", "KindStats", "LocalWorld", "RankError", "WorldTimeout",
-    "all_gather", "all_gather_async", "all_reduce", "all_reduce_async", "all_to_all", "all_to_all_async",
+    "all_gather", "all_gather_async", "all_gather_objects", "all_reduce", "all_reduce_async", "all_to_all", "all_to_all_async",
     "comm_ledger", "comm_stream", "group_info", "new_group", "rank_consistent", "reduce_scatter",
     "reduce_scatter_async", "ring_exchange", "skip_cross_rank_checks",
 ]

@@ -162,7 +162,18 @@ def all_reduce(t: torch.Tensor, *, group=None) -> torch.Tensor:
     return all_reduce_async(t, group=group).wait()
 
 
+def all_gather_objects(obj, *, group=None) -> list:
+    """Every rank's picklable ``obj`` (for reports and control, not for tensors on the hot path)."""
+    info = group_info(group)
+    if info.size == 1:
+        return [obj]
+    out: list = [None] * info.size
+    dist.all_gather_object(out, obj, group=info.group)
+    return out
+
+
 __all__ = [
+    "all_gather_objects",
     "all_gather_tensor_sync",
     "CommHandle", "GroupInfo", "comm_stream", "launch", "all_gather_async", "reduce_scatter_async",
     "all_to_all_async", "all_reduce_async", "all_gather", "reduce_scatter", "all_to_all", "all_reduce",
