@@ -20,12 +20,12 @@ from .collectives import (
 from .groups import GroupInfo, group_info, new_group
 from .launch import LocalWorld, RankError, WorldTimeout
 from .ledger import CommLedger, KindStats, comm_ledger
-from .p2p import ring_exchange
+from .p2p import exchange, ring_exchange
 from .validate import rank_consistent, skip_cross_rank_checks
 
 __all__ = [
     "CommHandle", "CommLedger", "GroupInfo", "KindStats", "LocalWorld", "RankError", "WorldTimeout",
     "all_gather", "all_gather_async", "all_gather_objects", "all_reduce", "all_reduce_async", "all_to_all", "all_to_all_async",
-    "comm_ledger", "comm_stream", "group_info", "new_group", "rank_consistent", "reduce_scatter",
+    "comm_ledger", "comm_stream", "exchange", "group_info", "new_group", "rank_consistent", "reduce_scatter",
     "reduce_scatter_async", "ring_exchange", "skip_cross_rank_checks",
 ]

@@ -26,6 +26,41 @@ def _as_list(x) -> list[torch.Tensor]:
     return list(x)
 
 
+def exchange(sends: Sequence[tuple[int, torch.Tensor, int]] = (),
+             recvs: Sequence[tuple[int, torch.Tensor, int]] = (), *, group=None) -> CommHandle:
+    """Post point-to-point sends and receives with arbitrary peers as one ``batch_isend_irecv``.
+
+    ``sends``/``recvs`` are ``(group_rank, tensor, tag)``. Between one pair of ranks, sends and
+    receives are matched in posting order (and by tag on gloo), so every rank must list the
+    transfers of a pair in the same order. A transfer to this rank itself is a local copy (it must
+    appear in both lists with the same tag, in the same order). ``handle.wait()`` returns the
+    receive buffers.
+    """
+    info = group_info(group)
+    local_s = [(t, tag) for p, t, tag in sends if p == info.rank]
+    local_r = [(t, tag) for p, t, tag in recvs if p == info.rank]
+    if len(local_s) != len(local_r):
+        raise ValueError("exchange: sends to self must match receives from self")
+    for (s, _), (r, _) in zip(local_s, local_r):
+        r.copy_(s)
+    ops = []
+    sent = received = 0
+    for p, t, tag in sends:
+        if p != info.rank:
+            ops.append(dist.P2POp(dist.isend, t, info.global_rank(p), info.group, tag))
+            sent += t.numel() * t.element_size()
+    for p, t, tag in recvs:
+        if p != info.rank:
+            ops.append(dist.P2POp(dist.irecv, t, info.global_rank(p), info.group, tag))
+            received += t.numel() * t.element_size()
+    bufs = [t for _, t, _ in recvs]
+    if not ops:
+        return CommHandle.done(bufs)
+    record("p2p", sent, received)
+    works = launch(ops[0].tensor.device, lambda: dist.batch_isend_irecv(ops))
+    return CommHandle(works, tuple(t for _, t, _ in sends) + tuple(bufs), bufs)
+
+
 def ring_exchange(send_next: torch.Tensor | Sequence[torch.Tensor] | None = None,
                   recv_prev: torch.Tensor | Sequence[torch.Tensor] | None = None,
                   send_prev: torch.Tensor | Sequence[torch.Tensor] | None = None,
@@ -44,22 +79,10 @@ def ring_exchange(send_next: torch.Tensor | Sequence[torch.Tensor] | None = None
     bwd_s, bwd_r = _as_list(send_prev), _as_list(recv_next)
     if len(fwd_s) != len(fwd_r) or len(bwd_s) != len(bwd_r):
         raise ValueError("ring_exchange: each direction needs as many receive buffers as sends")
-    if info.size == 1:
-        for s, r in zip(fwd_s + bwd_s, fwd_r + bwd_r):
-            r.copy_(s)
-        return CommHandle.done((recv_prev, recv_next))
-    nxt, prv = info.global_rank(info.next), info.global_rank(info.prev)
-    ops = []
-    for s in fwd_s:
-        ops.append(dist.P2POp(dist.isend, s, nxt, info.group, _TAG_FORWARD))
-    for r in fwd_r:
-        ops.append(dist.P2POp(dist.irecv, r, prv, info.group, _TAG_FORWARD))
-    for s in bwd_s:
-        ops.append(dist.P2POp(dist.isend, s, prv, info.group, _TAG_BACKWARD))
-    for r in bwd_r:
-        ops.append(dist.P2POp(dist.irecv, r, nxt, info.group, _TAG_BACKWARD))
-    nb = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
-    record("p2p", nb(fwd_s) + nb(bwd_s), nb(fwd_r) + nb(bwd_r))
-    device = (fwd_s + bwd_s + fwd_r + bwd_r)[0].device
-    works = launch(device, lambda: dist.batch_isend_irecv(ops))
-    return CommHandle(works, tuple(fwd_s + fwd_r + bwd_s + bwd_r), (recv_prev, recv_next))
+    # Forward transfers are listed before backward ones on every rank, so at N = 2 (next == prev)
+    # the pairs still match in order.
+    sends = [(info.next, t, _TAG_FORWARD) for t in fwd_s] + [(info.prev, t, _TAG_BACKWARD) for t in bwd_s]
+    recvs = [(info.prev, t, _TAG_FORWARD) for t in fwd_r] + [(info.next, t, _TAG_BACKWARD) for t in bwd_r]
+    h = exchange(sends, recvs, group=info)
+    h.result = (recv_prev, recv_next)
+    return h

@@ -1,0 +1,96 @@
+"""Validation and small helpers shared by the sequence-parallel attention ops."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...kernels.attention import attention_block_bwd, attention_block_fwd, merge_attention
+from ..layout import LAYOUTS
+
+FP32 = torch.float32
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulator dtype: fp32 for fp32/fp16/bf16 inputs, fp64 for fp64 inputs (exact oracles)."""
+    return torch.float64 if dtype == torch.float64 else FP32
+
+
+def validate_qkv(op: str, check, q, k, v, *, layout: str | None, causal: bool, softmax_scale, extra=None) -> None:
+    """Local checks of attention inputs (raise inside a ``rank_consistent`` block) and the metadata
+    that must agree across ranks."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    check.meta(q=tuple(q.shape), k=tuple(k.shape), v=tuple(v.shape), dtype=str(q.dtype), device=q.device.type,
+               causal=bool(causal), layout=layout, softmax_scale=softmax_scale, **(extra or {}))
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{op}: {name} must be [batch, seq_local, heads, head_dim], got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"{op}: q, k, v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"{op}: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"{op}: k and v must have the same batch, sequence and heads, got k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0]:
+        raise ValueError(f"{op}: q and k must have the same batch size, got {q.shape[0]} and {k.shape[0]}")
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(f"{op}: q and k must hold the same local sequence length, got {q.shape[1]} and {k.shape[1]}")
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(f"{op}: q and k head_dim must match, got {q.shape[3]} and {k.shape[3]}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"{op}: q heads ({q.shape[2]}) must be divisible by k/v heads ({k.shape[2]})")
+    if layout is not None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"{op}: layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout == "zigzag" and q.shape[1] % 2:
+            raise ValueError(f"{op}: a zigzag shard holds two equal chunks, so seq_local must be even, got {q.shape[1]}")
+
+
+def scale_of(q: torch.Tensor, softmax_scale) -> float:
+    return float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+
+
+def rows(t: torch.Tensor, slots: list[int], c: int, dim: int = 1) -> torch.Tensor:
+    """The chunk slots ``slots`` (each ``c`` rows along ``dim``) of ``t``, concatenated."""
+    if slots == list(range(slots[0], slots[0] + len(slots))):
+        return t.narrow(dim, slots[0] * c, len(slots) * c)
+    return torch.cat([t.narrow(dim, s * c, c) for s in slots], dim=dim)
+
+
+def new_accumulators(q: torch.Tensor, nrows: int, dv: int):
+    """Running (fp32; fp64 for fp64 inputs) ``out [B, nrows, H, Dv]`` (zeros) and ``lse [B, H, nrows]`` (-inf)."""
+    b, _, h, _ = q.shape
+    acc = acc_dtype(q.dtype)
+    out = torch.zeros(b, nrows, h, dv, dtype=acc, device=q.device)
+    lse = torch.full((b, h, nrows), float("-inf"), dtype=acc, device=q.device)
+    return out, lse
+
+
+def blocks_forward(q, k, v, blocks, out, lse, *, scale, backend) -> None:
+    """Merge the attention of every block (``q[:, b.q]`` vs ``k/v[:, b.k]``) into ``(out, lse)``."""
+    for b in blocks:
+        o, l_ = attention_block_fwd(q[:, b.q], k[:, b.k], v[:, b.k], softmax_scale=scale, causal=b.causal,
+                                    out_dtype=out.dtype, backend=backend)
+        merge_attention(out[:, b.q], lse[:, :, b.q], o, l_)
+
+
+def blocks_backward(dout, q, k, v, out, lse, delta, blocks, dq, dk, dv, *, scale, backend) -> None:
+    """Accumulate every block's gradients into ``dq``/``dk``/``dv`` (given the rows' final lse, delta)."""
+    for b in blocks:
+        g_q, g_k, g_v = attention_block_bwd(dout[:, b.q], q[:, b.q], k[:, b.k], v[:, b.k],
+                                            None if out is None else out[:, b.q], lse[:, :, b.q],
+                                            softmax_scale=scale, causal=b.causal, delta=delta[:, :, b.q],
+                                            grad_dtype=dq.dtype, backend=backend)
+        dq[:, b.q] += g_q
+        dk[:, b.k] += g_k
+        dv[:, b.k] += g_v
+
+
+def row_delta(dout, out, dtype) -> torch.Tensor:
+    """``rowsum(dout * out)`` as ``[B, H, S]`` in ``dtype`` (the backward's D term)."""
+    return (dout.to(dtype) * out.to(dtype)).sum(-1).transpose(1, 2).contiguous()

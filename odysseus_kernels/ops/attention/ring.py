@@ -1,0 +1,160 @@
+"""Ring attention: K and V travel around the ring; every rank keeps its queries.
+
+Forward (per rank, N ranks, C = L/N local tokens): at step t the rank holds the K/V of rank
+``(r - t) mod N`` (fetched during step t-1, double-buffered) and merges the blocks that
+:func:`~.blocks.plan_blocks` finds visible into fp32 running ``(out, lse)``. With the zigzag layout
+every rank does the same causal work at every step.
+
+Backward: K/V travel again; the fp32 dK/dV accumulator of each K/V shard travels with it, one hop
+behind (it starts on the first rank that visits the shard and ends with one final hop to the owner,
+N-1 hops in all), added to on each rank after its block gradient is computed, so the transfer
+overlaps the compute. dQ accumulates locally in fp32.
+
+Bytes received per rank (ledger kind ``p2p``), ``s_kv = B*C*H_kv*D*b`` for one of K or V:
+forward ``2 (N-1) s_kv`` = 2 (N-1)/N * B L d_kv b; backward ``2 (N-1) s_kv`` (K, V) plus
+``2 (N-1) B C H_kv D * 4`` (fp32 dK, dV) — exactly twice the forward volume for fp32 inputs.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...comm import group_info, rank_consistent
+from ..layout import layout_chunks
+from .blocks import plan_blocks
+from .common import acc_dtype, blocks_backward, blocks_forward, new_accumulators, row_delta, scale_of, validate_qkv
+from .driver import NOTHING, Schedule, run_schedule
+
+_TAG_KV, _TAG_DKV = 21, 22
+
+
+class RingForward(Schedule):
+    """Forward schedule: K/V packed as one ``[2, B, C, H_kv, D]`` message, double-buffered."""
+
+    def __init__(self, info, chunks, q, k, v, *, causal, scale, backend):
+        self.info, self.chunks, self.steps = info, chunks, info.size
+        self.q, self.causal, self.scale, self.backend = q, causal, scale, backend
+        self.acc_dtype = acc_dtype(q.dtype)
+        self.c = q.shape[1] // len(chunks[0])
+        kv = torch.stack([k, v]) if k.shape == v.shape else None
+        if kv is None:
+            raise ValueError("ring_attention: k and v must have the same shape")
+        self.bufs = [kv, torch.empty_like(kv) if info.size > 1 else None]
+        self.out, self.lse = new_accumulators(q, q.shape[1], v.shape[-1])
+
+    def fetch(self, t):
+        if t == 0:
+            return NOTHING
+        return ([(self.info.next, self.bufs[(t - 1) % 2], _TAG_KV)], [(self.info.prev, self.bufs[t % 2], _TAG_KV)])
+
+    def blocks(self, t):
+        src = (self.info.rank - t) % self.info.size
+        return plan_blocks(self.chunks[self.info.rank], self.chunks[src], self.c, self.causal)
+
+    def compute(self, t, handle):
+        k, v = self.bufs[t % 2]
+        blocks_forward(self.q, k, v, self.blocks(t), self.out, self.lse, scale=self.scale, backend=self.backend)
+
+
+class RingBackward(RingForward):
+    """Backward schedule: K/V fetched as in forward; dK/dV accumulators returned one hop behind."""
+
+    def __init__(self, info, chunks, q, k, v, out, lse, dout, *, causal, scale, backend):
+        super().__init__(info, chunks, q, k, v, causal=causal, scale=scale, backend=backend)
+        del self.out, self.lse
+        self.o, self.lse_final, self.dout = out, lse, dout
+        self.delta = row_delta(dout, out, self.acc_dtype)  # [B, H, C]
+        self.dq = torch.zeros(q.shape, dtype=self.acc_dtype, device=q.device)
+        self.acc = {}      # step -> fp32 [2, B, C, H_kv, D] accumulator leaving after that step
+        self.incoming = {}  # step -> receive buffer of the accumulator arriving for that step
+        self.own = None
+
+    def returns(self, t):
+        if t < 1:
+            return NOTHING
+        buf = torch.empty_like(self.acc[t])
+        self.incoming[t + 1] = buf  # step t+1 (or, after the last step, this rank's own accumulator)
+        return ([(self.info.next, self.acc.pop(t), _TAG_DKV)], [(self.info.prev, buf, _TAG_DKV)])
+
+    def compute(self, t, handle):
+        k, v = self.bufs[t % 2]
+        part = torch.zeros((2,) + tuple(k.shape), dtype=self.acc_dtype, device=k.device)
+        blocks_backward(self.dout, self.q, k, v, self.o, self.lse_final, self.delta, self.blocks(t), self.dq,
+                        part[0], part[1], scale=self.scale, backend=self.backend)
+        if t == 0:
+            self.own = part
+        elif t == 1:
+            self.acc[t] = part
+        else:
+            handle.wait()  # the accumulator for this shard, sent by the previous rank
+            self.acc[t] = self.incoming.pop(t).add_(part)
+
+    def finish(self):
+        if self.info.size > 1:
+            self.own += self.incoming.pop(self.steps)
+
+
+def ring_comm_bytes(world: int, batch: int, seq_local: int, kv_heads: int, head_dim: int, elem_bytes: int) -> dict:
+    """Closed-form bytes received per rank (ledger kind ``p2p``) for forward and backward."""
+    s_kv = batch * seq_local * kv_heads * head_dim
+    fwd = 2 * (world - 1) * s_kv * elem_bytes
+    acc_bytes = 8 if elem_bytes == 8 else 4  # dK/dV travel as fp32 accumulators (fp64 for fp64)
+    return {"forward": fwd, "backward": fwd + 2 * (world - 1) * s_kv * acc_bytes}
+
+
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, info, chunks, causal, scale, backend):
+        sched = run_schedule(RingForward(info, chunks, q, k, v, causal=causal, scale=scale, backend=backend),
+                             info)
+        out = sched.out.to(q.dtype)
+        ctx.save_for_backward(q, k, v, out, sched.lse)
+        ctx.opts = (info, chunks, causal, scale, backend)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        info, chunks, causal, scale, backend = ctx.opts
+        sched = run_schedule(RingBackward(info, chunks, q, k, v, out, lse, dout.contiguous(), causal=causal,
+                                          scale=scale, backend=backend), info)
+        dq = sched.dq.to(q.dtype)
+        return dq, sched.own[0].to(k.dtype), sched.own[1].to(v.dtype), None, None, None, None, None
+
+
+def ring_attention_chunks(q, k, v, *, info, chunks, causal, scale, backend="auto"):
+    """Ring attention over arbitrary chunk assignments (``chunks[r]``: global chunk ids of rank r's
+    shard). Validation is the caller's; used by :func:`ring_attention` and USP."""
+    return _RingAttention.apply(q, k, v, info, chunks, causal, scale, backend)
+
+
+def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
+                   softmax_scale: float | None = None, layout: str = "zigzag", backend: str = "auto") -> torch.Tensor:
+    """Ring attention: exact attention over the sequence sharded across ``group``, K/V circulating.
+
+    Args:
+        q: ``[B, C, H, D]`` this rank's queries (``C = L / N`` tokens in ``layout``).
+        k, v: ``[B, C, H_kv, D]`` (``H % H_kv == 0``; only the ``H_kv`` heads travel).
+        group: the sequence-parallel group (``None`` = default).
+        causal: causal over the global sequence in its original token order.
+        softmax_scale: default ``1/sqrt(D)``.
+        layout: ``"zigzag"`` (balanced causal work) or ``"contiguous"``.
+        backend: block-kernel backend (``"auto"``: Triton on CUDA, torch elsewhere).
+    Returns:
+        ``[B, C, H, D]`` in ``q.dtype``, this rank's rows of the global attention output.
+    Communication (per rank, received): forward ``2 (N-1)/N * B L H_kv D`` elements; backward
+    the same again plus the fp32 dK/dV (see :func:`ring_comm_bytes`).
+    Example::
+
+        # torchrun --nproc-per-node 4 example.py
+        q, k, v = (ok.shard_sequence(t, layout="zigzag") for t in (q_full, k_full, v_full))
+        out = ok.ring_attention(q, k, v, causal=True, layout="zigzag")
+    """
+    info = group_info(group)
+    with rank_consistent("ring_attention", info) as check:
+        validate_qkv("ring_attention", check, q, k, v, layout=layout, causal=causal, softmax_scale=softmax_scale)
+        if k.shape != v.shape:
+            raise ValueError(f"ring_attention: k and v must have the same shape, got {tuple(k.shape)} and "
+                             f"{tuple(v.shape)}")
+    chunks = layout_chunks(layout, info.size)
+    return ring_attention_chunks(q, k, v, info=info, chunks=chunks, causal=causal, scale=scale_of(q, softmax_scale),
+                                 backend=backend)
