@@ -92,7 +92,9 @@ def rank_consistent(op: str, group=None):
             cls = TypeError if is_type else ValueError
             if err is not None and r == info.rank:
                 raise err
-            raise cls(f"{msg} (raised on rank {r})")
+            if "(raised on rank " not in msg:  # nested checks: name the rank where it started once
+                msg = f"{msg} (raised on rank {info.global_rank(r)})"
+            raise cls(msg)
     keys = list(dict.fromkeys(k for f, _ in objs for k in f))
     for k in keys:
         vals = [f.get(k, "<missing>") for f, _ in objs]

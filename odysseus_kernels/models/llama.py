@@ -201,7 +201,8 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     Sum (not mean) so that shards add up: the global mean loss is the sum over ranks divided by the
     global number of labelled tokens.
     """
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum", ignore_index=-100)
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum", ignore_index=-100)
 
 
 def make_batch(cfg: LlamaConfig, batch: int, seq_len: int, seed: int = 0):

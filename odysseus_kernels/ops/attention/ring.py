@@ -22,33 +22,24 @@ from ...comm import group_info, rank_consistent
 from ..layout import layout_chunks
 from .blocks import plan_blocks
 from .common import acc_dtype, blocks_backward, blocks_forward, new_accumulators, row_delta, scale_of, validate_qkv
-from .driver import NOTHING, Schedule, run_schedule
+from .driver import NOTHING, Rotation, run_schedule
 
-_TAG_KV, _TAG_DKV = 21, 22
+_TAG_DKV = 22
 
 
-class RingForward(Schedule):
-    """Forward schedule: K/V packed as one ``[2, B, C, H_kv, D]`` message, double-buffered."""
+class RingForward(Rotation):
+    """Forward schedule: K/V packed as one ``[2, B, C, H_kv, D]`` payload rotating forward."""
 
     def __init__(self, info, chunks, q, k, v, *, causal, scale, backend):
-        self.info, self.chunks, self.steps = info, chunks, info.size
+        super().__init__(info, torch.stack([k, v]))
+        self.chunks = chunks
         self.q, self.causal, self.scale, self.backend = q, causal, scale, backend
         self.acc_dtype = acc_dtype(q.dtype)
         self.c = q.shape[1] // len(chunks[0])
-        kv = torch.stack([k, v]) if k.shape == v.shape else None
-        if kv is None:
-            raise ValueError("ring_attention: k and v must have the same shape")
-        self.bufs = [kv, torch.empty_like(kv) if info.size > 1 else None]
         self.out, self.lse = new_accumulators(q, q.shape[1], v.shape[-1])
 
-    def fetch(self, t):
-        if t == 0:
-            return NOTHING
-        return ([(self.info.next, self.bufs[(t - 1) % 2], _TAG_KV)], [(self.info.prev, self.bufs[t % 2], _TAG_KV)])
-
     def blocks(self, t):
-        src = (self.info.rank - t) % self.info.size
-        return plan_blocks(self.chunks[self.info.rank], self.chunks[src], self.c, self.causal)
+        return plan_blocks(self.chunks[self.info.rank], self.chunks[self.src(t)], self.c, self.causal)
 
     def compute(self, t, handle):
         k, v = self.bufs[t % 2]

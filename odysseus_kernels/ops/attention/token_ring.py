@@ -14,12 +14,15 @@ in fp32. At step t the owner sends ``(Q, dO)`` (input dtype) and ``(lse, delta)`
 needed rows to ``r+t``, which computes the block gradient against its K/V, keeps dK/dV, and returns
 the fp32 dQ partial directly to the owner. Nothing of K/V ever moves.
 
-Bytes received per rank (ledger kind ``p2p``), with ``R`` the query rows this rank receives over the
-steps (= the rows it sends, by symmetry of the zigzag plan) and ``b`` the input element size:
-forward ``R*H*(D*b + D*4 + 4)`` (queries, fp32 partial out, fp32 lse); backward
-``R*H*(2*D*b + 2*4 + D*4)`` (q and dO, lse and delta, fp32 dQ). ``R = (N-1)*C`` without a causal
-mask; with causal zigzag ``R = 3/4 (N-1) C`` on average over ranks (exactly ``(N-1)C - (N-1-r)C/2``
-on rank r: full Q from ranks above, half from ranks below); see :func:`token_ring_comm_bytes`.
+Bytes received by rank r (ledger kind ``p2p``; ``b`` input element size, ``a = 4`` for the fp32
+partials): with ``R_in`` the query rows r receives and ``R_back`` the rows of its own queries whose
+partials come back, forward ``B*H*(R_in*D*b + R_back*(D+1)*a)`` and backward
+``B*H*(R_in*(2*D*b + 2*a) + R_back*D*a)``. Causal zigzag: ``R_in = (N-1)C - rC/2`` and
+``R_back = (N-1)C/2 + rC/2`` (together 3/4 of a full Q rotation per direction on average); no mask:
+``R_in = R_back = (N-1)C``; causal contiguous: ``R_in = (N-1-r)C``, ``R_back = rC``. See
+:func:`token_ring_comm_bytes`. Partials go straight to their owner (``r - t``), which on NVLink /
+NVSwitch is a direct link: on a neighbour-only ring queries and partials move apart two ranks per
+step and could not be merged on the way.
 """
 from __future__ import annotations
 

@@ -1,0 +1,84 @@
+"""All-gather-KV attention (LASP-2H's softmax layers, Llama-3 context parallelism): one AllGather
+of K and V, local queries against all keys, a ReduceScatter of dK and dV in backward.
+
+Forward receives ``2 (N-1) B C H_kv D b`` bytes per rank (kind ``all_gather``), the same volume as
+a ring pass but as one collective; the gathered K/V are kept for backward (no second gather), whose
+fp32 dK/dV partials (over the full sequence) are reduce-scattered to their owners (kind
+``reduce_scatter``, ``2 (N-1)/N * B L H_kv D * 4`` bytes). The mask is exact for any layout: the
+blocks are planned from the chunk lists of all ranks.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...comm import all_gather, group_info, rank_consistent, reduce_scatter
+from ..layout import layout_chunks
+from .blocks import plan_blocks
+from .common import acc_dtype, blocks_backward, blocks_forward, new_accumulators, row_delta, scale_of, validate_qkv
+
+
+class _AllGatherKV(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, info, chunks, causal, scale, backend):
+        kv = all_gather(torch.stack([k, v], dim=1).contiguous(), group=info)  # [N*B, 2, C, H_kv, D] rank-major
+        n, b = info.size, q.shape[0]
+        kv = kv.view(n, b, 2, *k.shape[1:]).permute(2, 1, 0, 3, 4, 5).reshape(2, b, n * k.shape[1], *k.shape[2:])
+        c = q.shape[1] // len(chunks[0])
+        all_chunks = [ch for r in chunks for ch in r]
+        blocks = plan_blocks(chunks[info.rank], all_chunks, c, causal)
+        out, lse = new_accumulators(q, q.shape[1], v.shape[-1])
+        blocks_forward(q, kv[0], kv[1], blocks, out, lse, scale=scale, backend=backend)
+        out = out.to(q.dtype)
+        ctx.save_for_backward(q, kv, out, lse)
+        ctx.opts = (info, blocks, scale, backend, k.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, kv, out, lse = ctx.saved_tensors
+        info, blocks, scale, backend, kdtype = ctx.opts
+        acc = acc_dtype(q.dtype)
+        dout = dout.contiguous()
+        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
+        dkv = torch.zeros(kv.shape, dtype=acc, device=kv.device)  # [2, B, L, H_kv, D]
+        blocks_backward(dout, q, kv[0], kv[1], out, lse, row_delta(dout, out, acc), blocks, dq, dkv[0], dkv[1],
+                        scale=scale, backend=backend)
+        n, b, L = info.size, q.shape[0], kv.shape[2]
+        rank_major = dkv.view(2, b, n, L // n, *kv.shape[3:]).permute(2, 0, 1, 3, 4, 5).contiguous()
+        mine = reduce_scatter(rank_major.view(n * 2, b, L // n, *kv.shape[3:]), group=info)  # [2, B, C, H_kv, D]
+        return dq.to(q.dtype), mine[0].to(kdtype), mine[1].to(kdtype), None, None, None, None, None
+
+
+def allgather_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
+                           softmax_scale: float | None = None, layout: str = "contiguous",
+                           backend: str = "auto") -> torch.Tensor:
+    """Attention of local queries against all keys after one AllGather of K and V.
+
+    Args:
+        q: ``[B, C, H, D]``; k, v: ``[B, C, H_kv, D]`` shards in ``layout`` (``"contiguous"`` or
+            ``"zigzag"``; only the ``H_kv`` heads are gathered).
+        group, causal, softmax_scale, backend: as in :func:`ring_attention`.
+    Returns:
+        ``[B, C, H, D]`` in ``q.dtype``.
+    Communication: forward one AllGather of K and V (``2 (N-1)/N B L H_kv D`` elements received),
+    backward one ReduceScatter of fp32 dK and dV; the gathered K/V stay in memory until backward.
+    Example::
+
+        out = ok.allgather_kv_attention(q_local, k_local, v_local, causal=True)
+    """
+    info = group_info(group)
+    with rank_consistent("allgather_kv_attention", info) as check:
+        validate_qkv("allgather_kv_attention", check, q, k, v, layout=layout, causal=causal,
+                     softmax_scale=softmax_scale)
+        if k.shape != v.shape:
+            raise ValueError(f"allgather_kv_attention: k and v must have the same shape, got {tuple(k.shape)} and "
+                             f"{tuple(v.shape)}")
+    return _AllGatherKV.apply(q, k, v, info, layout_chunks(layout, info.size), causal, scale_of(q, softmax_scale),
+                              backend)
+
+
+def allgather_kv_comm_bytes(world, batch, seq_local, kv_heads, head_dim, elem_bytes) -> dict:
+    """Closed-form bytes received per rank: forward ``all_gather``, backward ``reduce_scatter``."""
+    s_kv = batch * seq_local * kv_heads * head_dim
+    acc = 8 if elem_bytes == 8 else 4
+    return {"forward": 2 * (world - 1) * s_kv * elem_bytes, "backward": 2 * (world - 1) * s_kv * acc}

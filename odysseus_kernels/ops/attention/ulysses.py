@@ -1,0 +1,209 @@
+"""Ulysses (DeepSpeed-Ulysses) attention and USP (Ulysses x ring).
+
+Ulysses: an all-to-all turns sequence shards ``[B, C, H, D]`` into head shards
+``[B, N*C, H/N, D]`` (every rank gets the whole sequence for H/N heads), local attention runs over
+the full sequence, and an all-to-all turns the output back. Forward: 4 all-to-alls (q, k, v, out),
+each moving (N-1)/N of the local tensor; backward the 4 conjugates (dout, dq, dk, dv).
+Key/value heads must divide by N; when there are fewer kv heads than ranks and N is a multiple of
+them, each kv head is repeated N/H_kv times before the all-to-all (the Ulysses way of serving GQA
+with a large degree; it moves N/H_kv times more K/V) — otherwise a clear error.
+
+USP: Ulysses inside ``ulysses_group`` (size U), then ring attention across ``ring_group`` (size R)
+on the head shards. The sequence is sharded over the U*R ranks at position
+``p = ring_rank * U + ulysses_rank`` (what :func:`usp_groups` builds: consecutive ranks form a
+Ulysses group); after the all-to-all a ring rank holds the chunks of its whole Ulysses group, and
+the ring plans exact blocks for those chunk lists whatever the layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...comm import all_to_all, group_info, new_group, rank_consistent
+from ..layout import layout_chunks
+from ..local_attention import local_attention
+from .common import scale_of, validate_qkv
+from .ring import ring_attention_chunks
+
+
+class _SeqToHeads(torch.autograd.Function):
+    """``[B, C, H, D]`` sequence shard -> ``[B, N*C, H/N, D]`` head shard (rank-major sequence)."""
+
+    @staticmethod
+    def forward(ctx, x, info):
+        ctx.info = info
+        return seq_to_heads(x, info)
+
+    @staticmethod
+    def backward(ctx, g):
+        return heads_to_seq(g, ctx.info), None
+
+
+class _HeadsToSeq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, info):
+        ctx.info = info
+        return heads_to_seq(y, info)
+
+    @staticmethod
+    def backward(ctx, g):
+        return seq_to_heads(g, ctx.info), None
+
+
+def seq_to_heads(x: torch.Tensor, info) -> torch.Tensor:
+    n = info.size
+    b, c, h, d = x.shape
+    send = x.reshape(b, c, n, h // n, d).permute(2, 0, 1, 3, 4).contiguous()  # [N, B, C, H/N, D]
+    recv = all_to_all(send, group=info)  # [N (source rank), B, C, H/N, D]
+    return recv.permute(1, 0, 2, 3, 4).reshape(b, n * c, h // n, d)
+
+
+def heads_to_seq(y: torch.Tensor, info) -> torch.Tensor:
+    n = info.size
+    b, l, hn, d = y.shape
+    send = y.reshape(b, n, l // n, hn, d).permute(1, 0, 2, 3, 4).contiguous()  # [N (dest rank), B, C, H/N, D]
+    recv = all_to_all(send, group=info)  # [N (head group), B, C, H/N, D]
+    return recv.permute(1, 2, 0, 3, 4).reshape(b, l // n, n * hn, d)
+
+
+def _check_heads(op, q, k, n, what="the Ulysses group size"):
+    h, hkv = q.shape[2], k.shape[2]
+    if h % n:
+        raise ValueError(f"{op}: q heads ({h}) must be divisible by {what} ({n})")
+    if hkv % n and n % hkv:
+        raise ValueError(f"{op}: k/v heads ({hkv}) must be divisible by {what} ({n}), or divide it "
+                         f"(then each kv head is repeated); got {hkv} kv heads for {n} ranks")
+
+
+def _expand_kv(k, v, n):
+    """Repeat kv heads so that every rank gets one when there are fewer kv heads than ranks."""
+    hkv = k.shape[2]
+    if hkv % n == 0:
+        return k, v
+    rep = n // hkv
+    return k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+
+
+def _natural_order(chunks_rank_major: list[int], c: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row permutation from the rank-major concatenation of chunks to natural token order, and back."""
+    order = torch.tensor(chunks_rank_major, device=device)
+    to_nat = (order.argsort().view(-1, 1) * c + torch.arange(c, device=device)).reshape(-1)
+    back = torch.empty_like(to_nat)
+    back[to_nat] = torch.arange(to_nat.numel(), device=device)
+    return to_nat, back
+
+
+def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
+                      softmax_scale: float | None = None, layout: str = "contiguous",
+                      backend: str = "auto") -> torch.Tensor:
+    """Ulysses attention: all-to-all to head shards, local attention over the full sequence, back.
+
+    Args:
+        q: ``[B, C, H, D]``; k, v: ``[B, C, H_kv, D]``, sequence shards in ``layout`` (contiguous, or
+            zigzag: rows are put in token order after the all-to-all). ``H`` must divide by N;
+            ``H_kv`` must divide by N or divide N (kv heads are then repeated).
+        group, causal, softmax_scale, backend: as in :func:`ring_attention`.
+    Returns:
+        ``[B, C, H, D]`` in ``q.dtype``.
+    Communication: 4 all-to-alls forward (q, k, v, out) and 4 backward, each (N-1)/N of the local
+    tensor (k and v after any kv-head repetition).
+    Example::
+
+        out = ok.ulysses_attention(q_local, k_local, v_local, causal=True)
+    """
+    info = group_info(group)
+    with rank_consistent("ulysses_attention", info) as check:
+        validate_qkv("ulysses_attention", check, q, k, v, layout=layout, causal=causal, softmax_scale=softmax_scale)
+        _check_heads("ulysses_attention", q, k, info.size)
+    scale = scale_of(q, softmax_scale)
+    n = info.size
+    k, v = _expand_kv(k, v, n)
+    qh, kh, vh = (_SeqToHeads.apply(t, info) for t in (q, k, v))
+    if layout == "contiguous":
+        o = local_attention(qh, kh, vh, causal=causal, softmax_scale=scale, backend=backend)
+    else:
+        chunks = [ch for r in layout_chunks(layout, n) for ch in r]
+        to_nat, back = _natural_order(chunks, q.shape[1] // 2, q.device)
+        o = local_attention(*(t.index_select(1, to_nat) for t in (qh, kh, vh)), causal=causal, softmax_scale=scale,
+                            backend=backend).index_select(1, back)
+    return _HeadsToSeq.apply(o, info)
+
+
+def ulysses_comm_bytes(world, batch, seq_local, heads, kv_heads, head_dim, elem_bytes) -> dict:
+    """Closed-form bytes received per rank (ledger kind ``all_to_all``), forward and backward."""
+    kvh = kv_heads if kv_heads % world == 0 else world
+    per = batch * seq_local * head_dim * elem_bytes * (world - 1) // world
+    fwd = per * (2 * heads + 2 * kvh)
+    return {"forward": fwd, "backward": fwd}
+
+
+@dataclass(frozen=True)
+class USPGroups:
+    """The two groups of USP on this rank (see :func:`usp_groups`)."""
+
+    ulysses_group: object
+    ring_group: object
+    ulysses_degree: int
+    ring_degree: int
+
+
+def usp_groups(ulysses_degree: int, group=None) -> USPGroups:
+    """Build USP's groups over ``group`` (default: the world): consecutive ranks form a Ulysses group
+    of ``ulysses_degree`` ranks; ranks with the same Ulysses index form a ring. Every rank of the
+    world must call this (torch.distributed creates groups collectively).
+    """
+    info = group_info(group)
+    if ulysses_degree < 1 or info.size % ulysses_degree:
+        raise ValueError(f"usp_groups: ulysses_degree ({ulysses_degree}) must divide the group size ({info.size})")
+    u, r = ulysses_degree, info.size // ulysses_degree
+    members = [info.global_rank(i) for i in range(info.size)]
+    ug = rg = None
+    for i in range(r):
+        g = new_group(members[i * u:(i + 1) * u])
+        if info.rank // u == i:
+            ug = g
+    for j in range(u):
+        g = new_group(members[j::u])
+        if info.rank % u == j:
+            rg = g
+    return USPGroups(ug, rg, u, r)
+
+
+def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ulysses_group, ring_group,
+                  causal: bool = False, softmax_scale: float | None = None, layout: str = "zigzag",
+                  backend: str = "auto") -> torch.Tensor:
+    """USP: Ulysses inside ``ulysses_group`` and ring attention across ``ring_group``.
+
+    Args:
+        q: ``[B, C, H, D]``; k, v: ``[B, C, H_kv, D]``: this rank's shard of the sequence, sharded in
+            ``layout`` over the ``U*R`` ranks at position ``ring_rank * U + ulysses_rank``
+            (:func:`usp_groups` builds groups with that order, so with the default world the position
+            is the global rank). Heads divide by U as in :func:`ulysses_attention`.
+        causal, softmax_scale, backend: as in :func:`ring_attention`.
+    Returns:
+        ``[B, C, H, D]`` in ``q.dtype``.
+    Communication: Ulysses's 4 all-to-alls within the Ulysses group (on U*C tokens' worth of rows),
+    plus ring attention's P2P across the ring group on the head shards (H_kv/U heads, U*C tokens).
+    Example::
+
+        g = ok.usp_groups(ulysses_degree=2)
+        out = ok.usp_attention(q, k, v, ulysses_group=g.ulysses_group, ring_group=g.ring_group, causal=True)
+    """
+    ui, ri = group_info(ulysses_group), group_info(ring_group)
+    # Nested so that every rank joins both checks: an error inside one Ulysses group is carried
+    # by the outer ring-group check to the other groups (each ring group meets each Ulysses group).
+    with rank_consistent("usp_attention", ring_group) as outer:
+        with rank_consistent("usp_attention", ulysses_group) as check:
+            validate_qkv("usp_attention", check, q, k, v, layout=layout, causal=causal,
+                         softmax_scale=softmax_scale, extra={"ring_size": ri.size})
+            _check_heads("usp_attention", q, k, ui.size, "the Ulysses degree")
+        outer.meta(q=tuple(q.shape), k=tuple(k.shape), causal=causal, layout=layout, ulysses=ui.size)
+    u, r = ui.size, ri.size
+    scale = scale_of(q, softmax_scale)
+    k, v = _expand_kv(k, v, u)
+    qh, kh, vh = (_SeqToHeads.apply(t, ui) for t in (q, k, v))
+    per_rank = layout_chunks(layout, u * r)
+    ring_chunks = [[ch for p in range(i * u, (i + 1) * u) for ch in per_rank[p]] for i in range(r)]
+    o = ring_attention_chunks(qh, kh, vh, info=ri, chunks=ring_chunks, causal=causal, scale=scale, backend=backend)
+    return _HeadsToSeq.apply(o, ui)

@@ -1,0 +1,235 @@
+"""Sequence-parallel softmax attention (ring, zigzag, TokenRing, Ulysses, USP, all-gather-KV):
+output and dq, dk, dv against float64 attention of the whole sequence on one device, the exact
+communication volume of each op, zigzag balance and bad inputs, on world sizes 1-4."""
+import itertools
+
+import pytest
+import torch
+
+import odysseus_kernels as ok
+from odysseus_kernels import comm
+from odysseus_kernels.kernels.attention import attention_ref
+from odysseus_kernels.ops.attention import (
+    allgather_kv_attention,
+    allgather_kv_comm_bytes,
+    ring_attention,
+    ring_comm_bytes,
+    token_ring_attention,
+    token_ring_comm_bytes,
+    ulysses_attention,
+    ulysses_comm_bytes,
+    usp_attention,
+    usp_groups,
+)
+from odysseus_kernels.ops.attention.blocks import plan_blocks
+from odysseus_kernels.ops.layout import layout_chunks
+from tests.distributed import run_world
+
+# (atol, rtol) per dtype against the float64 reference
+TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (2e-5, 2e-5), torch.bfloat16: (3e-2, 3e-2)}
+WORLD_SIZES = [pytest.param(n, id=f"N{n}") for n in (1, 2, 3, 4)]
+
+
+def _ops(n):
+    """(name, fn(q, k, v, **kw), layouts) for the ops that run on a world of n."""
+    ops = [("ring", ring_attention, ("contiguous", "zigzag")),
+           ("token_ring", token_ring_attention, ("contiguous", "zigzag")),
+           ("allgather_kv", allgather_kv_attention, ("contiguous", "zigzag")),
+           ("ulysses", ulysses_attention, ("contiguous", "zigzag"))]
+    if n % 2 == 0:
+        g = usp_groups(2)
+        ops.append(("usp", lambda q, k, v, **kw: usp_attention(q, k, v, ulysses_group=g.ulysses_group,
+                                                               ring_group=g.ring_group, **kw), ("contiguous", "zigzag")))
+    return ops
+
+
+def _inputs(seed, b, L, h, hkv, d, dtype):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    return mk(b, L, h, d), mk(b, L, hkv, d), mk(b, L, hkv, d), mk(b, L, h, d)
+
+
+def _check_numerics(seed):
+    """Every op x layout x causal x (MHA, GQA) x dtype; returns {case: max error ratio} (<= 1 passes)."""
+    n = comm.group_info().size
+    results = {}
+    shapes = [("MHA-D12", 2, 4, 4, 12), ("GQA-D8", 1, 4, 2, 8)]
+    for (name, fn, layouts), (sid, b, h, hkv, d), causal, dtype in itertools.product(
+            _ops(n), shapes, (False, True), (torch.float32, torch.float64, torch.bfloat16)):
+        if name in ("ulysses", "usp") and hkv % (2 if name == "usp" else n) and (2 if name == "usp" else n) % hkv:
+            continue
+        if name == "ulysses" and h % n:
+            continue
+        for layout in layouts:
+            L = 4 * n if layout == "zigzag" else 3 * n  # seq_local 4 (zigzag: 2 chunks of 2) or 3 (odd)
+            if name in ("usp",) or (name == "token_ring" and layout == "zigzag"):
+                L = 4 * n
+            q, k, v, do = _inputs(seed, b, L, h, hkv, d, dtype)
+            qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+            ref = attention_ref(qr, kr, vr, causal=causal)
+            ref.backward(do)
+            sh = lambda t: ok.shard_sequence(t, layout=layout)  # noqa: E731
+            ql, kl, vl = (sh(t).to(dtype).requires_grad_(True) for t in (q, k, v))
+            out = fn(ql, kl, vl, causal=causal, layout=layout)
+            out.backward(sh(do).to(dtype))
+            atol, rtol = TOL[dtype]
+            worst = 0.0
+            for got, want in ((out, ref.detach()), (ql.grad, qr.grad), (kl.grad, kr.grad), (vl.grad, vr.grad)):
+                assert got.dtype == dtype and not got.isnan().any()
+                want = sh(want)
+                err = ((got.double() - want).abs() / (atol + rtol * want.abs())).max().item()
+                worst = max(worst, err)
+            results[f"{name}-{layout}-{sid}-{'causal' if causal else 'full'}-{str(dtype)[6:]}"] = worst
+    return results
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_outputs_and_gradients_match_float64_attention(n):
+    per_rank = run_world(_check_numerics, n, 7 + n, timeout=600)
+    bad = {case: err for res in per_rank for case, err in res.items() if not err <= 1.0}
+    assert per_rank[0], "no case ran"
+    assert not bad, f"cases beyond tolerance (error / tolerance): {bad}"
+
+
+def _check_ledger(layout, causal):
+    """Measured bytes per op and pass against the closed forms."""
+    info = comm.group_info()
+    n, r = info.size, info.rank
+    b, c, h, hkv, d = 2, 4, 4, 2, 8
+    L = c * n
+    q, k, v, do = (ok.shard_sequence(t, layout=layout).float() for t in _inputs(3, b, L, h, hkv, d, None))
+    got, want = {}, {}
+
+    def measure(name, fn, kind_f, kind_b):
+        ql, kl, vl = (t.clone().requires_grad_(True) for t in (q, k, v))
+        with ok.comm_ledger() as fwd:
+            out = fn(ql, kl, vl, causal=causal, layout=layout)
+        with ok.comm_ledger() as bwd:
+            out.backward(do)
+        got[name] = (fwd.received(kind_f), bwd.received(kind_b), fwd.payload_received() - fwd.received(kind_f),
+                     bwd.payload_received() - bwd.received(kind_b))
+
+    measure("ring", ring_attention, "p2p", "p2p")
+    want["ring"] = ring_comm_bytes(n, b, c, hkv, d, 4)
+    measure("token_ring", token_ring_attention, "p2p", "p2p")
+    want["token_ring"] = token_ring_comm_bytes(n, r, b, c, h, d, 4, layout, causal)
+    measure("allgather_kv", allgather_kv_attention, "all_gather", "reduce_scatter")
+    want["allgather_kv"] = allgather_kv_comm_bytes(n, b, c, hkv, d, 4)
+    if h % n == 0 and (hkv % n == 0 or n % hkv == 0):
+        measure("ulysses", ulysses_attention, "all_to_all", "all_to_all")
+        want["ulysses"] = ulysses_comm_bytes(n, b, c, h, hkv, d, 4)
+    return {k: (got[k], (want[k]["forward"], want[k]["backward"], 0, 0)) for k in got}
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
+@pytest.mark.parametrize("layout, causal", [("zigzag", True), ("contiguous", True), ("zigzag", False)])
+def test_ledger_equals_closed_form(n, layout, causal):
+    for rank, res in enumerate(run_world(_check_ledger, n, layout, causal)):
+        for op, (got, want) in res.items():
+            assert got == want, f"{op} rank {rank}: measured (fwd, bwd, other fwd, other bwd) {got} != {want}"
+
+
+def test_ring_forward_volume_is_the_reference_formula():
+    # REFERENCE.md: 2 (N-1)/N * B*L*d_kv*b received per rank in forward; twice that in backward (fp32)
+    n, b, c, hkv, d = 4, 2, 8, 2, 16
+    L = n * c
+    assert ring_comm_bytes(n, b, c, hkv, d, 2)["forward"] == 2 * (n - 1) * b * L * hkv * d * 2 // n
+    assert ring_comm_bytes(n, b, c, hkv, d, 4)["backward"] == 2 * ring_comm_bytes(n, b, c, hkv, d, 4)["forward"]
+
+
+def test_token_ring_causal_zigzag_sends_three_quarters_of_a_rotation():
+    n, c = 4, 8
+    rows = [token_ring_comm_bytes(n, r, 1, c, 1, 1, 1, "zigzag", True)["forward"] for r in range(n)]
+    # bytes = rows_in * D*b + rows_out * (D*4 + 4) (fp32 partial out and lse) with D = b = 1, so
+    # rows_in + 8 rows_out; summed over ranks rows_in == rows_out == 3/4 of N (N-1) C
+    assert sum(rows) == 9 * 3 * n * (n - 1) * c // 4
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 8])
+def test_zigzag_balances_causal_work_at_every_step(n):
+    c = 6
+    chunks = layout_chunks("zigzag", n)
+    for t in range(n):
+        work = [sum(b.work() for b in plan_blocks(chunks[r], chunks[(r - t) % n], c // 2, True)) for r in range(n)]
+        assert len(set(work)) == 1, f"step {t}: work per rank {work}"
+    contiguous = layout_chunks("contiguous", n)
+    total = [sum(sum(b.work() for b in plan_blocks(contiguous[r], contiguous[s], c, True)) for s in range(n))
+             for r in range(n)]
+    assert total[-1] > total[0]  # the imbalance zigzag removes
+
+
+def test_blocks_cover_exactly_the_visible_pairs():
+    for n, causal in itertools.product((1, 2, 3, 5), (False, True)):
+        for layout in ("contiguous", "zigzag"):
+            chunks = layout_chunks(layout, n)
+            c = 3
+            for r, s in itertools.product(range(n), range(n)):
+                seen = torch.zeros(len(chunks[r]) * c, len(chunks[s]) * c, dtype=torch.int64)
+                for b in plan_blocks(chunks[r], chunks[s], c, causal):
+                    blk = seen[b.q, b.k]
+                    if b.causal:
+                        blk += torch.ones_like(blk).tril()
+                    else:
+                        blk += 1
+                qpos = ok.local_positions(len(chunks[r]) * c, rank=r, world_size=n, layout=layout)
+                kpos = ok.local_positions(len(chunks[s]) * c, rank=s, world_size=n, layout=layout)
+                want = (kpos.view(1, -1) <= qpos.view(-1, 1)) if causal else torch.ones_like(seen, dtype=torch.bool)
+                assert torch.equal(seen, want.long()), (n, causal, layout, r, s)
+
+
+def _check_bad_inputs():
+    info = comm.group_info()
+    n, r = info.size, info.rank
+    errors = {}
+    q = torch.randn(1, 4, 4, 8)
+    kv = torch.randn(1, 4, 2, 8)
+
+    def attempt(key, fn, *args, **kw):
+        try:
+            fn(*args, **kw)
+        except (ValueError, TypeError) as e:
+            errors[key] = f"{type(e).__name__}: {e}"
+
+    short_k = kv[:, :2] if r == n - 1 else kv  # k shorter than q on one rank only
+    attempt("short_k", ring_attention, q, short_k, short_k)
+    attempt("heads", ring_attention, torch.randn(1, 4, 3, 8), kv, kv)
+    attempt("ulysses_heads", ulysses_attention, torch.randn(1, 4, 6, 8), torch.randn(1, 4, 6, 8),
+            torch.randn(1, 4, 6, 8))
+    attempt("dtype", token_ring_attention, q, kv.double(), kv)
+    attempt("not_tensor", allgather_kv_attention, q.tolist() if r == 0 else q, kv, kv)
+    attempt("odd_zigzag", ring_attention, q[:, :3], kv[:, :3], kv[:, :3], layout="zigzag")
+    return errors
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_bad_inputs_raise_on_every_rank(n):
+    for rank, e in enumerate(run_world(_check_bad_inputs, n, timeout=60)):
+        assert "q heads (3) must be divisible by k/v heads (2)" in e["heads"]
+        assert e["dtype"].startswith("TypeError: token_ring_attention: q, k, v must share a dtype")
+        assert e["not_tensor"].startswith("TypeError: allgather_kv_attention: q must be a torch.Tensor")
+        assert "seq_local must be even, got 3" in e["odd_zigzag"]
+        if n > 1:
+            assert "ring_attention:" in e["short_k"] and ("same on every rank" in e["short_k"]
+                                                          or "same local sequence length" in e["short_k"])
+        if 6 % n:
+            assert f"q heads (6) must be divisible by the Ulysses group size ({n})" in e["ulysses_heads"]
+        else:
+            assert "ulysses_heads" not in e
+
+
+def _check_usp_bad_input_in_one_ulysses_group():
+    g = usp_groups(2)
+    r = comm.group_info().rank
+    q = torch.randn(1, 4, 4, 8)
+    kv = torch.randn(1, 2 if r == 0 else 4, 2, 8)  # only rank 0 (Ulysses group 0) is wrong
+    try:
+        usp_attention(q, kv, kv, ulysses_group=g.ulysses_group, ring_group=g.ring_group)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def test_usp_bad_input_raises_on_every_rank_of_both_groups():
+    msgs = run_world(_check_usp_bad_input_in_one_ulysses_group, 4, timeout=60)
+    assert all(m is not None and m.startswith("usp_attention: q and k must hold the same local sequence length, "
+                                              "got 4 and 2") for m in msgs), msgs
