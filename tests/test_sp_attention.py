@@ -14,6 +14,8 @@ from odysseus_kernels.ops.attention import (
     allgather_kv_comm_bytes,
     ring_attention,
     ring_comm_bytes,
+    ring_self_attention,
+    rsa_comm_bytes,
     token_ring_attention,
     token_ring_comm_bytes,
     ulysses_attention,
@@ -35,7 +37,8 @@ def _ops(n):
     ops = [("ring", ring_attention, ("contiguous", "zigzag")),
            ("token_ring", token_ring_attention, ("contiguous", "zigzag")),
            ("allgather_kv", allgather_kv_attention, ("contiguous", "zigzag")),
-           ("ulysses", ulysses_attention, ("contiguous", "zigzag"))]
+           ("ulysses", ulysses_attention, ("contiguous", "zigzag")),
+           ("rsa", ring_self_attention, ("contiguous", "zigzag"))]
     if n % 2 == 0:
         g = usp_groups(2)
         ops.append(("usp", lambda q, k, v, **kw: usp_attention(q, k, v, ulysses_group=g.ulysses_group,
@@ -72,6 +75,8 @@ def _check_numerics(seed):
             ql, kl, vl = (sh(t).to(dtype).requires_grad_(True) for t in (q, k, v))
             out = fn(ql, kl, vl, causal=causal, layout=layout)
             out.backward(sh(do).to(dtype))
+            for t, orig in ((ql, q), (kl, k), (vl, v)):  # inputs are never overwritten
+                assert torch.equal(t.detach(), sh(orig).to(dtype)), f"{name} modified its input"
             atol, rtol = TOL[dtype]
             worst = 0.0
             for got, want in ((out, ref.detach()), (ql.grad, qr.grad), (kl.grad, kr.grad), (vl.grad, vr.grad)):
@@ -115,10 +120,21 @@ def _check_ledger(layout, causal):
     want["token_ring"] = token_ring_comm_bytes(n, r, b, c, h, d, 4, layout, causal)
     measure("allgather_kv", allgather_kv_attention, "all_gather", "reduce_scatter")
     want["allgather_kv"] = allgather_kv_comm_bytes(n, b, c, hkv, d, 4)
+    ql, kl, vl = (t.clone().requires_grad_(True) for t in (q, k, v))
+    with ok.comm_ledger() as fwd:
+        out = ring_self_attention(ql, kl, vl, causal=causal, layout=layout)
+    with ok.comm_ledger() as bwd:
+        out.backward(do)
+    rsa = rsa_comm_bytes(n, b, c, hkv, d, 4)
+    got["rsa"] = (fwd.received("p2p"), bwd.received("p2p"), bwd.received("reduce_scatter"), fwd.payload_received())
+    want["rsa"] = {"forward": rsa["forward"], "backward": rsa["backward"]}
+    rsa_want = (rsa["forward"], rsa["backward"], rsa["backward_reduce_scatter"], rsa["forward"])
     if h % n == 0 and (hkv % n == 0 or n % hkv == 0):
         measure("ulysses", ulysses_attention, "all_to_all", "all_to_all")
         want["ulysses"] = ulysses_comm_bytes(n, b, c, h, hkv, d, 4)
-    return {k: (got[k], (want[k]["forward"], want[k]["backward"], 0, 0)) for k in got}
+    res = {k: (got[k], (want[k]["forward"], want[k]["backward"], 0, 0)) for k in got}
+    res["rsa"] = (got["rsa"], rsa_want)
+    return res
 
 
 @pytest.mark.parametrize("n", WORLD_SIZES)

@@ -7,7 +7,7 @@ fetch of step ``t+1`` (prefetch) together with the returns of step ``t-1``, then
 ``compute(t, handle)``: the block compute overlaps both transfers, and ``compute`` waits on the
 handle only when it needs returned data (e.g. an incoming dK/dV accumulator). On CUDA the exchange
 runs on comm's stream; schedules double-buffer what they fetch so a receive never overwrites a
-buffer that the current step reads.
+buffer that the current step reads (nor the caller's input).
 """
 from __future__ import annotations
 
@@ -40,26 +40,29 @@ class Schedule:
 
 
 class Rotation(Schedule):
-    """A payload that visits every rank once, one hop forward per step, double-buffered: at step t
-    this rank holds the payload of rank ``(r - t) mod N`` (:meth:`src`). Subclasses (or ``visit``)
-    say what to compute with it."""
+    """A payload that visits every rank once, one hop forward per step: at step t this rank holds
+    the payload of rank ``(r - t) mod N`` (:meth:`src`). Step 0 reads the caller's tensor; later
+    steps alternate between two scratch buffers (receive into one while computing on the other), so
+    the caller's tensor is never overwritten. Subclasses (or ``visit(src, payload)``) say what to
+    compute with it."""
 
     TAG = 20
 
     def __init__(self, info, payload, visit=None):
         self.info, self.steps, self._visit = info, info.size, visit
-        self.bufs = [payload, torch.empty_like(payload) if info.size > 1 else None]
+        self.first = payload
+        self.scratch = [torch.empty_like(payload) for _ in range(min(2, info.size - 1))]
 
     def src(self, t: int) -> int:
         return (self.info.rank - t) % self.info.size
 
     def payload(self, t: int):
-        return self.bufs[t % 2]
+        return self.first if t == 0 else self.scratch[(t - 1) % 2]
 
     def fetch(self, t):
         if t == 0:
             return NOTHING
-        return ([(self.info.next, self.bufs[(t - 1) % 2], self.TAG)], [(self.info.prev, self.bufs[t % 2], self.TAG)])
+        return ([(self.info.next, self.payload(t - 1), self.TAG)], [(self.info.prev, self.payload(t), self.TAG)])
 
     def compute(self, t, handle):
         self._visit(self.src(t), self.payload(t))

@@ -42,7 +42,7 @@ class RingForward(Rotation):
         return plan_blocks(self.chunks[self.info.rank], self.chunks[self.src(t)], self.c, self.causal)
 
     def compute(self, t, handle):
-        k, v = self.bufs[t % 2]
+        k, v = self.payload(t)
         blocks_forward(self.q, k, v, self.blocks(t), self.out, self.lse, scale=self.scale, backend=self.backend)
 
 
@@ -67,7 +67,7 @@ class RingBackward(RingForward):
         return ([(self.info.next, self.acc.pop(t), _TAG_DKV)], [(self.info.prev, buf, _TAG_DKV)])
 
     def compute(self, t, handle):
-        k, v = self.bufs[t % 2]
+        k, v = self.payload(t)
         part = torch.zeros((2,) + tuple(k.shape), dtype=self.acc_dtype, device=k.device)
         blocks_backward(self.dout, self.q, k, v, self.o, self.lse_final, self.delta, self.blocks(t), self.dq,
                         part[0], part[1], scale=self.scale, backend=self.backend)
