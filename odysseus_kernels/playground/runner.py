@@ -1,0 +1,228 @@
+"""The playground's per-rank work: train the same model a few steps under each strategy and
+compare it with the single-device model (same weights, same data)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .. import layers as L
+from ..comm import comm_ledger, group_info, new_group
+from ..models import LlamaConfig, LlamaModel, make_batch, token_loss_sum
+from ..ops import local_positions, shard_sequence
+
+SOFTMAX_STRATEGIES = ("tp_sp", "odysseus", "ulysses", "ring", "zigzag", "token_ring", "usp", "allgather_kv", "rsa")
+LINEAR_STRATEGIES = ("lasp2", "lasp2h")
+STRATEGIES = SOFTMAX_STRATEGIES + LINEAR_STRATEGIES
+
+
+@dataclass
+class RunConfig:
+    strategies: tuple = STRATEGIES
+    seq_len: int = 64
+    batch: int = 1
+    layers: int = 2
+    hidden: int = 64
+    heads: int = 4
+    kv_heads: int = 4
+    intermediate: int = 128
+    vocab: int = 128
+    hybrid_ratio: int = 1
+    dtype: str = "float32"
+    steps: int = 3
+    warmup: int = 1
+    lr: float = 1e-2
+    device: str = "cpu"
+    ulysses_degree: int | None = None
+    seed: int = 0
+
+
+def model_config(rc: RunConfig, strategy: str) -> LlamaConfig:
+    linear = {"lasp2": "all", "lasp2h": "hybrid"}.get(strategy, "none")
+    return LlamaConfig(vocab_size=rc.vocab, hidden=rc.hidden, layers=rc.layers, heads=rc.heads,
+                       kv_heads=rc.kv_heads, intermediate=rc.intermediate, linear_layers=linear,
+                       hybrid_ratio=rc.hybrid_ratio)
+
+
+def usp_degrees(world: int, ulysses_degree: int | None, heads: int, kv_heads: int) -> tuple[int, int]:
+    """(ulysses, ring) degrees for USP: the largest Ulysses degree dividing the world and the heads
+    (at least 2 ring ranks when the world allows), unless given."""
+    if ulysses_degree is not None:
+        if world % ulysses_degree:
+            raise ValueError(f"usp: --ulysses-degree {ulysses_degree} does not divide the world size {world}")
+        return ulysses_degree, world // ulysses_degree
+    best = 1
+    for u in range(1, world + 1):
+        if world % u == 0 and heads % u == 0 and kv_heads % u == 0 and (world // u >= 2 or world == 1):
+            best = u
+    return best, world // best
+
+
+def check_config(rc: RunConfig, world: int) -> None:
+    """Raise a ValueError naming the strategy and what to change for impossible configurations."""
+    for s in rc.strategies:
+        if s not in STRATEGIES:
+            raise ValueError(f"unknown strategy {s!r}; choose from {', '.join(STRATEGIES)}")
+    if rc.hidden % rc.heads or rc.heads % rc.kv_heads:
+        raise ValueError(f"--hidden ({rc.hidden}) must divide by --heads ({rc.heads}) and --heads by --kv-heads "
+                         f"({rc.kv_heads})")
+    for s in rc.strategies:
+        zig = s in ("zigzag", "token_ring", "usp")
+        k = 2 * world if zig else world
+        if s == "usp":
+            u, r = usp_degrees(world, rc.ulysses_degree, rc.heads, rc.kv_heads)
+            k = 2 * world
+        if rc.seq_len % k:
+            raise ValueError(f"{s}: --seq-len {rc.seq_len} must be divisible by {k} "
+                             f"({'2 x ' if zig else ''}world size {world}); try --seq-len {k * max(1, rc.seq_len // k)}")
+        if s in ("tp_sp", "odysseus", "ulysses") and (rc.heads % world or rc.kv_heads % world):
+            raise ValueError(f"{s}: --heads ({rc.heads}) and --kv-heads ({rc.kv_heads}) must be divisible by the "
+                             f"world size ({world}); use --kv-heads {world * max(1, rc.kv_heads // world)} or fewer ranks")
+        if s in ("tp_sp",) and rc.intermediate % world:
+            raise ValueError(f"{s}: --intermediate ({rc.intermediate}) must be divisible by the world size ({world})")
+        if s == "odysseus" and (rc.intermediate % world or rc.hidden % world):
+            raise ValueError(f"odysseus: --intermediate ({rc.intermediate}) and --hidden ({rc.hidden}) must be "
+                             f"divisible by the world size ({world}) for ZeRO-3 sharding")
+
+
+class _SavedBytes:
+    """Bytes of tensors autograd saves for backward: the activation memory of a training step
+    (the honest per-strategy measure on CPU, where there is no allocator peak to read)."""
+
+    def __init__(self):
+        self.bytes = 0
+        self._seen: set = set()
+
+    def pack(self, t):
+        key = (t.untyped_storage().data_ptr(), t.dtype)
+        if key not in self._seen:
+            self._seen.add(key)
+            self.bytes += t.untyped_storage().nbytes()
+        return t
+
+    @contextlib.contextmanager
+    def track(self):
+        with torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t):
+            yield self
+
+
+def _reference(rc: RunConfig, strategy: str, device):
+    """Loss and named gradients of the single-device model in float64."""
+    cfg = model_config(rc, strategy)
+    model = LlamaModel(cfg).to(device=device, dtype=torch.float64)
+    ids, labels = make_batch(cfg, rc.batch, rc.seq_len, seed=rc.seed)
+    ids, labels = ids.to(device), labels.to(device)
+    loss = token_loss_sum(model(ids, torch.arange(rc.seq_len, device=device)), labels) / labels.numel()
+    loss.backward()
+    return loss.item(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def _apply(strategy: str, model, group, rc: RunConfig, world: int):
+    if strategy == "ring":
+        return L.apply_ring(model, group, layout="contiguous")
+    if strategy == "zigzag":
+        return L.apply_ring(model, group, layout="zigzag")
+    if strategy == "usp":
+        u, r = usp_degrees(world, rc.ulysses_degree, rc.heads, rc.kv_heads)
+        info = group_info(group)
+        # ranks [i*u, (i+1)*u) form a Ulysses group, ranks {j, j+u, ...} a ring group; every rank
+        # creates every group (torch.distributed requires it).
+        ug = rg = None
+        for i in range(r):
+            g = new_group(list(range(i * u, (i + 1) * u)))
+            if info.rank // u == i:
+                ug = g
+        for j in range(u):
+            g = new_group(list(range(j, world, u)))
+            if info.rank % u == j:
+                rg = g
+        return L.apply_usp(model, ulysses_group=ug, ring_group=rg, sp_group=group, layout="zigzag")
+    return getattr(L, f"apply_{strategy}")(model, group)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_strategy(strategy: str, rc: RunConfig, group=None) -> dict:
+    """Train ``rc.steps`` steps under ``strategy`` on this rank; return this rank's measurements."""
+    info = group_info(group)
+    device = torch.device(rc.device if rc.device != "cuda" else f"cuda:{torch.cuda.current_device()}")
+    dtype = getattr(torch, rc.dtype)
+    ref_loss, ref_grads = _reference(rc, strategy, device)
+    cfg = model_config(rc, strategy)
+    model = LlamaModel(cfg).to(device=device, dtype=dtype)
+    plan = _apply(strategy, model, group, rc, info.size)
+    ids, labels = make_batch(cfg, rc.batch, rc.seq_len, seed=rc.seed)
+    ids_l = shard_sequence(ids.to(device), group=plan.group, layout=plan.layout)
+    labels_l = shard_sequence(labels.to(device), group=plan.group, layout=plan.layout)
+    pos = local_positions(ids_l.shape[1], rank=plan.group.rank, world_size=plan.group.size, layout=plan.layout,
+                          device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=rc.lr)
+    times, losses = [], []
+    first = {}
+    for step in range(rc.warmup + rc.steps):
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        saved = _SavedBytes()
+        _sync(device)
+        t0 = time.perf_counter()
+        with comm_ledger() as act, saved.track():
+            local_loss = token_loss_sum(model(ids_l, pos), labels_l) / labels.numel()
+            local_loss.backward()
+        with comm_ledger() as grad_sync:
+            plan.finish_backward()
+        _sync(device)
+        dt = time.perf_counter() - t0
+        loss_t = local_loss.detach().reshape(1).to(torch.float64)
+        if step == 0:
+            from ..comm import all_reduce
+
+            all_reduce(loss_t, group=plan.group)  # the global loss, for the report only
+            grads = L.full_grads(model, plan)
+            err = max(((grads[n].double() - g).norm() / g.norm().clamp_min(1e-30)).item()
+                      for n, g in ref_grads.items())
+            first = {
+                "loss": loss_t.item(),
+                "loss_rel_err": abs(loss_t.item() - ref_loss) / abs(ref_loss),
+                "grad_max_rel_err": err,
+                "activation_comm": act.as_dict(),
+                "grad_sync_comm": grad_sync.as_dict(),
+                "saved_activation_bytes": saved.bytes,
+                "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            }
+        else:
+            losses.append(loss_t.item())
+        if step >= rc.warmup:
+            times.append(dt)
+        opt.step()
+    return {
+        "strategy": strategy,
+        "rank": info.rank,
+        "world": info.size,
+        "step_time_s": statistics.median(times) if times else math.nan,
+        **first,
+    }
+
+
+def run_all(rc: RunConfig, progress: bool = True) -> list[list[dict]]:
+    """Every strategy on this rank; returns ``[per strategy: this rank's dict]``."""
+    info = group_info()
+    out = []
+    for i, s in enumerate(rc.strategies):
+        if progress and info.rank == 0:
+            from .report import progress_line
+
+            progress_line(i, len(rc.strategies), s)
+        out.append(run_strategy(s, rc))
+    if progress and info.rank == 0:
+        from .report import progress_line
+
+        progress_line(len(rc.strategies), len(rc.strategies), "done")
+    return out
