@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from .runner import STRATEGIES, RunConfig, check_config, run_all
+from .runner import STRATEGIES, RunConfig, blockwise_memory, check_config, run_all
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ulysses-degree", type=int, default=None, help="usp: Ulysses degree (default: picked)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--mlp-chunk-size", type=int, default=None,
+                   help="blockwise (LWM/BPT) MLP over blocks of this many tokens")
+    p.add_argument("--blockwise-report", action="store_true",
+                   help="also measure activation memory with/without the blockwise MLP at two sequence lengths")
     p.add_argument("--out", default=None, help="directory for JSON/CSV results and PNG plots")
     return p
 
@@ -46,7 +50,7 @@ def _run_config(a) -> RunConfig:
     return RunConfig(strategies=strategies, seq_len=a.seq_len, batch=a.batch, layers=a.layers, hidden=a.hidden,
                      heads=a.heads, kv_heads=a.kv_heads, intermediate=a.intermediate, vocab=a.vocab,
                      hybrid_ratio=a.hybrid_ratio, dtype=a.dtype, steps=a.steps, device=device,
-                     ulysses_degree=a.ulysses_degree)
+                     ulysses_degree=a.ulysses_degree, mlp_chunk_size=a.mlp_chunk_size)
 
 
 def expected_comm(rc: RunConfig, world: int) -> tuple[dict, dict]:
@@ -61,6 +65,10 @@ def expected_comm(rc: RunConfig, world: int) -> tuple[dict, dict]:
         xs = [rc.seq_len * 2**i for i in range(0, 8)]
         curves[s] = (xs, [fn(x) for x in xs])
     return exp, curves
+
+
+def _chunk(a, world: int) -> int:
+    return a.mlp_chunk_size or max(1, a.seq_len // world // 4)
 
 
 def main(argv=None) -> int:
@@ -89,6 +97,7 @@ def main(argv=None) -> int:
         from ..comm import all_gather_objects
 
         per_rank = all_gather_objects(mine)
+        blockwise = all_gather_objects(blockwise_memory(rc, rc.strategies[0], _chunk(a, world))) if a.blockwise_report else None
         if dist.get_rank() != 0:
             dist.destroy_process_group()
             return 0
@@ -98,7 +107,8 @@ def main(argv=None) -> int:
 
         with LocalWorld(world, threads=max(1, (os.cpu_count() or 2) // world)) as w:
             per_rank = w.run(run_all, rc, True, timeout=1800)
-    from .report import format_table, plot_results, summarize, write_results
+            blockwise = w.run(blockwise_memory, rc, rc.strategies[0], _chunk(a, world), timeout=1800) if a.blockwise_report else None
+    from .report import format_blockwise, format_table, plot_results, summarize, write_results
 
     try:
         expected, curves = expected_comm(rc, world)
@@ -107,6 +117,8 @@ def main(argv=None) -> int:
         expected, curves = {}, {}
     rows = summarize(per_rank, rc, expected)
     print(format_table(rows, rc, world, rc.device))
+    if blockwise:
+        print(format_blockwise(blockwise[0], rc))
     if a.out:
         meta = {"world": world, "device": rc.device, "torch": torch.__version__, "python": platform.python_version(),
                 "config": vars(rc)}

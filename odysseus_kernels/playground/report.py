@@ -67,6 +67,23 @@ def format_table(rows: list[dict], rc, world: int, device: str) -> str:
     return "\n".join(out) + "\n" + note
 
 
+def format_blockwise(rows: list[dict], rc) -> str:
+    """The blockwise-MLP memory table (first strategy, two sequence lengths, with and without)."""
+    mem = "peak_memory_bytes" if rows and rows[0]["peak_memory_bytes"] is not None else "saved_activation_bytes"
+    label = "peak MiB" if mem == "peak_memory_bytes" else "saved activations MiB"
+    lines = [f"\nblockwise MLP (LWM/BPT memory mode), strategy {rc.strategies[0]}:",
+             f"{'seq':>8}  {'mlp_chunk_size':>14}  {label:>22}  {'grad err':>8}"]
+    for r in rows:
+        lines.append(f"{r['seq_len']:>8}  {str(r['mlp_chunk_size'] or '-'):>14}  {r[mem] / 2**20:>22.3f}  "
+                     f"{r['grad_max_rel_err']:>8.1e}")
+    by = {(r["seq_len"], r["mlp_chunk_size"]): r[mem] for r in rows}
+    s1, s2 = sorted({r["seq_len"] for r in rows})
+    c = next(r["mlp_chunk_size"] for r in rows if r["mlp_chunk_size"])
+    lines.append(f"growth from seq {s1} to {s2}: dense +{(by[(s2, None)] - by[(s1, None)]) / 2**20:.3f} MiB, "
+                 f"blockwise +{(by[(s2, c)] - by[(s1, c)]) / 2**20:.3f} MiB")
+    return "\n".join(lines)
+
+
 def write_results(out_dir: str, rows: list[dict], meta: dict) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     files = []

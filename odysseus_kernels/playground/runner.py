@@ -38,6 +38,7 @@ class RunConfig:
     lr: float = 1e-2
     device: str = "cpu"
     ulysses_degree: int | None = None
+    mlp_chunk_size: int | None = None
     seed: int = 0
 
 
@@ -45,7 +46,7 @@ def model_config(rc: RunConfig, strategy: str) -> LlamaConfig:
     linear = {"lasp2": "all", "lasp2h": "hybrid"}.get(strategy, "none")
     return LlamaConfig(vocab_size=rc.vocab, hidden=rc.hidden, layers=rc.layers, heads=rc.heads,
                        kv_heads=rc.kv_heads, intermediate=rc.intermediate, linear_layers=linear,
-                       hybrid_ratio=rc.hybrid_ratio)
+                       hybrid_ratio=rc.hybrid_ratio, mlp_chunk_size=rc.mlp_chunk_size)
 
 
 def usp_degrees(world: int, ulysses_degree: int | None, heads: int, kv_heads: int) -> tuple[int, int]:
@@ -225,4 +226,20 @@ def run_all(rc: RunConfig, progress: bool = True) -> list[list[dict]]:
         from .report import progress_line
 
         progress_line(len(rc.strategies), len(rc.strategies), "done")
+    return out
+
+
+def blockwise_memory(rc: RunConfig, strategy: str, chunk: int, group=None) -> list[dict]:
+    """Saved activation bytes (peak allocator bytes on CUDA) of one training step under
+    ``strategy`` at the configured and at twice the sequence length, with the dense MLP and with
+    the blockwise MLP (``mlp_chunk_size=chunk``): the LWM / BPT memory mode."""
+    import dataclasses
+
+    out = []
+    for seq in (rc.seq_len, 2 * rc.seq_len):
+        for c in (None, chunk):
+            r = run_strategy(strategy, dataclasses.replace(rc, seq_len=seq, mlp_chunk_size=c, steps=1, warmup=0),
+                             group)
+            out.append({"seq_len": seq, "mlp_chunk_size": c, "saved_activation_bytes": r["saved_activation_bytes"],
+                        "peak_memory_bytes": r["peak_memory_bytes"], "grad_max_rel_err": r["grad_max_rel_err"]})
     return out
