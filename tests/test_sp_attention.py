@@ -174,23 +174,97 @@ def test_zigzag_balances_causal_work_at_every_step(n):
     assert total[-1] > total[0]  # the imbalance zigzag removes
 
 
-def test_blocks_cover_exactly_the_visible_pairs():
+@pytest.mark.parametrize("window", [(-1, -1), (2, -1), (4, 1), (0, 0), (7, 3)], ids=str)
+def test_blocks_cover_exactly_the_visible_pairs(window):
+    from odysseus_kernels.kernels.attention import block_mask
+
     for n, causal in itertools.product((1, 2, 3, 5), (False, True)):
         for layout in ("contiguous", "zigzag"):
             chunks = layout_chunks(layout, n)
             c = 3
             for r, s in itertools.product(range(n), range(n)):
                 seen = torch.zeros(len(chunks[r]) * c, len(chunks[s]) * c, dtype=torch.int64)
-                for b in plan_blocks(chunks[r], chunks[s], c, causal):
+                for b in plan_blocks(chunks[r], chunks[s], c, causal, window):
                     blk = seen[b.q, b.k]
-                    if b.causal:
-                        blk += torch.ones_like(blk).tril()
-                    else:
-                        blk += 1
-                qpos = ok.local_positions(len(chunks[r]) * c, rank=r, world_size=n, layout=layout)
-                kpos = ok.local_positions(len(chunks[s]) * c, rank=s, world_size=n, layout=layout)
-                want = (kpos.view(1, -1) <= qpos.view(-1, 1)) if causal else torch.ones_like(seen, dtype=torch.bool)
+                    m = block_mask(b.q_stop - b.q_start, b.k_stop - b.k_start, causal=causal, q_offset=b.q_offset,
+                                   k_offset=b.k_offset, window=window) if b.masked else None
+                    blk += 1 if m is None else m.long()
+                    assert b.work(causal, window) == (blk.numel() if m is None else int(m.sum()))
+                qpos = ok.local_positions(len(chunks[r]) * c, rank=r, world_size=n, layout=layout).view(-1, 1)
+                kpos = ok.local_positions(len(chunks[s]) * c, rank=s, world_size=n, layout=layout).view(1, -1)
+                want = torch.ones_like(seen, dtype=torch.bool)
+                if causal:
+                    want &= kpos <= qpos
+                if window[0] >= 0:
+                    want &= kpos >= qpos - window[0]
+                if window[1] >= 0:
+                    want &= kpos <= qpos + window[1]
                 assert torch.equal(seen, want.long()), (n, causal, layout, r, s)
+
+
+def _check_windows(seed):
+    """Sliding windows (left only, both sides, smaller / larger than a shard) for every op."""
+    n = comm.group_info().size
+    results = {}
+    b, h, hkv, d = 1, 4, 2, 8
+    for (name, fn, layouts), causal, window in itertools.product(_ops(n), (True, False),
+                                                                 [(3, -1), (2, 1), (9, 0), (1, 5)]):
+        if name == "rsa" or (name == "ulysses" and (h % n or (hkv % n and n % hkv))):
+            continue
+        if not causal and window[1] < 0:
+            continue
+        for layout in layouts:
+            L = 4 * n
+            q, k, v, do = _inputs(seed, b, L, h, hkv, d, None)
+            qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+            ref = attention_ref(qr, kr, vr, causal=causal, window=window)
+            ref.backward(do)
+            sh = lambda t: ok.shard_sequence(t, layout=layout)  # noqa: E731
+            ql, kl, vl = (sh(t).requires_grad_(True) for t in (q, k, v))
+            out = fn(ql, kl, vl, causal=causal, layout=layout, window=window)
+            out.backward(sh(do))
+            worst = max((got - sh(want)).abs().max().item() for got, want in
+                        ((out, ref.detach()), (ql.grad, qr.grad), (kl.grad, kr.grad), (vl.grad, vr.grad)))
+            results[f"{name}-{layout}-{window}-{'causal' if causal else 'full'}"] = worst
+    return results
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_sliding_windows_match_float64_attention(n):
+    per_rank = run_world(_check_windows, n, 11 + n, timeout=600)
+    bad = {case: err for res in per_rank for case, err in res.items() if not err <= 1e-12}
+    assert per_rank[0] and not bad, bad
+
+
+def _check_window_ledger():
+    """A window that fits in k ranks (contiguous layout): the ring stops after k hops."""
+    n = comm.group_info().size
+    b, c, h, hkv, d = 1, 4, 2, 2, 8
+    q, k, v, do = (ok.shard_sequence(t, layout="contiguous") for t in _inputs(5, b, c * n, h, hkv, d, None))
+    out = {}
+    for window in [(3, -1), (4, -1), (5, -1), (-1, -1)]:
+        ql, kl, vl = (t.clone().requires_grad_(True) for t in (q, k, v))
+        with ok.comm_ledger() as fwd:
+            o = ring_attention(ql, kl, vl, causal=True, layout="contiguous", window=window)
+        with ok.comm_ledger() as bwd:
+            o.backward(do)
+        out[window] = (fwd.received("p2p"), bwd.received("p2p"))
+    return out
+
+
+@pytest.mark.parametrize("n", [pytest.param(n, id=f"N{n}") for n in (2, 3, 4)])
+def test_window_that_fits_in_fewer_ranks_moves_less(n):
+    from odysseus_kernels.ops.attention.blocks import ring_steps
+
+    b, c, hkv, d = 1, 4, 2, 8
+    for got in run_world(_check_window_ledger, n):
+        for window, (f, bw) in got.items():
+            steps = ring_steps(layout_chunks("contiguous", n), c, True, window)
+            # left window 3 < c: only the previous rank's K/V are needed; 5 > c: two ranks back
+            assert steps == min(n, {3: 2, 4: 2, 5: 3, -1: n}[window[0]])
+            want = ring_comm_bytes(n, b, c, hkv, d, 8, steps=steps)
+            assert (f, bw) == (want["forward"], want["backward"]), (window, f, bw, want)
+        assert got[(3, -1)][0] < got[(-1, -1)][0] or n == 2
 
 
 def _check_bad_inputs():
@@ -214,6 +288,7 @@ def _check_bad_inputs():
     attempt("dtype", token_ring_attention, q, kv.double(), kv)
     attempt("not_tensor", allgather_kv_attention, q.tolist() if r == 0 else q, kv, kv)
     attempt("odd_zigzag", ring_attention, q[:, :3], kv[:, :3], kv[:, :3], layout="zigzag")
+    attempt("window", ulysses_attention, q, kv, kv, window=(2, -3))
     return errors
 
 
@@ -224,6 +299,7 @@ def test_bad_inputs_raise_on_every_rank(n):
         assert e["dtype"].startswith("TypeError: token_ring_attention: q, k, v must share a dtype")
         assert e["not_tensor"].startswith("TypeError: allgather_kv_attention: q must be a torch.Tensor")
         assert "seq_local must be even, got 3" in e["odd_zigzag"]
+        assert "window must be (left, right) with ints >= -1 (-1 = unbounded), got (2, -3)" in e["window"]
         if n > 1:
             assert "ring_attention:" in e["short_k"] and ("same on every rank" in e["short_k"]
                                                           or "same local sequence length" in e["short_k"])

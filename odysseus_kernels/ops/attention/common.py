@@ -16,6 +16,14 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else FP32
 
 
+def validate_window(op: str, window) -> tuple[int, int]:
+    """``window=(left, right)`` in tokens, -1 = unbounded."""
+    if (not isinstance(window, (tuple, list)) or len(window) != 2
+            or not all(isinstance(w, int) and not isinstance(w, bool) and w >= -1 for w in window)):
+        raise ValueError(f"{op}: window must be (left, right) with ints >= -1 (-1 = unbounded), got {window!r}")
+    return int(window[0]), int(window[1])
+
+
 def validate_qkv(op: str, check, q, k, v, *, layout: str | None, causal: bool, softmax_scale, extra=None) -> None:
     """Local checks of attention inputs (raise inside a ``rank_consistent`` block) and the metadata
     that must agree across ranks."""
@@ -71,21 +79,27 @@ def new_accumulators(q: torch.Tensor, nrows: int, dv: int):
     return out, lse
 
 
-def blocks_forward(q, k, v, blocks, out, lse, *, scale, backend) -> None:
+def _mask_args(b, causal, window) -> dict:
+    if not b.masked:
+        return {"causal": False}
+    return {"causal": causal, "q_offset": b.q_offset, "k_offset": b.k_offset, "window": tuple(window)}
+
+
+def blocks_forward(q, k, v, blocks, out, lse, *, scale, backend, causal, window) -> None:
     """Merge the attention of every block (``q[:, b.q]`` vs ``k/v[:, b.k]``) into ``(out, lse)``."""
     for b in blocks:
-        o, l_ = attention_block_fwd(q[:, b.q], k[:, b.k], v[:, b.k], softmax_scale=scale, causal=b.causal,
-                                    out_dtype=out.dtype, backend=backend)
+        o, l_ = attention_block_fwd(q[:, b.q], k[:, b.k], v[:, b.k], softmax_scale=scale,
+                                    out_dtype=out.dtype, backend=backend, **_mask_args(b, causal, window))
         merge_attention(out[:, b.q], lse[:, :, b.q], o, l_)
 
 
-def blocks_backward(dout, q, k, v, out, lse, delta, blocks, dq, dk, dv, *, scale, backend) -> None:
+def blocks_backward(dout, q, k, v, out, lse, delta, blocks, dq, dk, dv, *, scale, backend, causal, window) -> None:
     """Accumulate every block's gradients into ``dq``/``dk``/``dv`` (given the rows' final lse, delta)."""
     for b in blocks:
         g_q, g_k, g_v = attention_block_bwd(dout[:, b.q], q[:, b.q], k[:, b.k], v[:, b.k],
                                             None if out is None else out[:, b.q], lse[:, :, b.q],
-                                            softmax_scale=scale, causal=b.causal, delta=delta[:, :, b.q],
-                                            grad_dtype=dq.dtype, backend=backend)
+                                            softmax_scale=scale, delta=delta[:, :, b.q], grad_dtype=dq.dtype,
+                                            backend=backend, **_mask_args(b, causal, window))
         dq[:, b.q] += g_q
         dk[:, b.k] += g_k
         dv[:, b.k] += g_v

@@ -20,8 +20,9 @@ import torch
 
 from ...comm import group_info, rank_consistent
 from ..layout import layout_chunks
-from .blocks import plan_blocks
-from .common import acc_dtype, blocks_backward, blocks_forward, new_accumulators, row_delta, scale_of, validate_qkv
+from .blocks import plan_blocks, ring_steps
+from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulators, row_delta, scale_of, validate_qkv,
+                     validate_window)
 from .driver import NOTHING, Rotation, run_schedule
 
 _TAG_DKV = 22
@@ -30,27 +31,30 @@ _TAG_DKV = 22
 class RingForward(Rotation):
     """Forward schedule: K/V packed as one ``[2, B, C, H_kv, D]`` payload rotating forward."""
 
-    def __init__(self, info, chunks, q, k, v, *, causal, scale, backend):
+    def __init__(self, info, chunks, q, k, v, *, causal, scale, backend, window):
         super().__init__(info, torch.stack([k, v]))
         self.chunks = chunks
-        self.q, self.causal, self.scale, self.backend = q, causal, scale, backend
+        self.q, self.causal, self.scale, self.backend, self.window = q, causal, scale, backend, window
         self.acc_dtype = acc_dtype(q.dtype)
         self.c = q.shape[1] // len(chunks[0])
+        # a window that fits in fewer ranks stops the rotation early: fewer steps, fewer transfers
+        self.steps = ring_steps(chunks, self.c, causal, window)
         self.out, self.lse = new_accumulators(q, q.shape[1], v.shape[-1])
 
     def blocks(self, t):
-        return plan_blocks(self.chunks[self.info.rank], self.chunks[self.src(t)], self.c, self.causal)
+        return plan_blocks(self.chunks[self.info.rank], self.chunks[self.src(t)], self.c, self.causal, self.window)
 
     def compute(self, t, handle):
         k, v = self.payload(t)
-        blocks_forward(self.q, k, v, self.blocks(t), self.out, self.lse, scale=self.scale, backend=self.backend)
+        blocks_forward(self.q, k, v, self.blocks(t), self.out, self.lse, scale=self.scale, backend=self.backend,
+                       causal=self.causal, window=self.window)
 
 
 class RingBackward(RingForward):
     """Backward schedule: K/V fetched as in forward; dK/dV accumulators returned one hop behind."""
 
-    def __init__(self, info, chunks, q, k, v, out, lse, dout, *, causal, scale, backend):
-        super().__init__(info, chunks, q, k, v, causal=causal, scale=scale, backend=backend)
+    def __init__(self, info, chunks, q, k, v, out, lse, dout, *, causal, scale, backend, window):
+        super().__init__(info, chunks, q, k, v, causal=causal, scale=scale, backend=backend, window=window)
         del self.out, self.lse
         self.o, self.lse_final, self.dout = out, lse, dout
         self.delta = row_delta(dout, out, self.acc_dtype)  # [B, H, C]
@@ -64,13 +68,17 @@ class RingBackward(RingForward):
             return NOTHING
         buf = torch.empty_like(self.acc[t])
         self.incoming[t + 1] = buf  # step t+1 (or, after the last step, this rank's own accumulator)
+        if t == self.steps - 1:  # home: straight to the owner (== next when the ring is complete)
+            n, r = self.info.size, self.info.rank
+            return ([((r - t) % n, self.acc.pop(t), _TAG_DKV)], [((r + t) % n, buf, _TAG_DKV)])
         return ([(self.info.next, self.acc.pop(t), _TAG_DKV)], [(self.info.prev, buf, _TAG_DKV)])
 
     def compute(self, t, handle):
         k, v = self.payload(t)
         part = torch.zeros((2,) + tuple(k.shape), dtype=self.acc_dtype, device=k.device)
         blocks_backward(self.dout, self.q, k, v, self.o, self.lse_final, self.delta, self.blocks(t), self.dq,
-                        part[0], part[1], scale=self.scale, backend=self.backend)
+                        part[0], part[1], scale=self.scale, backend=self.backend, causal=self.causal,
+                        window=self.window)
         if t == 0:
             self.own = part
         elif t == 1:
@@ -80,46 +88,50 @@ class RingBackward(RingForward):
             self.acc[t] = self.incoming.pop(t).add_(part)
 
     def finish(self):
-        if self.info.size > 1:
+        if self.steps > 1:
             self.own += self.incoming.pop(self.steps)
 
 
-def ring_comm_bytes(world: int, batch: int, seq_local: int, kv_heads: int, head_dim: int, elem_bytes: int) -> dict:
-    """Closed-form bytes received per rank (ledger kind ``p2p``) for forward and backward."""
+def ring_comm_bytes(world: int, batch: int, seq_local: int, kv_heads: int, head_dim: int, elem_bytes: int,
+                    steps: int | None = None) -> dict:
+    """Closed-form bytes received per rank (ledger kind ``p2p``) for forward and backward; ``steps``
+    (default: the full ring, ``world``) is :func:`~.blocks.ring_steps` for a window."""
     s_kv = batch * seq_local * kv_heads * head_dim
-    fwd = 2 * (world - 1) * s_kv * elem_bytes
+    hops = (world if steps is None else steps) - 1
+    fwd = 2 * hops * s_kv * elem_bytes
     acc_bytes = 8 if elem_bytes == 8 else 4  # dK/dV travel as fp32 accumulators (fp64 for fp64)
-    return {"forward": fwd, "backward": fwd + 2 * (world - 1) * s_kv * acc_bytes}
+    return {"forward": fwd, "backward": fwd + 2 * hops * s_kv * acc_bytes}
 
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, info, chunks, causal, scale, backend):
-        sched = run_schedule(RingForward(info, chunks, q, k, v, causal=causal, scale=scale, backend=backend),
-                             info)
+    def forward(ctx, q, k, v, info, chunks, causal, scale, backend, window):
+        sched = run_schedule(RingForward(info, chunks, q, k, v, causal=causal, scale=scale, backend=backend,
+                                         window=window), info)
         out = sched.out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, sched.lse)
-        ctx.opts = (info, chunks, causal, scale, backend)
+        ctx.opts = (info, chunks, causal, scale, backend, window)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        info, chunks, causal, scale, backend = ctx.opts
+        info, chunks, causal, scale, backend, window = ctx.opts
         sched = run_schedule(RingBackward(info, chunks, q, k, v, out, lse, dout.contiguous(), causal=causal,
-                                          scale=scale, backend=backend), info)
+                                          scale=scale, backend=backend, window=window), info)
         dq = sched.dq.to(q.dtype)
-        return dq, sched.own[0].to(k.dtype), sched.own[1].to(v.dtype), None, None, None, None, None
+        return dq, sched.own[0].to(k.dtype), sched.own[1].to(v.dtype), None, None, None, None, None, None
 
 
-def ring_attention_chunks(q, k, v, *, info, chunks, causal, scale, backend="auto"):
+def ring_attention_chunks(q, k, v, *, info, chunks, causal, scale, backend="auto", window=(-1, -1)):
     """Ring attention over arbitrary chunk assignments (``chunks[r]``: global chunk ids of rank r's
     shard). Validation is the caller's; used by :func:`ring_attention` and USP."""
-    return _RingAttention.apply(q, k, v, info, chunks, causal, scale, backend)
+    return _RingAttention.apply(q, k, v, info, chunks, causal, scale, backend, tuple(window))
 
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
-                   softmax_scale: float | None = None, layout: str = "zigzag", backend: str = "auto") -> torch.Tensor:
+                   softmax_scale: float | None = None, layout: str = "zigzag", window: tuple[int, int] = (-1, -1),
+                   backend: str = "auto") -> torch.Tensor:
     """Ring attention: exact attention over the sequence sharded across ``group``, K/V circulating.
 
     Args:
@@ -129,6 +141,9 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=N
         causal: causal over the global sequence in its original token order.
         softmax_scale: default ``1/sqrt(D)``.
         layout: ``"zigzag"`` (balanced causal work) or ``"contiguous"``.
+        window: ``(left, right)`` sliding window in tokens (-1 = unbounded), exact at every position.
+            When it fits in fewer ranks than the ring (contiguous layout), the rotation stops early
+            and moves only what those steps need.
         backend: block-kernel backend (``"auto"``: Triton on CUDA, torch elsewhere).
     Returns:
         ``[B, C, H, D]`` in ``q.dtype``, this rank's rows of the global attention output.
@@ -142,10 +157,12 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=N
     """
     info = group_info(group)
     with rank_consistent("ring_attention", info) as check:
-        validate_qkv("ring_attention", check, q, k, v, layout=layout, causal=causal, softmax_scale=softmax_scale)
+        validate_qkv("ring_attention", check, q, k, v, layout=layout, causal=causal, softmax_scale=softmax_scale,
+                     extra={"window": window})
+        window = validate_window("ring_attention", window)
         if k.shape != v.shape:
             raise ValueError(f"ring_attention: k and v must have the same shape, got {tuple(k.shape)} and "
                              f"{tuple(v.shape)}")
     chunks = layout_chunks(layout, info.size)
     return ring_attention_chunks(q, k, v, info=info, chunks=chunks, causal=causal, scale=scale_of(q, softmax_scale),
-                                 backend=backend)
+                                 backend=backend, window=window)

@@ -32,17 +32,18 @@ from ...comm import group_info, rank_consistent
 from ...kernels.attention import merge_attention
 from ..layout import layout_chunks
 from .blocks import needed_query_slots, plan_blocks
-from .common import acc_dtype, blocks_backward, blocks_forward, new_accumulators, row_delta, rows, scale_of, validate_qkv
+from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulators, row_delta, rows, scale_of, validate_qkv,
+                     validate_window)
 from .driver import NOTHING, Schedule, run_schedule
 
 _TAG_Q, _TAG_STATS, _TAG_OUT, _TAG_LSE = 31, 32, 33, 34
 
 
 class _TokenRingBase(Schedule):
-    def __init__(self, info, chunks, q, k, v, *, causal, scale, backend):
+    def __init__(self, info, chunks, q, k, v, *, causal, scale, backend, window):
         self.info, self.chunks, self.steps = info, chunks, info.size
         self.q, self.k, self.v = q, k, v
-        self.causal, self.scale, self.backend = causal, scale, backend
+        self.causal, self.scale, self.backend, self.window = causal, scale, backend, window
         self.c = q.shape[1] // len(chunks[0])
         self.acc_dtype = acc_dtype(q.dtype)
         self.received = {}  # step -> received tensors
@@ -55,15 +56,15 @@ class _TokenRingBase(Schedule):
 
     def my_slots_for(self, dst):
         """My query slots that rank ``dst``'s keys serve."""
-        return needed_query_slots(self.chunks[self.info.rank], self.chunks[dst], self.causal)
+        return needed_query_slots(self.chunks[self.info.rank], self.chunks[dst], self.causal, self.c, self.window)
 
     def src_slots(self, src):
         """Rank ``src``'s query slots that my keys serve."""
-        return needed_query_slots(self.chunks[src], self.chunks[self.info.rank], self.causal)
+        return needed_query_slots(self.chunks[src], self.chunks[self.info.rank], self.causal, self.c, self.window)
 
     def blocks_for(self, src, slots):
         q_chunks = [self.chunks[src][s] for s in slots]
-        return plan_blocks(q_chunks, self.chunks[self.info.rank], self.c, self.causal)
+        return plan_blocks(q_chunks, self.chunks[self.info.rank], self.c, self.causal, self.window)
 
     def slot_views(self, t, slots):
         """(start, stop) row ranges in my tensors of the chunk slots, for scattering results back."""
@@ -108,7 +109,7 @@ class TokenRingForward(_TokenRingBase):
 
     def _attend(self, qs, src, slots, out, lse):
         blocks_forward(qs, self.k, self.v, self.blocks_for(src, slots), out, lse, scale=self.scale,
-                       backend=self.backend)
+                       backend=self.backend, causal=self.causal, window=self.window)
 
     def _merge_returned(self, t):
         if t not in self.returned:
@@ -184,7 +185,8 @@ class TokenRingBackward(_TokenRingBase):
 
     def _grad(self, qdo, stats, src, slots, dq):
         blocks_backward(qdo[1], qdo[0], self.k, self.v, None, stats[0], stats[1], self.blocks_for(src, slots), dq,
-                        self.dk, self.dv, scale=self.scale, backend=self.backend)
+                        self.dk, self.dv, scale=self.scale, backend=self.backend, causal=self.causal,
+                        window=self.window)
 
     def _add_returned(self, t):
         if t not in self.returned:
@@ -213,21 +215,23 @@ class TokenRingBackward(_TokenRingBase):
         self._add_returned(self.steps - 1)
 
 
-def token_ring_rows_received(world: int, rank: int, seq_local: int, layout: str, causal: bool) -> int:
-    """Query rows rank ``rank`` receives over a TokenRing pass (the sizes the ledger sees)."""
+def token_ring_rows(world: int, rank: int, seq_local: int, layout: str, causal: bool,
+                    window=(-1, -1)) -> tuple[int, int]:
+    """Query rows ``rank`` receives over a TokenRing pass, and rows of its own queries whose
+    partials come back (the sizes the ledger sees)."""
     chunks = layout_chunks(layout, world)
     c = seq_local // len(chunks[0])
-    return sum(len(needed_query_slots(chunks[(rank - t) % world], chunks[rank], causal)) * c
-               for t in range(1, world))
+    rows_in = sum(len(needed_query_slots(chunks[(rank - t) % world], chunks[rank], causal, c, window)) * c
+                  for t in range(1, world))
+    rows_back = sum(len(needed_query_slots(chunks[rank], chunks[(rank + t) % world], causal, c, window)) * c
+                    for t in range(1, world))
+    return rows_in, rows_back
 
 
-def token_ring_comm_bytes(world, rank, batch, seq_local, heads, head_dim, elem_bytes, layout, causal) -> dict:
+def token_ring_comm_bytes(world, rank, batch, seq_local, heads, head_dim, elem_bytes, layout, causal,
+                          window=(-1, -1)) -> dict:
     """Closed-form bytes received by ``rank`` (ledger kind ``p2p``), forward and backward."""
-    r_in = token_ring_rows_received(world, rank, seq_local, layout, causal)
-    # the partials this rank receives back are for the rows it sent: the rows the others receive from it
-    chunks = layout_chunks(layout, world)
-    c = seq_local // len(chunks[0])
-    r_out = sum(len(needed_query_slots(chunks[rank], chunks[(rank + t) % world], causal)) * c for t in range(1, world))
+    r_in, r_out = token_ring_rows(world, rank, seq_local, layout, causal, window)
     acc = 8 if elem_bytes == 8 else 4
     bh = batch * heads
     fwd = bh * (r_in * head_dim * elem_bytes + r_out * (head_dim * acc + acc))
@@ -237,31 +241,32 @@ def token_ring_comm_bytes(world, rank, batch, seq_local, heads, head_dim, elem_b
 
 class _TokenRingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, info, chunks, causal, scale, backend):
-        sched = run_schedule(TokenRingForward(info, chunks, q, k, v, causal=causal, scale=scale, backend=backend),
-                             info)
+    def forward(ctx, q, k, v, info, chunks, causal, scale, backend, window):
+        sched = run_schedule(TokenRingForward(info, chunks, q, k, v, causal=causal, scale=scale, backend=backend,
+                                              window=window), info)
         out = sched.out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, sched.lse)
-        ctx.opts = (info, chunks, causal, scale, backend)
+        ctx.opts = (info, chunks, causal, scale, backend, window)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        info, chunks, causal, scale, backend = ctx.opts
+        info, chunks, causal, scale, backend, window = ctx.opts
         sched = run_schedule(TokenRingBackward(info, chunks, q, k, v, out, lse, dout.contiguous(), causal=causal,
-                                               scale=scale, backend=backend), info)
-        return sched.dq.to(q.dtype), sched.dk.to(k.dtype), sched.dv.to(v.dtype), None, None, None, None, None
+                                               scale=scale, backend=backend, window=window), info)
+        return sched.dq.to(q.dtype), sched.dk.to(k.dtype), sched.dv.to(v.dtype), None, None, None, None, None, None
 
 
 def token_ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
                          softmax_scale: float | None = None, layout: str = "zigzag",
-                         backend: str = "auto") -> torch.Tensor:
+                         window: tuple[int, int] = (-1, -1), backend: str = "auto") -> torch.Tensor:
     """TokenRing attention: K/V stay resident, queries and partial outputs travel (both link directions).
 
     Args:
         q: ``[B, C, H, D]``; k, v: ``[B, C, H_kv, D]`` this rank's shards in ``layout``.
-        group, causal, softmax_scale, layout, backend: as in :func:`ring_attention`.
+        group, causal, softmax_scale, layout, window, backend: as in :func:`ring_attention` (queries a
+            window keeps away from a rank are never sent to it).
     Returns:
         ``[B, C, H, D]`` in ``q.dtype``.
     Communication: see the module docstring and :func:`token_ring_comm_bytes` (no K/V moves; with
@@ -273,6 +278,7 @@ def token_ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, g
     info = group_info(group)
     with rank_consistent("token_ring_attention", info) as check:
         validate_qkv("token_ring_attention", check, q, k, v, layout=layout, causal=causal,
-                     softmax_scale=softmax_scale)
+                     softmax_scale=softmax_scale, extra={"window": window})
+        window = validate_window("token_ring_attention", window)
     return _TokenRingAttention.apply(q, k, v, info, layout_chunks(layout, info.size), causal,
-                                     scale_of(q, softmax_scale), backend)
+                                     scale_of(q, softmax_scale), backend, window)

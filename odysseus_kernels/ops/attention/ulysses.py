@@ -23,7 +23,7 @@ import torch
 from ...comm import all_to_all, group_info, new_group, rank_consistent
 from ..layout import layout_chunks
 from ..local_attention import local_attention
-from .common import scale_of, validate_qkv
+from .common import scale_of, validate_qkv, validate_window
 from .ring import ring_attention_chunks
 
 
@@ -96,14 +96,14 @@ def _natural_order(chunks_rank_major: list[int], c: int, device) -> tuple[torch.
 
 def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
                       softmax_scale: float | None = None, layout: str = "contiguous",
-                      backend: str = "auto") -> torch.Tensor:
+                      window: tuple[int, int] = (-1, -1), backend: str = "auto") -> torch.Tensor:
     """Ulysses attention: all-to-all to head shards, local attention over the full sequence, back.
 
     Args:
         q: ``[B, C, H, D]``; k, v: ``[B, C, H_kv, D]``, sequence shards in ``layout`` (contiguous, or
             zigzag: rows are put in token order after the all-to-all). ``H`` must divide by N;
             ``H_kv`` must divide by N or divide N (kv heads are then repeated).
-        group, causal, softmax_scale, backend: as in :func:`ring_attention`.
+        group, causal, softmax_scale, window, backend: as in :func:`ring_attention`.
     Returns:
         ``[B, C, H, D]`` in ``q.dtype``.
     Communication: 4 all-to-alls forward (q, k, v, out) and 4 backward, each (N-1)/N of the local
@@ -114,19 +114,21 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, grou
     """
     info = group_info(group)
     with rank_consistent("ulysses_attention", info) as check:
-        validate_qkv("ulysses_attention", check, q, k, v, layout=layout, causal=causal, softmax_scale=softmax_scale)
+        validate_qkv("ulysses_attention", check, q, k, v, layout=layout, causal=causal, softmax_scale=softmax_scale,
+                     extra={"window": window})
+        window = validate_window("ulysses_attention", window)
         _check_heads("ulysses_attention", q, k, info.size)
     scale = scale_of(q, softmax_scale)
     n = info.size
     k, v = _expand_kv(k, v, n)
     qh, kh, vh = (_SeqToHeads.apply(t, info) for t in (q, k, v))
     if layout == "contiguous":
-        o = local_attention(qh, kh, vh, causal=causal, softmax_scale=scale, backend=backend)
+        o = local_attention(qh, kh, vh, causal=causal, softmax_scale=scale, window=window, backend=backend)
     else:
         chunks = [ch for r in layout_chunks(layout, n) for ch in r]
         to_nat, back = _natural_order(chunks, q.shape[1] // 2, q.device)
         o = local_attention(*(t.index_select(1, to_nat) for t in (qh, kh, vh)), causal=causal, softmax_scale=scale,
-                            backend=backend).index_select(1, back)
+                            window=window, backend=backend).index_select(1, back)
     return _HeadsToSeq.apply(o, info)
 
 
@@ -172,7 +174,7 @@ def usp_groups(ulysses_degree: int, group=None) -> USPGroups:
 
 def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ulysses_group, ring_group,
                   causal: bool = False, softmax_scale: float | None = None, layout: str = "zigzag",
-                  backend: str = "auto") -> torch.Tensor:
+                  window: tuple[int, int] = (-1, -1), backend: str = "auto") -> torch.Tensor:
     """USP: Ulysses inside ``ulysses_group`` and ring attention across ``ring_group``.
 
     Args:
@@ -180,7 +182,7 @@ def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ulysses_
             ``layout`` over the ``U*R`` ranks at position ``ring_rank * U + ulysses_rank``
             (:func:`usp_groups` builds groups with that order, so with the default world the position
             is the global rank). Heads divide by U as in :func:`ulysses_attention`.
-        causal, softmax_scale, backend: as in :func:`ring_attention`.
+        causal, softmax_scale, window, backend: as in :func:`ring_attention`.
     Returns:
         ``[B, C, H, D]`` in ``q.dtype``.
     Communication: Ulysses's 4 all-to-alls within the Ulysses group (on U*C tokens' worth of rows),
@@ -196,7 +198,8 @@ def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ulysses_
     with rank_consistent("usp_attention", ring_group) as outer:
         with rank_consistent("usp_attention", ulysses_group) as check:
             validate_qkv("usp_attention", check, q, k, v, layout=layout, causal=causal,
-                         softmax_scale=softmax_scale, extra={"ring_size": ri.size})
+                         softmax_scale=softmax_scale, extra={"ring_size": ri.size, "window": window})
+            window = validate_window("usp_attention", window)
             _check_heads("usp_attention", q, k, ui.size, "the Ulysses degree")
         outer.meta(q=tuple(q.shape), k=tuple(k.shape), causal=causal, layout=layout, ulysses=ui.size)
     u, r = ui.size, ri.size
@@ -205,5 +208,6 @@ def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ulysses_
     qh, kh, vh = (_SeqToHeads.apply(t, ui) for t in (q, k, v))
     per_rank = layout_chunks(layout, u * r)
     ring_chunks = [[ch for p in range(i * u, (i + 1) * u) for ch in per_rank[p]] for i in range(r)]
-    o = ring_attention_chunks(qh, kh, vh, info=ri, chunks=ring_chunks, causal=causal, scale=scale, backend=backend)
+    o = ring_attention_chunks(qh, kh, vh, info=ri, chunks=ring_chunks, causal=causal, scale=scale, backend=backend,
+                              window=window)
     return _HeadsToSeq.apply(o, ui)
