@@ -23,8 +23,8 @@ from odysseus_kernels.ops.attention import (
     usp_attention,
     usp_groups,
 )
-from odysseus_kernels.ops.attention.blocks import plan_blocks
-from odysseus_kernels.ops.layout import layout_chunks
+from odysseus_kernels.ops.attention.blocks import Mask, plan_blocks, ring_steps
+from odysseus_kernels.ops.layout import layout_spans
 from tests.distributed import run_world
 
 # (atol, rtol) per dtype against the float64 reference
@@ -163,35 +163,45 @@ def test_token_ring_causal_zigzag_sends_three_quarters_of_a_rotation():
 
 @pytest.mark.parametrize("n", [2, 3, 4, 8])
 def test_zigzag_balances_causal_work_at_every_step(n):
-    c = 6
-    chunks = layout_chunks("zigzag", n)
+    L = 12 * n
+    spans = layout_spans("zigzag", n, L)
+    causal = Mask(causal=True)
     for t in range(n):
-        work = [sum(b.work() for b in plan_blocks(chunks[r], chunks[(r - t) % n], c // 2, True)) for r in range(n)]
+        work = [sum(b.work(causal) for b in plan_blocks(spans[r], spans[(r - t) % n], causal)) for r in range(n)]
         assert len(set(work)) == 1, f"step {t}: work per rank {work}"
-    contiguous = layout_chunks("contiguous", n)
-    total = [sum(sum(b.work() for b in plan_blocks(contiguous[r], contiguous[s], c, True)) for s in range(n))
+    contiguous = layout_spans("contiguous", n, L)
+    total = [sum(sum(b.work(causal) for b in plan_blocks(contiguous[r], contiguous[s], causal)) for s in range(n))
              for r in range(n)]
     assert total[-1] > total[0]  # the imbalance zigzag removes
 
 
+CU = (0, 5, 6, 30, 36)  # documents of 5, 1, 24 and 6 tokens
+
+
 @pytest.mark.parametrize("window", [(-1, -1), (2, -1), (4, 1), (0, 0), (7, 3)], ids=str)
-def test_blocks_cover_exactly_the_visible_pairs(window):
+@pytest.mark.parametrize("docs", [False, True], ids=["stream", "packed"])
+def test_blocks_cover_exactly_the_visible_pairs(window, docs):
     from odysseus_kernels.kernels.attention import block_mask
 
-    for n, causal in itertools.product((1, 2, 3, 5), (False, True)):
+    for n, causal in itertools.product((1, 2, 3), (False, True)):
         for layout in ("contiguous", "zigzag"):
-            chunks = layout_chunks(layout, n)
-            c = 3
+            L = 36
+            if L % (n * (2 if layout == "zigzag" else 1)):
+                continue
+            mask = Mask(causal=causal, window=window, cu_seqlens=CU if docs else None)
+            spans = layout_spans(layout, n, L)
             for r, s in itertools.product(range(n), range(n)):
-                seen = torch.zeros(len(chunks[r]) * c, len(chunks[s]) * c, dtype=torch.int64)
-                for b in plan_blocks(chunks[r], chunks[s], c, causal, window):
+                seen = torch.zeros(L // n, L // n, dtype=torch.int64)
+                for b in plan_blocks(spans[r], spans[s], mask):
                     blk = seen[b.q, b.k]
-                    m = block_mask(b.q_stop - b.q_start, b.k_stop - b.k_start, causal=causal, q_offset=b.q_offset,
-                                   k_offset=b.k_offset, window=window) if b.masked else None
+                    m = block_mask(b.q_stop - b.q_start, b.k_stop - b.k_start, q_offset=b.q_offset,
+                                   k_offset=b.k_offset, **{k: v for k, v in mask.kernel_args(0, 0).items()
+                                                           if k in ("causal", "window", "cu_seqlens")}) \
+                        if b.masked else None
                     blk += 1 if m is None else m.long()
-                    assert b.work(causal, window) == (blk.numel() if m is None else int(m.sum()))
-                qpos = ok.local_positions(len(chunks[r]) * c, rank=r, world_size=n, layout=layout).view(-1, 1)
-                kpos = ok.local_positions(len(chunks[s]) * c, rank=s, world_size=n, layout=layout).view(1, -1)
+                    assert b.work(mask) == (blk.numel() if m is None else int(m.sum()))
+                qpos = ok.local_positions(L // n, rank=r, world_size=n, layout=layout).view(-1, 1)
+                kpos = ok.local_positions(L // n, rank=s, world_size=n, layout=layout).view(1, -1)
                 want = torch.ones_like(seen, dtype=torch.bool)
                 if causal:
                     want &= kpos <= qpos
@@ -199,6 +209,9 @@ def test_blocks_cover_exactly_the_visible_pairs(window):
                     want &= kpos >= qpos - window[0]
                 if window[1] >= 0:
                     want &= kpos <= qpos + window[1]
+                if docs:
+                    cu = torch.tensor(CU)
+                    want &= torch.searchsorted(cu, qpos, right=True) == torch.searchsorted(cu, kpos, right=True)
                 assert torch.equal(seen, want.long()), (n, causal, layout, r, s)
 
 
@@ -254,12 +267,10 @@ def _check_window_ledger():
 
 @pytest.mark.parametrize("n", [pytest.param(n, id=f"N{n}") for n in (2, 3, 4)])
 def test_window_that_fits_in_fewer_ranks_moves_less(n):
-    from odysseus_kernels.ops.attention.blocks import ring_steps
-
     b, c, hkv, d = 1, 4, 2, 8
     for got in run_world(_check_window_ledger, n):
         for window, (f, bw) in got.items():
-            steps = ring_steps(layout_chunks("contiguous", n), c, True, window)
+            steps = ring_steps(layout_spans("contiguous", n, c * n), Mask(causal=True, window=window))
             # left window 3 < c: only the previous rank's K/V are needed; 5 > c: two ranks back
             assert steps == min(n, {3: 2, 4: 2, 5: 3, -1: n}[window[0]])
             want = ring_comm_bytes(n, b, c, hkv, d, 8, steps=steps)
@@ -325,3 +336,92 @@ def test_usp_bad_input_raises_on_every_rank_of_both_groups():
     msgs = run_world(_check_usp_bad_input_in_one_ulysses_group, 4, timeout=60)
     assert all(m is not None and m.startswith("usp_attention: q and k must hold the same local sequence length, "
                                               "got 4 and 2") for m in msgs), msgs
+
+
+PACKED = [
+    # (cu_seqlens for L = 24 * n: a short document (shorter than a shard), long ones, uneven), per-doc ok?
+    lambda n: [0, 4 * n, 6 * n, 18 * n, 24 * n],
+    lambda n: [0, 2, 24 * n - 2, 24 * n] if n > 1 else [0, 2, 10, 24],
+]
+
+
+def _check_packed(seed):
+    """Packed documents through every op, both sharding styles, causal and not."""
+    n = comm.group_info().size
+    results = {}
+    b, h, hkv, d = 1, 4, 2, 8
+    L = 24 * n
+    q, k, v, do = _inputs(seed, b, L, h, hkv, d, None)
+    for ci, make_cu in enumerate(PACKED):
+        cu = make_cu(n)
+        lens = [y - x for x, y in zip(cu, cu[1:])]
+        for (name, fn, _), causal in itertools.product(_ops(n), (True, False)):
+            if name == "rsa" or (name == "ulysses" and (h % n or (hkv % n and n % hkv))):
+                continue
+            layouts = ["contiguous", "zigzag"] + [lay for lay, p in (("doc_contiguous", 1), ("doc_zigzag", 2))
+                                                  if all(m % (p * n) == 0 for m in lens)]
+            for layout in layouts:
+                qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+                ref = attention_ref(qr, kr, vr, causal=causal, cu_seqlens=cu)
+                ref.backward(do)
+                sh = lambda t: ok.shard_packed(t, cu, layout=layout)[0]  # noqa: E731
+                ql, kl, vl = (sh(t).requires_grad_(True) for t in (q, k, v))
+                out = fn(ql, kl, vl, causal=causal, layout=layout, cu_seqlens=torch.tensor(cu, dtype=torch.int32))
+                out.backward(sh(do))
+                worst = max((got - sh(want)).abs().max().item() for got, want in
+                            ((out, ref.detach()), (ql.grad, qr.grad), (kl.grad, kr.grad), (vl.grad, vr.grad)))
+                results[f"{name}-{layout}-docs{ci}-{'causal' if causal else 'full'}"] = worst
+    return results
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_packed_documents_match_float64_attention(n):
+    per_rank = run_world(_check_packed, n, 21 + n, timeout=600)
+    bad = {case: err for res in per_rank for case, err in res.items() if not err <= 1e-12}
+    assert per_rank[0] and not bad, bad
+    assert any("doc_zigzag" in c for c in per_rank[0]) or n == 1
+
+
+def _check_packed_skips_and_errors():
+    info = comm.group_info()
+    n, r = info.size, info.rank
+    out = {}
+    # documents that never cross a rank boundary (contiguous split): no rank sees another's keys,
+    # so the ring moves nothing beyond its own step
+    cu = [c * 8 for c in range(n + 1)]
+    x = torch.randn(1, 8 * n, 2, 4)
+    xl = ok.shard_sequence(x)
+    with ok.comm_ledger() as led:
+        ring_attention(xl, xl, xl, causal=True, layout="contiguous", cu_seqlens=cu)
+    out["p2p"] = led.received("p2p")
+
+    def attempt(key, **kw):
+        try:
+            ring_attention(xl, xl, xl, causal=True, layout="contiguous", **kw)
+        except (ValueError, TypeError) as e:
+            out[key] = str(e)
+
+    attempt("unsorted", cu_seqlens=[0, 6, 3, 8 * n])
+    attempt("end", cu_seqlens=[0, 4, 8 * n - 1])
+    attempt("differs", cu_seqlens=[0, 4 + (r == 0), 8 * n])
+    try:
+        ring_attention(xl, xl, xl, causal=True, layout="doc_zigzag", cu_seqlens=[0, 3, 8 * n])
+    except ValueError as e:
+        out["doc_len"] = str(e)
+    return out
+
+
+@pytest.mark.parametrize("n", [pytest.param(n, id=f"N{n}") for n in (2, 3, 4)])
+def test_packed_streams_skip_cross_document_blocks_and_reject_bad_cu_seqlens(n):
+    for res in run_world(_check_packed_skips_and_errors, n, timeout=60):
+        assert res["p2p"] == 0
+        assert "cu_seqlens must be strictly increasing" in res["unsorted"]
+        assert f"cu_seqlens must end at the stream length {8 * n}, got {8 * n - 1}" in res["end"]
+        assert "cu_seqlens must be the same on every rank" in res["differs"]
+        assert f"every document length must be divisible by {2 * n}" in res["doc_len"]
+
+
+def test_shard_packed_position_ids_restart_per_document():
+    x = torch.arange(24).view(1, 24)
+    local, meta = ok.shard_packed(x, [0, 8, 24], layout="doc_zigzag")  # a world of one
+    assert torch.equal(local, x) and meta.position_ids.tolist() == list(range(8)) + list(range(16))

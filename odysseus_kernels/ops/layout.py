@@ -1,9 +1,17 @@
 """Sequence layouts: which tokens of the global sequence each rank holds.
 
+A rank's shard is a list of *spans* ``(global_start, length)`` stored one after the other.
+
 - ``"contiguous"``: rank r holds tokens ``[r*C, (r+1)*C)`` with ``C = L / N``.
 - ``"zigzag"``: the sequence is cut into 2N equal chunks; rank r holds chunks ``r`` and
   ``2N-1-r`` concatenated (ring-flash-attn's convention, so shards are interchangeable). With
   causal attention this gives every rank the same work.
+- Packed streams (documents given by ``cu_seqlens``, the global cumulative lengths) can be split
+  as a stream with the two layouts above (documents may cross rank boundaries, the Llama-3 style),
+  or per document: ``"doc_contiguous"`` splits every document into N equal pieces and rank r holds
+  piece r of each; ``"doc_zigzag"`` splits every document into 2N pieces and rank r holds pieces r
+  and 2N-1-r of each (balanced causal work inside every document). Per-document layouts need every
+  document's length divisible by N (2N for zigzag); pad documents to that first.
 """
 from __future__ import annotations
 
@@ -11,7 +19,8 @@ import torch
 
 from ..comm import all_gather, group_info, rank_consistent, reduce_scatter
 
-LAYOUTS = ("contiguous", "zigzag")
+LAYOUTS = ("contiguous", "zigzag", "doc_contiguous", "doc_zigzag")
+Span = tuple[int, int]
 
 
 def _check_layout(layout: str) -> None:
@@ -19,50 +28,101 @@ def _check_layout(layout: str) -> None:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
 
+def pieces_per_rank(layout: str) -> int:
+    """How many equal pieces of each unit (the stream, or each document) a rank holds."""
+    return 2 if layout.endswith("zigzag") else 1
+
+
 def layout_chunks(layout: str, world_size: int) -> list[list[int]]:
-    """For each rank, the global chunk indices it holds, in local order.
+    """For each rank, the global chunk indices it holds (stream layouts), in local order.
 
     Contiguous: N chunks, rank r holds ``[r]``; zigzag: 2N chunks, rank r holds ``[r, 2N-1-r]``.
     """
     _check_layout(layout)
-    if layout == "contiguous":
+    if layout in ("contiguous", "doc_contiguous"):
         return [[r] for r in range(world_size)]
     return [[r, 2 * world_size - 1 - r] for r in range(world_size)]
 
 
-def local_positions(seq_local: int, *, rank: int, world_size: int, layout: str,
+def normalize_cu_seqlens(cu_seqlens, total: int, what: str) -> tuple[int, ...]:
+    """``cu_seqlens`` (list, tuple or 1-D integer tensor) as a tuple, checked: starts at 0, strictly
+    increasing, ends at the stream length ``total``."""
+    if isinstance(cu_seqlens, torch.Tensor):
+        if cu_seqlens.dim() != 1 or cu_seqlens.is_floating_point():
+            raise TypeError(f"{what}: cu_seqlens must be a 1-D integer tensor, got {cu_seqlens.dtype} "
+                            f"of shape {tuple(cu_seqlens.shape)}")
+        cu = tuple(int(x) for x in cu_seqlens.tolist())
+    elif isinstance(cu_seqlens, (list, tuple)):
+        cu = tuple(int(x) for x in cu_seqlens)
+    else:
+        raise TypeError(f"{what}: cu_seqlens must be a list or 1-D integer tensor, got {type(cu_seqlens).__name__}")
+    if len(cu) < 2 or cu[0] != 0:
+        raise ValueError(f"{what}: cu_seqlens must start at 0 and hold at least one document, got {list(cu)}")
+    if any(b <= a for a, b in zip(cu, cu[1:])):
+        raise ValueError(f"{what}: cu_seqlens must be strictly increasing (sorted, no empty document), got {list(cu)}")
+    if cu[-1] != total:
+        raise ValueError(f"{what}: cu_seqlens must end at the stream length {total}, got {cu[-1]}")
+    return cu
+
+
+def layout_spans(layout: str, world_size: int, seq_len: int, cu_seqlens=None) -> list[list[Span]]:
+    """Every rank's spans ``(global_start, length)`` for a global sequence of ``seq_len`` tokens.
+
+    ``cu_seqlens`` is needed by the per-document layouts (and checked by them)."""
+    _check_layout(layout)
+    n, p = world_size, pieces_per_rank(layout)
+    if layout in ("contiguous", "zigzag"):
+        _check_divisible(seq_len, layout, n, "layout")
+        units = [(0, seq_len)]
+    else:
+        if cu_seqlens is None:
+            raise ValueError(f"layout={layout!r} shards each document and needs cu_seqlens")
+        cu = normalize_cu_seqlens(cu_seqlens, seq_len, f"layout={layout!r}")
+        units = list(zip(cu[:-1], (b - a for a, b in zip(cu, cu[1:]))))
+        bad = [m for _, m in units if m % (p * n)]
+        if bad:
+            raise ValueError(f"layout={layout!r}: every document length must be divisible by {p * n} "
+                             f"({'2N' if p == 2 else 'N'} with N={n}); got lengths {[m for _, m in units]} "
+                             f"(pad each document, or use layout={layout[4:]!r} to split the stream)")
+    spans: list[list[Span]] = [[] for _ in range(n)]
+    for start, m in units:
+        c = m // (p * n)
+        for r in range(n):
+            for piece in ([r] if p == 1 else [r, 2 * n - 1 - r]):
+                spans[r].append((start + piece * c, c))
+    return spans
+
+
+def local_positions(seq_local: int, *, rank: int, world_size: int, layout: str, cu_seqlens=None,
                     device=None) -> torch.Tensor:
     """Global token positions (int64, ``[seq_local]``) of the local shard of ``rank``."""
-    chunks = layout_chunks(layout, world_size)[rank]
-    c = seq_local // len(chunks)
-    return torch.cat([torch.arange(i * c, (i + 1) * c, device=device) for i in chunks])
-
-
-def _num_chunks(layout: str, n: int) -> int:
-    return n if layout == "contiguous" else 2 * n
+    spans = layout_spans(layout, world_size, seq_local * world_size, cu_seqlens)[rank]
+    return torch.cat([torch.arange(s, s + m, device=device) for s, m in spans])
 
 
 def _check_divisible(length: int, layout: str, n: int, what: str) -> None:
-    k = _num_chunks(layout, n)
+    k = n * pieces_per_rank(layout)
     if length % k:
         raise ValueError(
             f"{what}: sequence length {length} is not divisible by {k} "
-            f"({'N' if layout == 'contiguous' else '2N'} for layout={layout!r} with N={n} ranks)"
+            f"({'N' if k == n else '2N'} for layout={layout!r} with N={n} ranks)"
         )
 
 
-def shard_sequence(x: torch.Tensor, *, group=None, layout: str = "contiguous", dim: int = 1) -> torch.Tensor:
+def shard_sequence(x: torch.Tensor, *, group=None, layout: str = "contiguous", dim: int = 1,
+                   cu_seqlens=None) -> torch.Tensor:
     """This rank's shard of the full sequence ``x`` (no communication).
 
     Args:
         x: the full tensor, identical on every rank, with the sequence along ``dim``
             (e.g. ``[batch, seq, heads, head_dim]``).
         group: the sequence-parallel group (``None`` = default group).
-        layout: ``"contiguous"`` or ``"zigzag"``.
+        layout: ``"contiguous"``, ``"zigzag"``, ``"doc_contiguous"`` or ``"doc_zigzag"``.
         dim: the sequence dimension.
+        cu_seqlens: document boundaries of a packed stream (needed by the ``doc_*`` layouts).
     Returns:
-        ``x`` restricted to this rank's tokens along ``dim`` (``seq / N`` of them), a view when
-        contiguous, a new tensor for zigzag.
+        ``x`` restricted to this rank's tokens along ``dim`` (``seq / N`` of them), a view when it
+        is one span, a new tensor otherwise.
     Example:
         >>> q_local = ok.shard_sequence(q, layout="zigzag")
     """
@@ -70,52 +130,44 @@ def shard_sequence(x: torch.Tensor, *, group=None, layout: str = "contiguous", d
     info = group_info(group)
     dim = dim % x.dim()
     _check_divisible(x.shape[dim], layout, info.size, "shard_sequence")
-    pieces = x.chunk(_num_chunks(layout, info.size), dim=dim)
-    parts = [pieces[i] for i in layout_chunks(layout, info.size)[info.rank]]
+    spans = layout_spans(layout, info.size, x.shape[dim], cu_seqlens)[info.rank]
+    parts = [x.narrow(dim, s, m) for s, m in spans]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
-def _rank_order_to_natural(layout: str, n: int) -> list[int]:
-    """Permutation: natural chunk i is at position perm[i] of the rank-major concatenation."""
-    order = [c for chunks in layout_chunks(layout, n) for c in chunks]
-    perm = [0] * len(order)
-    for pos, c in enumerate(order):
-        perm[c] = pos
-    return perm
+def _rank_major_positions(layout: str, n: int, seq_len: int, cu_seqlens) -> torch.Tensor:
+    spans = layout_spans(layout, n, seq_len, cu_seqlens)
+    return torch.cat([torch.arange(s, s + m) for rank in spans for s, m in rank])
 
 
 class _GatherSequence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, info, layout, dim):
-        ctx.info, ctx.layout, ctx.dim = info, layout, dim
+    def forward(ctx, x, info, layout, dim, cu_seqlens):
         n = info.size
         xs = x.movedim(dim, 0).contiguous()
         full = all_gather(xs, group=info)  # [N * seq_local, ...] in rank order
-        k = _num_chunks(layout, n)
-        pieces = full.chunk(k, dim=0)
-        perm = _rank_order_to_natural(layout, n)
-        out = torch.cat([pieces[perm[i]] for i in range(k)], dim=0) if layout != "contiguous" else full
-        return out.movedim(0, dim)
+        pos = _rank_major_positions(layout, n, full.shape[0], cu_seqlens).to(full.device)
+        ctx.info, ctx.dim, ctx.pos = info, dim, pos
+        if layout != "contiguous":
+            full = full.index_select(0, pos.argsort())
+        return full.movedim(0, dim)
 
     @staticmethod
     def backward(ctx, g):
-        info, layout, dim = ctx.info, ctx.layout, ctx.dim
-        gs = g.movedim(dim, 0)
-        k = _num_chunks(layout, info.size)
-        pieces = gs.chunk(k, dim=0)
-        order = [c for chunks in layout_chunks(layout, info.size) for c in chunks]
-        rank_major = torch.cat([pieces[c] for c in order], dim=0).contiguous()
         # every rank's loss depends on every shard: the shard's gradient is the sum over ranks.
-        return reduce_scatter(rank_major, group=info).movedim(0, dim), None, None, None
+        rank_major = g.movedim(ctx.dim, 0).index_select(0, ctx.pos).contiguous()
+        return reduce_scatter(rank_major, group=ctx.info).movedim(0, ctx.dim), None, None, None, None
 
 
-def gather_sequence(x_local: torch.Tensor, *, group=None, layout: str = "contiguous", dim: int = 1) -> torch.Tensor:
+def gather_sequence(x_local: torch.Tensor, *, group=None, layout: str = "contiguous", dim: int = 1,
+                    cu_seqlens=None) -> torch.Tensor:
     """Inverse of :func:`shard_sequence`: the full sequence in its original token order, on every
     rank (one AllGather). Differentiable: the backward reduce-scatters the gradient to the owners
     (summing the gradients that each rank's use of the full tensor produced).
 
     Args:
         x_local: this rank's shard, ``seq_local`` tokens along ``dim`` (same shape on every rank).
+        layout, cu_seqlens: as given to :func:`shard_sequence`.
     Returns:
         ``[..., seq_local * N, ...]`` (sequence along ``dim``).
     """
@@ -125,8 +177,61 @@ def gather_sequence(x_local: torch.Tensor, *, group=None, layout: str = "contigu
         if not isinstance(x_local, torch.Tensor):
             raise TypeError(f"gather_sequence: x_local must be a torch.Tensor, got {type(x_local).__name__}")
         d = dim % x_local.dim()
-        check.meta(shape=x_local.shape, dtype=x_local.dtype, layout=layout, dim=d)
+        check.meta(shape=x_local.shape, dtype=x_local.dtype, layout=layout, dim=d,
+                   cu_seqlens=None if cu_seqlens is None else normalize_cu_seqlens(
+                       cu_seqlens, x_local.shape[d] * info.size, "gather_sequence"))
         if layout == "zigzag" and x_local.shape[d] % 2:
             raise ValueError(f"gather_sequence: a zigzag shard holds two equal chunks, so its length along "
                              f"dim {d} must be even, got {x_local.shape[d]}")
-    return _GatherSequence.apply(x_local, info, layout, d)
+        layout_spans(layout, info.size, x_local.shape[d] * info.size, cu_seqlens)  # checks doc lengths
+    return _GatherSequence.apply(x_local, info, layout, d, cu_seqlens)
+
+
+class PackedShard:
+    """What the SP attention ops and the model need about this rank's part of a packed stream.
+
+    Attributes:
+        cu_seqlens: the global cumulative document lengths (pass as ``cu_seqlens=`` to the ops).
+        layout: the layout used (pass as ``layout=``).
+        positions: ``[seq_local]`` global stream positions of the local tokens.
+        position_ids: ``[seq_local]`` positions inside their document (for RoPE: restart at 0 per document).
+    """
+
+    def __init__(self, cu_seqlens: tuple[int, ...], layout: str, positions: torch.Tensor):
+        self.cu_seqlens, self.layout, self.positions = cu_seqlens, layout, positions
+        cu = torch.tensor(cu_seqlens, device=positions.device)
+        self.position_ids = positions - cu[torch.searchsorted(cu, positions, right=True) - 1]
+
+    def __repr__(self) -> str:
+        return f"PackedShard(layout={self.layout!r}, cu_seqlens={self.cu_seqlens}, tokens={self.positions.numel()})"
+
+
+def shard_packed(x: torch.Tensor, cu_seqlens, *, group=None, layout: str = "doc_zigzag", dim: int = 1):
+    """Shard a packed stream of documents.
+
+    Args:
+        x: the full packed stream, sequence along ``dim`` (e.g. ``input_ids [B, L]``).
+        cu_seqlens: global cumulative document lengths ``[0, l0, l0+l1, ..., L]`` (list or int tensor).
+        layout: ``"doc_zigzag"`` / ``"doc_contiguous"`` (every document split across the ranks:
+            balanced; each document length must divide by 2N / N — pad documents first) or
+            ``"zigzag"`` / ``"contiguous"`` (the stream split as is; documents may cross ranks).
+    Returns:
+        ``(x_local, meta)``: this rank's tokens and a :class:`PackedShard` (pass ``meta.cu_seqlens``
+        and ``meta.layout`` to the attention ops, ``meta.position_ids`` to RoPE).
+    Example::
+
+        ids_local, meta = ok.shard_packed(ids, [0, 96, 160, 256], layout="doc_zigzag")
+        out = ok.ring_attention(q, k, v, causal=True, layout=meta.layout, cu_seqlens=meta.cu_seqlens)
+    """
+    info = group_info(group)
+    dim = dim % x.dim()
+    cu = normalize_cu_seqlens(cu_seqlens, x.shape[dim], "shard_packed")
+    x_local = shard_sequence(x, group=info, layout=layout, dim=dim, cu_seqlens=cu)
+    pos = local_positions(x_local.shape[dim], rank=info.rank, world_size=info.size, layout=layout, cu_seqlens=cu,
+                          device=x.device)
+    return x_local, PackedShard(cu, layout, pos)
+
+
+def gather_packed(x_local: torch.Tensor, meta: PackedShard, *, group=None, dim: int = 1) -> torch.Tensor:
+    """Inverse of :func:`shard_packed` (one AllGather; differentiable like :func:`gather_sequence`)."""
+    return gather_sequence(x_local, group=group, layout=meta.layout, dim=dim, cu_seqlens=meta.cu_seqlens)

@@ -5,35 +5,37 @@ from __future__ import annotations
 import torch
 
 from ..kernels.attention import attention_block_bwd, attention_block_fwd
+from .layout import normalize_cu_seqlens
 
 
 class _LocalAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, scale, causal, window, backend):
+    def forward(ctx, q, k, v, scale, causal, window, cu_seqlens, backend):
         out, lse = attention_block_fwd(q, k, v, softmax_scale=scale, causal=causal, window=window,
-                                       backend=backend)
+                                       cu_seqlens=cu_seqlens, backend=backend)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.opts = (scale, causal, window, backend)
+        ctx.opts = (scale, causal, window, cu_seqlens, backend)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        scale, causal, window, backend = ctx.opts
+        scale, causal, window, cu_seqlens, backend = ctx.opts
         dq, dk, dv = attention_block_bwd(dout.contiguous(), q, k, v, out, lse, softmax_scale=scale,
-                                         causal=causal, window=window, backend=backend)
-        return dq, dk, dv, None, None, None, None
+                                         causal=causal, window=window, cu_seqlens=cu_seqlens, backend=backend)
+        return dq, dk, dv, None, None, None, None, None
 
 
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                     softmax_scale: float | None = None, window: tuple[int, int] = (-1, -1),
-                    backend: str = "auto") -> torch.Tensor:
+                    cu_seqlens=None, backend: str = "auto") -> torch.Tensor:
     """Attention over the whole local sequence (no communication), differentiable.
 
     Args:
         q: ``[B, S, H, D]``; k, v: ``[B, S_k, H_kv, D]`` (``H % H_kv == 0``, GQA without repeating K/V).
         causal: causal mask aligned at the start (query i sees keys ``<= i``).
         softmax_scale: default ``1/sqrt(D)``. window: ``(left, right)`` sliding window, -1 = unbounded.
+        cu_seqlens: cumulative document lengths of a packed sequence (attend within documents).
         backend: ``"auto"`` (Triton on CUDA, torch elsewhere), or a backend of the block kernels.
     Returns:
         ``[B, S, H, D]`` in ``q.dtype``.
@@ -52,4 +54,5 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
                          f"v {tuple(v.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"local_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    return _LocalAttention.apply(q, k, v, softmax_scale, causal, tuple(window), backend)
+    cu = None if cu_seqlens is None else normalize_cu_seqlens(cu_seqlens, q.shape[1], "local_attention")
+    return _LocalAttention.apply(q, k, v, softmax_scale, causal, tuple(window), cu, backend)

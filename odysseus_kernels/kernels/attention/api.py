@@ -15,13 +15,13 @@ def _resolve(backend: str, q: torch.Tensor) -> str:
 
 
 def attention_block_fwd(q, k, v, *, softmax_scale=None, causal=False, q_offset=0, k_offset=0,
-                        window=(-1, -1), out_dtype=None, backend="auto"):
+                        window=(-1, -1), cu_seqlens=None, out_dtype=None, backend="auto"):
     """Attention of a block of queries against a block of keys, with its log-sum-exp.
 
     Args:
         q: ``[B, Sq, H, D]``; k: ``[B, Sk, H_kv, D]``; v: ``[B, Sk, H_kv, Dv]`` (``H % H_kv == 0``).
         softmax_scale: default ``1/sqrt(D)``.
-        causal, q_offset, k_offset, window: the mask over global positions (reference.py).
+        causal, q_offset, k_offset, window, cu_seqlens: the mask over global positions (reference.py).
         out_dtype: dtype of ``out`` (default ``q.dtype``; ring drivers ask for fp32).
         backend: ``"auto"`` | ``"torch"``.
     Returns:
@@ -29,19 +29,19 @@ def attention_block_fwd(q, k, v, *, softmax_scale=None, causal=False, q_offset=0
     """
     _resolve(backend, q)
     return attention_block_fwd_torch(q, k, v, softmax_scale=softmax_scale, causal=causal, q_offset=q_offset,
-                                     k_offset=k_offset, window=window, out_dtype=out_dtype)
+                                     k_offset=k_offset, window=window, cu_seqlens=cu_seqlens, out_dtype=out_dtype)
 
 
 def attention_block_bwd(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False, q_offset=0,
-                        k_offset=0, window=(-1, -1), delta=None, grad_dtype=None, backend="auto"):
+                        k_offset=0, window=(-1, -1), cu_seqlens=None, delta=None, grad_dtype=None, backend="auto"):
     """Gradients of a block given the row's final ``out``/``lse`` (from all key blocks).
 
     Returns ``(dq, dk, dv)`` shaped like ``q, k, v`` in ``grad_dtype`` (default ``q.dtype``).
     """
     _resolve(backend, q)
     return attention_block_bwd_torch(dout, q, k, v, out, lse, softmax_scale=softmax_scale, causal=causal,
-                                     q_offset=q_offset, k_offset=k_offset, window=window, delta=delta,
-                                     grad_dtype=grad_dtype)
+                                     q_offset=q_offset, k_offset=k_offset, window=window, cu_seqlens=cu_seqlens,
+                                     delta=delta, grad_dtype=grad_dtype)
 
 
 def merge_attention(out, lse, block_out, block_lse):

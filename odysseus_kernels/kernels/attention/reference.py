@@ -6,7 +6,8 @@ inputs). GQA/MQA: ``k``/``v`` have ``H_kv`` heads dividing ``H``; query head ``h
 
 Mask (all positions global): query i sits at ``q_offset + i``, key j at ``k_offset + j``;
 ``causal`` keeps ``kpos <= qpos``; ``window=(left, right)`` keeps
-``qpos - left <= kpos <= qpos + right`` (``-1`` = unbounded). A row that sees no key gets
+``qpos - left <= kpos <= qpos + right`` (``-1`` = unbounded); ``cu_seqlens`` (global cumulative
+document lengths of a packed stream) keeps keys of the query's document. A row that sees no key gets
 ``out = 0`` and ``lse = -inf`` (never NaN), which :func:`merge_attention` treats exactly.
 """
 from __future__ import annotations
@@ -21,10 +22,10 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def block_mask(sq: int, sk: int, *, causal: bool, q_offset: int = 0, k_offset: int = 0,
-               window: tuple[int, int] = (-1, -1), device=None) -> torch.Tensor | None:
+               window: tuple[int, int] = (-1, -1), cu_seqlens=None, device=None) -> torch.Tensor | None:
     """Boolean ``[sq, sk]`` mask (True = attend), or ``None`` when nothing is masked."""
     left, right = window
-    if not causal and left < 0 and right < 0:
+    if not causal and left < 0 and right < 0 and cu_seqlens is None:
         return None
     qpos = torch.arange(sq, device=device).view(-1, 1) + q_offset
     kpos = torch.arange(sk, device=device).view(1, -1) + k_offset
@@ -35,6 +36,9 @@ def block_mask(sq: int, sk: int, *, causal: bool, q_offset: int = 0, k_offset: i
         m &= kpos >= qpos - left
     if right >= 0:
         m &= kpos <= qpos + right
+    if cu_seqlens is not None:
+        cu = torch.as_tensor(cu_seqlens, device=device)
+        m &= torch.searchsorted(cu, qpos, right=True) == torch.searchsorted(cu, kpos, right=True)
     return m
 
 
@@ -63,13 +67,13 @@ def _probs(s):
 
 
 def attention_block_fwd_torch(q, k, v, *, softmax_scale=None, causal=False, q_offset=0, k_offset=0,
-                              window=(-1, -1), out_dtype=None):
+                              window=(-1, -1), cu_seqlens=None, out_dtype=None):
     """Reference forward. Returns ``(out [B, Sq, H, Dv], lse [B, H, Sq])``."""
     b, sq, h, d = q.shape
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     acc = _acc_dtype(q.dtype)
     mask = block_mask(sq, k.shape[1], causal=causal, q_offset=q_offset, k_offset=k_offset,
-                      window=window, device=q.device)
+                      window=window, cu_seqlens=cu_seqlens, device=q.device)
     p, lse = _probs(_scores(q, k, scale, mask, acc))
     o = torch.einsum("bhgqk,bhkd->bhgqd", p, v.permute(0, 2, 1, 3).to(acc))  # [B, Hkv, G, Sq, Dv]
     out = o.permute(0, 3, 1, 2, 4).reshape(b, sq, h, v.shape[-1])
@@ -77,7 +81,7 @@ def attention_block_fwd_torch(q, k, v, *, softmax_scale=None, causal=False, q_of
 
 
 def attention_block_bwd_torch(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False, q_offset=0,
-                              k_offset=0, window=(-1, -1), delta=None, grad_dtype=None):
+                              k_offset=0, window=(-1, -1), cu_seqlens=None, delta=None, grad_dtype=None):
     """Reference backward of a block given the row's final ``out`` and ``lse`` (see REFERENCE.md).
 
     ``delta`` (``[B, H, Sq]``, = rowsum(dout * out)) may be passed precomputed. Returns
@@ -89,7 +93,7 @@ def attention_block_bwd_torch(dout, q, k, v, out, lse, *, softmax_scale=None, ca
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     acc = _acc_dtype(q.dtype)
     mask = block_mask(sq, k.shape[1], causal=causal, q_offset=q_offset, k_offset=k_offset,
-                      window=window, device=q.device)
+                      window=window, cu_seqlens=cu_seqlens, device=q.device)
     s = _scores(q, k, scale, mask, acc)
     lse_g = lse.to(acc).reshape(b, hkv, g, sq)
     safe = torch.where(torch.isinf(lse_g), torch.zeros_like(lse_g), lse_g)
@@ -126,11 +130,12 @@ def merge_attention_torch(out, lse, block_out, block_lse):
     return out, lse
 
 
-def attention_ref(q, k, v, *, softmax_scale=None, causal=False, q_offset=0, k_offset=0, window=(-1, -1)):
+def attention_ref(q, k, v, *, softmax_scale=None, causal=False, q_offset=0, k_offset=0, window=(-1, -1),
+                  cu_seqlens=None):
     """Differentiable full attention (autograd through plain torch ops), for tests' float64 oracles.
 
     Same conventions as :func:`attention_block_fwd_torch`; returns ``out`` only, in ``q.dtype``.
     """
     out, _ = attention_block_fwd_torch(q, k, v, softmax_scale=softmax_scale, causal=causal,
-                                       q_offset=q_offset, k_offset=k_offset, window=window)
+                                       q_offset=q_offset, k_offset=k_offset, window=window, cu_seqlens=cu_seqlens)
     return out

@@ -12,53 +12,51 @@ from __future__ import annotations
 import torch
 
 from ...comm import all_gather, group_info, rank_consistent, reduce_scatter
-from ..layout import layout_chunks
 from .blocks import plan_blocks
-from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulators, row_delta, scale_of, validate_qkv,
-                     validate_window)
+from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulators, resolve_layout, row_delta, scale_of,
+                     validate_qkv)
 
 
 class _AllGatherKV(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, info, chunks, causal, scale, backend, window):
+    def forward(ctx, q, k, v, info, spans, mask, scale, backend):
         kv = all_gather(torch.stack([k, v], dim=1).contiguous(), group=info)  # [N*B, 2, C, H_kv, D] rank-major
         n, b = info.size, q.shape[0]
         kv = kv.view(n, b, 2, *k.shape[1:]).permute(2, 1, 0, 3, 4, 5).reshape(2, b, n * k.shape[1], *k.shape[2:])
-        c = q.shape[1] // len(chunks[0])
-        all_chunks = [ch for r in chunks for ch in r]
-        blocks = plan_blocks(chunks[info.rank], all_chunks, c, causal, window)
+        blocks = plan_blocks(spans[info.rank], [sp for r in spans for sp in r], mask)
         out, lse = new_accumulators(q, q.shape[1], v.shape[-1])
-        blocks_forward(q, kv[0], kv[1], blocks, out, lse, scale=scale, backend=backend, causal=causal, window=window)
+        blocks_forward(q, kv[0], kv[1], blocks, out, lse, scale=scale, backend=backend, mask=mask)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, kv, out, lse)
-        ctx.opts = (info, blocks, scale, backend, k.dtype, causal, window)
+        ctx.opts = (info, blocks, scale, backend, k.dtype, mask)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, kv, out, lse = ctx.saved_tensors
-        info, blocks, scale, backend, kdtype, causal, window = ctx.opts
+        info, blocks, scale, backend, kdtype, mask = ctx.opts
         acc = acc_dtype(q.dtype)
         dout = dout.contiguous()
         dq = torch.zeros(q.shape, dtype=acc, device=q.device)
         dkv = torch.zeros(kv.shape, dtype=acc, device=kv.device)  # [2, B, L, H_kv, D]
         blocks_backward(dout, q, kv[0], kv[1], out, lse, row_delta(dout, out, acc), blocks, dq, dkv[0], dkv[1],
-                        scale=scale, backend=backend, causal=causal, window=window)
+                        scale=scale, backend=backend, mask=mask)
         n, b, L = info.size, q.shape[0], kv.shape[2]
         rank_major = dkv.view(2, b, n, L // n, *kv.shape[3:]).permute(2, 0, 1, 3, 4, 5).contiguous()
         mine = reduce_scatter(rank_major.view(n * 2, b, L // n, *kv.shape[3:]), group=info)  # [2, B, C, H_kv, D]
-        return dq.to(q.dtype), mine[0].to(kdtype), mine[1].to(kdtype), None, None, None, None, None, None
+        return dq.to(q.dtype), mine[0].to(kdtype), mine[1].to(kdtype), None, None, None, None, None
 
 
 def allgather_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
                            softmax_scale: float | None = None, layout: str = "contiguous",
-                           window: tuple[int, int] = (-1, -1), backend: str = "auto") -> torch.Tensor:
+                           window: tuple[int, int] = (-1, -1), cu_seqlens=None, backend: str = "auto") -> torch.Tensor:
     """Attention of local queries against all keys after one AllGather of K and V.
 
     Args:
         q: ``[B, C, H, D]``; k, v: ``[B, C, H_kv, D]`` shards in ``layout`` (``"contiguous"`` or
             ``"zigzag"``; only the ``H_kv`` heads are gathered).
-        group, causal, softmax_scale, window, backend: as in :func:`ring_attention`.
+        group, causal, softmax_scale, window, cu_seqlens, backend: as in :func:`ring_attention` (with a
+            packed stream split contiguously, documents may cross ranks: the Llama-3 style).
     Returns:
         ``[B, C, H, D]`` in ``q.dtype``.
     Communication: forward one AllGather of K and V (``2 (N-1)/N B L H_kv D`` elements received),
@@ -70,13 +68,13 @@ def allgather_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     info = group_info(group)
     with rank_consistent("allgather_kv_attention", info) as check:
         validate_qkv("allgather_kv_attention", check, q, k, v, layout=layout, causal=causal,
-                     softmax_scale=softmax_scale, extra={"window": window})
-        window = validate_window("allgather_kv_attention", window)
+                     softmax_scale=softmax_scale, extra={"window": window}, cu_seqlens=cu_seqlens)
         if k.shape != v.shape:
             raise ValueError(f"allgather_kv_attention: k and v must have the same shape, got {tuple(k.shape)} and "
                              f"{tuple(v.shape)}")
-    return _AllGatherKV.apply(q, k, v, info, layout_chunks(layout, info.size), causal, scale_of(q, softmax_scale),
-                              backend, window)
+        spans, mask = resolve_layout("allgather_kv_attention", layout, info.size, q.shape[1], causal, window,
+                                     cu_seqlens)
+    return _AllGatherKV.apply(q, k, v, info, spans, mask, scale_of(q, softmax_scale), backend)
 
 
 def allgather_kv_comm_bytes(world, batch, seq_local, kv_heads, head_dim, elem_bytes) -> dict:

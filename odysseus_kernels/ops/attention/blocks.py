@@ -1,25 +1,53 @@
 """Which attention blocks a shard of queries computes against a shard of keys.
 
-A shard is an ordered list of global chunk indices (all chunks ``c`` tokens long), stored
-concatenated: contiguous layout gives rank r ``[r]``, zigzag ``[r, 2N-1-r]``, and a USP Ulysses
-group the union of its members' chunks. Every ring variant (contiguous, zigzag, TokenRing, USP's
-ring, all-gather-KV, RSA) plans its blocks here from chunk lists, so the mask (causal, sliding
-window) is exact whatever the layout and no work is spent on fully masked chunk pairs.
+A shard is a list of spans ``(global_start, length)`` stored one after the other
+(:func:`~odysseus_kernels.ops.layout.layout_spans`): contiguous layout gives rank r one span, zigzag
+two, a per-document layout two per document, a USP Ulysses group the union of its members' spans.
+Every ring variant (ring, TokenRing, USP's ring, all-gather-KV) plans its blocks here, so the mask
+(causal, sliding window, documents of a packed stream) is exact whatever the layout, and no work or
+communication is spent on span pairs that the mask hides entirely.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+from dataclasses import dataclass, field
 
 NO_WINDOW = (-1, -1)
 
 
 @dataclass(frozen=True)
-class Block:
-    """Queries ``[q_start, q_stop)`` (local token slots) against keys ``[k_start, k_stop)``.
+class Mask:
+    """What a query at global position ``i`` may see: ``causal`` (keys ``<= i``), ``window``
+    ``(left, right)`` (keys in ``[i-left, i+right]``, -1 = unbounded), and ``cu_seqlens`` (keys of
+    the same document of a packed stream)."""
 
-    ``masked`` blocks are a single chunk pair that is partly visible: the kernel applies the
-    causal / window mask at global offsets ``q_offset`` / ``k_offset``. Other blocks are fully
-    visible (no mask).
+    causal: bool = False
+    window: tuple[int, int] = NO_WINDOW
+    cu_seqlens: tuple[int, ...] | None = field(default=None)
+
+    def bounds(self) -> tuple[float, float]:
+        """Allowed range of ``kpos - qpos``."""
+        left, right = self.window
+        lo = -left if left >= 0 else float("-inf")
+        hi = right if right >= 0 else float("inf")
+        if self.causal:
+            hi = min(hi, 0)
+        return lo, hi
+
+    def doc(self, pos: int) -> int:
+        return 0 if self.cu_seqlens is None else bisect.bisect_right(self.cu_seqlens, pos) - 1
+
+    def kernel_args(self, q_offset: int, k_offset: int) -> dict:
+        return {"causal": self.causal, "window": tuple(self.window), "q_offset": q_offset, "k_offset": k_offset,
+                "cu_seqlens": self.cu_seqlens}
+
+
+@dataclass(frozen=True)
+class Block:
+    """Queries ``[q_start, q_stop)`` (local rows) against keys ``[k_start, k_stop)``.
+
+    ``masked`` blocks are one partly visible span pair: the kernel applies the mask at global
+    offsets ``q_offset`` / ``k_offset``. Other blocks are fully visible (no mask).
     """
 
     q_start: int
@@ -38,47 +66,57 @@ class Block:
     def k(self) -> slice:
         return slice(self.k_start, self.k_stop)
 
-    def work(self, causal: bool = True, window=NO_WINDOW) -> int:
+    def work(self, mask: Mask = Mask(causal=True)) -> int:
         """Score entries this block needs (the unit of the balance test)."""
         nq, nk = self.q_stop - self.q_start, self.k_stop - self.k_start
         if not self.masked:
             return nq * nk
-        lo, hi = _bounds(causal, window)
-        return sum(max(0, min(nk - 1, i + self.q_offset - self.k_offset + hi)
-                       - max(0, i + self.q_offset - self.k_offset + lo) + 1)
-                   for i in range(nq))
+        lo, hi = mask.bounds()
+        total = 0
+        for i in range(nq):
+            qp = self.q_offset + i
+            for j in range(nk):
+                kp = self.k_offset + j
+                total += lo <= kp - qp <= hi and mask.doc(qp) == mask.doc(kp)
+        return total
 
 
-def _bounds(causal: bool, window) -> tuple[float, float]:
-    """Allowed range of ``kpos - qpos``."""
-    left, right = window
-    lo = -left if left >= 0 else float("-inf")
-    hi = right if right >= 0 else float("inf")
-    if causal:
-        hi = min(hi, 0)
-    return lo, hi
-
-
-def pair_kind(qc: int, kc: int, causal: bool, c: int = 1, window=NO_WINDOW) -> str:
-    """``"full"``, ``"masked"`` or ``"none"`` for query chunk ``qc`` against key chunk ``kc``."""
-    lo, hi = _bounds(causal, window)
-    d_min, d_max = (kc - qc) * c - (c - 1), (kc - qc) * c + (c - 1)
+def pair_kind(q_span, k_span, mask: Mask) -> str:
+    """``"full"``, ``"masked"`` or ``"none"`` for a query span against a key span."""
+    (qs, ql), (ks, kl) = q_span, k_span
+    lo, hi = mask.bounds()
+    d_min, d_max = ks - (qs + ql - 1), (ks + kl - 1) - qs
     if d_max < lo or d_min > hi:
         return "none"
-    if d_min >= lo and d_max <= hi:
-        return "full"
-    return "masked"
+    full = d_min >= lo and d_max <= hi
+    if mask.cu_seqlens is not None:
+        qd = (mask.doc(qs), mask.doc(qs + ql - 1))
+        kd = (mask.doc(ks), mask.doc(ks + kl - 1))
+        if qd[1] < kd[0] or kd[1] < qd[0]:
+            return "none"
+        full = full and qd[0] == qd[1] == kd[0] == kd[1]
+    return "full" if full else "masked"
 
 
-def plan_blocks(q_chunks: list[int], k_chunks: list[int], c: int, causal: bool, window=NO_WINDOW) -> list[Block]:
+def _starts(spans) -> list[int]:
+    out, acc = [], 0
+    for _, m in spans:
+        out.append(acc)
+        acc += m
+    return out
+
+
+def plan_blocks(q_spans, k_spans, mask: Mask) -> list[Block]:
     """Blocks covering exactly the visible (query, key) pairs, coalesced where no mask is needed:
-    runs of adjacent fully-visible key chunks of a query chunk form one block, and adjacent query
-    chunks with the same fully-visible key runs share it."""
-    rows = []  # (full runs of key slots, masked key slots) per query slot
-    for qc in q_chunks:
+    runs of adjacent fully-visible key spans of a query span form one block, and adjacent query
+    spans with the same fully-visible key runs share it."""
+    qo, ko = _starts(q_spans), _starts(k_spans)
+    k_end = [ko[i] + k_spans[i][1] for i in range(len(k_spans))]
+    rows = []  # (full runs of key span indices, masked key span indices) per query span
+    for qsp in q_spans:
         runs, masked = [], []
-        for ki, kc in enumerate(k_chunks):
-            kind = pair_kind(qc, kc, causal, c, window)
+        for ki, ksp in enumerate(k_spans):
+            kind = pair_kind(qsp, ksp, mask)
             if kind == "full":
                 if runs and runs[-1][1] == ki:
                     runs[-1] = (runs[-1][0], ki + 1)
@@ -93,30 +131,35 @@ def plan_blocks(q_chunks: list[int], k_chunks: list[int], c: int, causal: bool, 
         j = i
         while j + 1 < len(rows) and rows[j + 1][0] == rows[i][0]:
             j += 1
+        q_stop = qo[j] + q_spans[j][1]
         for ks, ke in rows[i][0]:
-            blocks.append(Block(i * c, (j + 1) * c, ks * c, ke * c))
+            blocks.append(Block(qo[i], q_stop, ko[ks], k_end[ke - 1]))
         for qi in range(i, j + 1):
             for km in rows[qi][1]:
-                blocks.append(Block(qi * c, (qi + 1) * c, km * c, (km + 1) * c, True, q_chunks[qi] * c,
-                                    k_chunks[km] * c))
+                blocks.append(Block(qo[qi], qo[qi] + q_spans[qi][1], ko[km], k_end[km], True, q_spans[qi][0],
+                                    k_spans[km][0]))
         i = j + 1
     return blocks
 
 
-def needed_query_slots(q_chunks: list[int], k_chunks: list[int], causal: bool, c: int = 1,
-                       window=NO_WINDOW) -> list[int]:
-    """Local slots of the query chunks that see at least one key of ``k_chunks`` (TokenRing sends
-    only these)."""
-    return [qi for qi, qc in enumerate(q_chunks)
-            if any(pair_kind(qc, kc, causal, c, window) != "none" for kc in k_chunks)]
+def needed_query_slots(q_spans, k_spans, mask: Mask) -> list[int]:
+    """Indices of the query spans that see at least one key of ``k_spans`` (TokenRing sends only
+    these)."""
+    return [qi for qi, qsp in enumerate(q_spans) if any(pair_kind(qsp, ksp, mask) != "none" for ksp in k_spans)]
 
 
-def ring_steps(chunks: list[list[int]], c: int, causal: bool, window=NO_WINDOW) -> int:
+def span_rows(spans, slots) -> list[tuple[int, int]]:
+    """Local ``(start, stop)`` rows of the spans ``slots``."""
+    starts = _starts(spans)
+    return [(starts[s], starts[s] + spans[s][1]) for s in slots]
+
+
+def ring_steps(shards, mask: Mask) -> int:
     """Ring steps needed: 1 + the largest distance ``t`` at which some rank still sees keys of rank
     ``r - t`` (a window that fits in k ranks needs k+1 steps, and only those transfers)."""
-    n = len(chunks)
+    n = len(shards)
     far = 0
     for t in range(1, n):
-        if any(plan_blocks(chunks[r], chunks[(r - t) % n], c, causal, window) for r in range(n)):
+        if any(plan_blocks(shards[r], shards[(r - t) % n], mask) for r in range(n)):
             far = t
     return far + 1

@@ -6,7 +6,8 @@ import math
 import torch
 
 from ...kernels.attention import attention_block_bwd, attention_block_fwd, merge_attention
-from ..layout import LAYOUTS
+from ..layout import LAYOUTS, layout_spans, normalize_cu_seqlens
+from .blocks import Mask
 
 FP32 = torch.float32
 
@@ -24,14 +25,17 @@ def validate_window(op: str, window) -> tuple[int, int]:
     return int(window[0]), int(window[1])
 
 
-def validate_qkv(op: str, check, q, k, v, *, layout: str | None, causal: bool, softmax_scale, extra=None) -> None:
+def validate_qkv(op: str, check, q, k, v, *, layout: str | None, causal: bool, softmax_scale, extra=None,
+                 cu_seqlens=None) -> None:
     """Local checks of attention inputs (raise inside a ``rank_consistent`` block) and the metadata
     that must agree across ranks."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    cu = cu_seqlens.tolist() if isinstance(cu_seqlens, torch.Tensor) else cu_seqlens
     check.meta(q=tuple(q.shape), k=tuple(k.shape), v=tuple(v.shape), dtype=str(q.dtype), device=q.device.type,
-               causal=bool(causal), layout=layout, softmax_scale=softmax_scale, **(extra or {}))
+               causal=bool(causal), layout=layout, softmax_scale=softmax_scale,
+               cu_seqlens=None if cu is None else tuple(cu), **(extra or {}))
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             raise ValueError(f"{op}: {name} must be [batch, seq_local, heads, head_dim], got shape {tuple(t.shape)}")
@@ -55,7 +59,7 @@ def validate_qkv(op: str, check, q, k, v, *, layout: str | None, causal: bool, s
     if layout is not None:
         if layout not in LAYOUTS:
             raise ValueError(f"{op}: layout must be one of {LAYOUTS}, got {layout!r}")
-        if layout == "zigzag" and q.shape[1] % 2:
+        if layout.endswith("zigzag") and q.shape[1] % 2:
             raise ValueError(f"{op}: a zigzag shard holds two equal chunks, so seq_local must be even, got {q.shape[1]}")
 
 
@@ -63,11 +67,22 @@ def scale_of(q: torch.Tensor, softmax_scale) -> float:
     return float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
 
 
-def rows(t: torch.Tensor, slots: list[int], c: int, dim: int = 1) -> torch.Tensor:
-    """The chunk slots ``slots`` (each ``c`` rows along ``dim``) of ``t``, concatenated."""
-    if slots == list(range(slots[0], slots[0] + len(slots))):
-        return t.narrow(dim, slots[0] * c, len(slots) * c)
-    return torch.cat([t.narrow(dim, s * c, c) for s in slots], dim=dim)
+def rows(t: torch.Tensor, ranges: list[tuple[int, int]], dim: int = 1) -> torch.Tensor:
+    """Rows ``[a, b)`` of ``t`` along ``dim`` for each range, concatenated (a view when adjacent)."""
+    if all(ranges[i][1] == ranges[i + 1][0] for i in range(len(ranges) - 1)):
+        return t.narrow(dim, ranges[0][0], ranges[-1][1] - ranges[0][0])
+    return torch.cat([t.narrow(dim, a, b - a) for a, b in ranges], dim=dim)
+
+
+def resolve_layout(op: str, layout: str, world: int, seq_local: int, causal: bool, window, cu_seqlens):
+    """Every rank's spans and the :class:`~.blocks.Mask` (checks window and cu_seqlens)."""
+    window = validate_window(op, window)
+    cu = None if cu_seqlens is None else normalize_cu_seqlens(cu_seqlens, seq_local * world, op)
+    try:
+        spans = layout_spans(layout, world, seq_local * world, cu)
+    except ValueError as e:
+        raise ValueError(f"{op}: {e}") from None
+    return spans, Mask(causal=bool(causal), window=window, cu_seqlens=cu)
 
 
 def new_accumulators(q: torch.Tensor, nrows: int, dv: int):
@@ -79,27 +94,25 @@ def new_accumulators(q: torch.Tensor, nrows: int, dv: int):
     return out, lse
 
 
-def _mask_args(b, causal, window) -> dict:
-    if not b.masked:
-        return {"causal": False}
-    return {"causal": causal, "q_offset": b.q_offset, "k_offset": b.k_offset, "window": tuple(window)}
+def _mask_args(b, mask) -> dict:
+    return mask.kernel_args(b.q_offset, b.k_offset) if b.masked else {"causal": False}
 
 
-def blocks_forward(q, k, v, blocks, out, lse, *, scale, backend, causal, window) -> None:
+def blocks_forward(q, k, v, blocks, out, lse, *, scale, backend, mask) -> None:
     """Merge the attention of every block (``q[:, b.q]`` vs ``k/v[:, b.k]``) into ``(out, lse)``."""
     for b in blocks:
         o, l_ = attention_block_fwd(q[:, b.q], k[:, b.k], v[:, b.k], softmax_scale=scale,
-                                    out_dtype=out.dtype, backend=backend, **_mask_args(b, causal, window))
+                                    out_dtype=out.dtype, backend=backend, **_mask_args(b, mask))
         merge_attention(out[:, b.q], lse[:, :, b.q], o, l_)
 
 
-def blocks_backward(dout, q, k, v, out, lse, delta, blocks, dq, dk, dv, *, scale, backend, causal, window) -> None:
+def blocks_backward(dout, q, k, v, out, lse, delta, blocks, dq, dk, dv, *, scale, backend, mask) -> None:
     """Accumulate every block's gradients into ``dq``/``dk``/``dv`` (given the rows' final lse, delta)."""
     for b in blocks:
         g_q, g_k, g_v = attention_block_bwd(dout[:, b.q], q[:, b.q], k[:, b.k], v[:, b.k],
                                             None if out is None else out[:, b.q], lse[:, :, b.q],
                                             softmax_scale=scale, delta=delta[:, :, b.q], grad_dtype=dq.dtype,
-                                            backend=backend, **_mask_args(b, causal, window))
+                                            backend=backend, **_mask_args(b, mask))
         dq[:, b.q] += g_q
         dk[:, b.k] += g_k
         dv[:, b.k] += g_v

@@ -19,10 +19,9 @@ from __future__ import annotations
 import torch
 
 from ...comm import group_info, rank_consistent
-from ..layout import layout_chunks
 from .blocks import plan_blocks, ring_steps
-from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulators, row_delta, scale_of, validate_qkv,
-                     validate_window)
+from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulators, resolve_layout, row_delta, scale_of,
+                     validate_qkv)
 from .driver import NOTHING, Rotation, run_schedule
 
 _TAG_DKV = 22
@@ -31,35 +30,34 @@ _TAG_DKV = 22
 class RingForward(Rotation):
     """Forward schedule: K/V packed as one ``[2, B, C, H_kv, D]`` payload rotating forward."""
 
-    def __init__(self, info, chunks, q, k, v, *, causal, scale, backend, window):
+    def __init__(self, info, spans, q, k, v, *, mask, scale, backend):
         super().__init__(info, torch.stack([k, v]))
-        self.chunks = chunks
-        self.q, self.causal, self.scale, self.backend, self.window = q, causal, scale, backend, window
+        self.spans, self.mask = spans, mask
+        self.q, self.scale, self.backend = q, scale, backend
         self.acc_dtype = acc_dtype(q.dtype)
-        self.c = q.shape[1] // len(chunks[0])
         # a window that fits in fewer ranks stops the rotation early: fewer steps, fewer transfers
-        self.steps = ring_steps(chunks, self.c, causal, window)
+        self.steps = ring_steps(spans, mask)
         self.out, self.lse = new_accumulators(q, q.shape[1], v.shape[-1])
 
     def blocks(self, t):
-        return plan_blocks(self.chunks[self.info.rank], self.chunks[self.src(t)], self.c, self.causal, self.window)
+        return plan_blocks(self.spans[self.info.rank], self.spans[self.src(t)], self.mask)
 
     def compute(self, t, handle):
         k, v = self.payload(t)
         blocks_forward(self.q, k, v, self.blocks(t), self.out, self.lse, scale=self.scale, backend=self.backend,
-                       causal=self.causal, window=self.window)
+                       mask=self.mask)
 
 
 class RingBackward(RingForward):
     """Backward schedule: K/V fetched as in forward; dK/dV accumulators returned one hop behind."""
 
-    def __init__(self, info, chunks, q, k, v, out, lse, dout, *, causal, scale, backend, window):
-        super().__init__(info, chunks, q, k, v, causal=causal, scale=scale, backend=backend, window=window)
+    def __init__(self, info, spans, q, k, v, out, lse, dout, *, mask, scale, backend):
+        super().__init__(info, spans, q, k, v, mask=mask, scale=scale, backend=backend)
         del self.out, self.lse
         self.o, self.lse_final, self.dout = out, lse, dout
         self.delta = row_delta(dout, out, self.acc_dtype)  # [B, H, C]
         self.dq = torch.zeros(q.shape, dtype=self.acc_dtype, device=q.device)
-        self.acc = {}      # step -> fp32 [2, B, C, H_kv, D] accumulator leaving after that step
+        self.acc = {}      # step -> accumulator [2, B, C, H_kv, D] leaving after that step
         self.incoming = {}  # step -> receive buffer of the accumulator arriving for that step
         self.own = None
 
@@ -77,8 +75,7 @@ class RingBackward(RingForward):
         k, v = self.payload(t)
         part = torch.zeros((2,) + tuple(k.shape), dtype=self.acc_dtype, device=k.device)
         blocks_backward(self.dout, self.q, k, v, self.o, self.lse_final, self.delta, self.blocks(t), self.dq,
-                        part[0], part[1], scale=self.scale, backend=self.backend, causal=self.causal,
-                        window=self.window)
+                        part[0], part[1], scale=self.scale, backend=self.backend, mask=self.mask)
         if t == 0:
             self.own = part
         elif t == 1:
@@ -105,33 +102,32 @@ def ring_comm_bytes(world: int, batch: int, seq_local: int, kv_heads: int, head_
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, info, chunks, causal, scale, backend, window):
-        sched = run_schedule(RingForward(info, chunks, q, k, v, causal=causal, scale=scale, backend=backend,
-                                         window=window), info)
+    def forward(ctx, q, k, v, info, spans, mask, scale, backend):
+        sched = run_schedule(RingForward(info, spans, q, k, v, mask=mask, scale=scale, backend=backend), info)
         out = sched.out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, sched.lse)
-        ctx.opts = (info, chunks, causal, scale, backend, window)
+        ctx.opts = (info, spans, mask, scale, backend)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        info, chunks, causal, scale, backend, window = ctx.opts
-        sched = run_schedule(RingBackward(info, chunks, q, k, v, out, lse, dout.contiguous(), causal=causal,
-                                          scale=scale, backend=backend, window=window), info)
+        info, spans, mask, scale, backend = ctx.opts
+        sched = run_schedule(RingBackward(info, spans, q, k, v, out, lse, dout.contiguous(), mask=mask, scale=scale,
+                                          backend=backend), info)
         dq = sched.dq.to(q.dtype)
-        return dq, sched.own[0].to(k.dtype), sched.own[1].to(v.dtype), None, None, None, None, None, None
+        return dq, sched.own[0].to(k.dtype), sched.own[1].to(v.dtype), None, None, None, None, None
 
 
-def ring_attention_chunks(q, k, v, *, info, chunks, causal, scale, backend="auto", window=(-1, -1)):
-    """Ring attention over arbitrary chunk assignments (``chunks[r]``: global chunk ids of rank r's
-    shard). Validation is the caller's; used by :func:`ring_attention` and USP."""
-    return _RingAttention.apply(q, k, v, info, chunks, causal, scale, backend, tuple(window))
+def ring_attention_spans(q, k, v, *, info, spans, mask, scale, backend="auto"):
+    """Ring attention over arbitrary shards (``spans[r]``: rank r's ``(global_start, length)``
+    spans). Validation is the caller's; used by :func:`ring_attention` and USP."""
+    return _RingAttention.apply(q, k, v, info, spans, mask, scale, backend)
 
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
                    softmax_scale: float | None = None, layout: str = "zigzag", window: tuple[int, int] = (-1, -1),
-                   backend: str = "auto") -> torch.Tensor:
+                   cu_seqlens=None, backend: str = "auto") -> torch.Tensor:
     """Ring attention: exact attention over the sequence sharded across ``group``, K/V circulating.
 
     Args:
@@ -140,10 +136,15 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=N
         group: the sequence-parallel group (``None`` = default).
         causal: causal over the global sequence in its original token order.
         softmax_scale: default ``1/sqrt(D)``.
-        layout: ``"zigzag"`` (balanced causal work) or ``"contiguous"``.
+        layout: ``"zigzag"`` (balanced causal work) or ``"contiguous"`` split of the (packed) stream, or
+            ``"doc_zigzag"`` / ``"doc_contiguous"`` (every document split across the ranks; see
+            :func:`~odysseus_kernels.ops.layout.layout_spans`).
         window: ``(left, right)`` sliding window in tokens (-1 = unbounded), exact at every position.
             When it fits in fewer ranks than the ring (contiguous layout), the rotation stops early
             and moves only what those steps need.
+        cu_seqlens: global cumulative document lengths of a packed stream (list or int tensor,
+            identical on every rank): attention stays within each document; span pairs in
+            different documents are skipped.
         backend: block-kernel backend (``"auto"``: Triton on CUDA, torch elsewhere).
     Returns:
         ``[B, C, H, D]`` in ``q.dtype``, this rank's rows of the global attention output.
@@ -158,11 +159,10 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=N
     info = group_info(group)
     with rank_consistent("ring_attention", info) as check:
         validate_qkv("ring_attention", check, q, k, v, layout=layout, causal=causal, softmax_scale=softmax_scale,
-                     extra={"window": window})
-        window = validate_window("ring_attention", window)
+                     extra={"window": window}, cu_seqlens=cu_seqlens)
         if k.shape != v.shape:
             raise ValueError(f"ring_attention: k and v must have the same shape, got {tuple(k.shape)} and "
                              f"{tuple(v.shape)}")
-    chunks = layout_chunks(layout, info.size)
-    return ring_attention_chunks(q, k, v, info=info, chunks=chunks, causal=causal, scale=scale_of(q, softmax_scale),
-                                 backend=backend, window=window)
+        spans, mask = resolve_layout("ring_attention", layout, info.size, q.shape[1], causal, window, cu_seqlens)
+    return ring_attention_spans(q, k, v, info=info, spans=spans, mask=mask, scale=scale_of(q, softmax_scale),
+                                backend=backend)

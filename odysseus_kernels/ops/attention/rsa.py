@@ -16,7 +16,7 @@ import torch
 
 from ...comm import group_info, rank_consistent, reduce_scatter
 from ...kernels.attention.rsa import rsa_apply, rsa_block_grads, rsa_delta, rsa_scores
-from ..layout import layout_chunks, local_positions
+from ..layout import local_positions
 from .common import acc_dtype, scale_of, validate_qkv
 from .driver import Rotation, run_schedule
 

@@ -30,21 +30,20 @@ import torch
 
 from ...comm import group_info, rank_consistent
 from ...kernels.attention import merge_attention
-from ..layout import layout_chunks
-from .blocks import needed_query_slots, plan_blocks
-from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulators, row_delta, rows, scale_of, validate_qkv,
-                     validate_window)
+from ..layout import layout_spans
+from .blocks import Mask, needed_query_slots, plan_blocks, span_rows
+from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulators, resolve_layout, row_delta, rows,
+                     scale_of, validate_qkv)
 from .driver import NOTHING, Schedule, run_schedule
 
 _TAG_Q, _TAG_STATS, _TAG_OUT, _TAG_LSE = 31, 32, 33, 34
 
 
 class _TokenRingBase(Schedule):
-    def __init__(self, info, chunks, q, k, v, *, causal, scale, backend, window):
-        self.info, self.chunks, self.steps = info, chunks, info.size
+    def __init__(self, info, spans, q, k, v, *, mask, scale, backend):
+        self.info, self.spans, self.steps = info, spans, info.size
         self.q, self.k, self.v = q, k, v
-        self.causal, self.scale, self.backend, self.window = causal, scale, backend, window
-        self.c = q.shape[1] // len(chunks[0])
+        self.mask, self.scale, self.backend = mask, scale, backend
         self.acc_dtype = acc_dtype(q.dtype)
         self.received = {}  # step -> received tensors
         self.partial = {}   # step -> results to return
@@ -55,20 +54,22 @@ class _TokenRingBase(Schedule):
         return (r + t) % n, (r - t) % n  # (dst: gets my queries, src: sends me its queries)
 
     def my_slots_for(self, dst):
-        """My query slots that rank ``dst``'s keys serve."""
-        return needed_query_slots(self.chunks[self.info.rank], self.chunks[dst], self.causal, self.c, self.window)
+        """My query spans that rank ``dst``'s keys serve."""
+        return needed_query_slots(self.spans[self.info.rank], self.spans[dst], self.mask)
 
     def src_slots(self, src):
-        """Rank ``src``'s query slots that my keys serve."""
-        return needed_query_slots(self.chunks[src], self.chunks[self.info.rank], self.causal, self.c, self.window)
+        """Rank ``src``'s query spans that my keys serve."""
+        return needed_query_slots(self.spans[src], self.spans[self.info.rank], self.mask)
+
+    def nrows(self, owner, slots):
+        return sum(self.spans[owner][s][1] for s in slots)
 
     def blocks_for(self, src, slots):
-        q_chunks = [self.chunks[src][s] for s in slots]
-        return plan_blocks(q_chunks, self.chunks[self.info.rank], self.c, self.causal, self.window)
+        return plan_blocks([self.spans[src][s] for s in slots], self.spans[self.info.rank], self.mask)
 
-    def slot_views(self, t, slots):
-        """(start, stop) row ranges in my tensors of the chunk slots, for scattering results back."""
-        return [(s * self.c, (s + 1) * self.c) for s in slots]
+    def my_rows(self, slots):
+        """(start, stop) rows in my tensors of my spans ``slots``."""
+        return span_rows(self.spans[self.info.rank], slots)
 
 
 class TokenRingForward(_TokenRingBase):
@@ -83,11 +84,11 @@ class TokenRingForward(_TokenRingBase):
         sends, recvs = [], []
         mine = self.my_slots_for(dst)
         if mine:
-            sends.append((dst, rows(self.q, mine, self.c).contiguous(), _TAG_Q))
+            sends.append((dst, rows(self.q, self.my_rows(mine)).contiguous(), _TAG_Q))
         theirs = self.src_slots(src)
         if theirs:
             b, _, h, d = self.q.shape
-            buf = torch.empty(b, len(theirs) * self.c, h, d, dtype=self.q.dtype, device=self.q.device)
+            buf = torch.empty(b, self.nrows(src, theirs), h, d, dtype=self.q.dtype, device=self.q.device)
             self.received[t] = buf
             recvs.append((src, buf, _TAG_Q))
         return sends, recvs
@@ -102,26 +103,27 @@ class TokenRingForward(_TokenRingBase):
             sends += [(src, o, _TAG_OUT), (src, lse, _TAG_LSE)]
         mine = self.my_slots_for(dst)
         if mine:
-            o, lse = new_accumulators(self.q, len(mine) * self.c, self.v.shape[-1])
+            o, lse = new_accumulators(self.q, self.nrows(self.info.rank, mine), self.v.shape[-1])
             self.returned[t] = (mine, o, lse)
             recvs += [(dst, o, _TAG_OUT), (dst, lse, _TAG_LSE)]
         return sends, recvs
 
     def _attend(self, qs, src, slots, out, lse):
         blocks_forward(qs, self.k, self.v, self.blocks_for(src, slots), out, lse, scale=self.scale,
-                       backend=self.backend, causal=self.causal, window=self.window)
+                       backend=self.backend, mask=self.mask)
 
     def _merge_returned(self, t):
         if t not in self.returned:
             return
         slots, o, lse = self.returned.pop(t)
-        for j, (a, e) in enumerate(self.slot_views(t, slots)):
-            c = self.c
-            merge_attention(self.out[:, a:e], self.lse[:, :, a:e], o[:, j * c:(j + 1) * c], lse[:, :, j * c:(j + 1) * c])
+        j = 0
+        for a, e in self.my_rows(slots):
+            merge_attention(self.out[:, a:e], self.lse[:, :, a:e], o[:, j:j + e - a], lse[:, :, j:j + e - a])
+            j += e - a
 
     def compute(self, t, handle):
         if t == 0:
-            self._attend(self.q, self.info.rank, list(range(len(self.chunks[0]))), self.out, self.lse)
+            self._attend(self.q, self.info.rank, list(range(len(self.spans[self.info.rank]))), self.out, self.lse)
         else:
             _, src = self.peers(t)
             slots = self.src_slots(src)
@@ -139,8 +141,8 @@ class TokenRingForward(_TokenRingBase):
 
 
 class TokenRingBackward(_TokenRingBase):
-    def __init__(self, info, chunks, q, k, v, out, lse, dout, **kw):
-        super().__init__(info, chunks, q, k, v, **kw)
+    def __init__(self, info, spans, q, k, v, out, lse, dout, **kw):
+        super().__init__(info, spans, q, k, v, **kw)
         self.dout, self.lse_final = dout, lse
         ad = self.acc_dtype
         self.delta = row_delta(dout, out, ad)  # [B, H, C]
@@ -157,11 +159,11 @@ class TokenRingBackward(_TokenRingBase):
         sends, recvs = [], []
         mine = self.my_slots_for(dst)
         if mine:
-            sends.append((dst, rows(self.qdo, mine, self.c, dim=2).contiguous(), _TAG_Q))
-            sends.append((dst, rows(self.stats, mine, self.c, dim=3).contiguous(), _TAG_STATS))
+            sends.append((dst, rows(self.qdo, self.my_rows(mine), dim=2).contiguous(), _TAG_Q))
+            sends.append((dst, rows(self.stats, self.my_rows(mine), dim=3).contiguous(), _TAG_STATS))
         theirs = self.src_slots(src)
         if theirs:
-            n = len(theirs) * self.c
+            n = self.nrows(src, theirs)
             qdo = self.qdo.new_empty(self.qdo.shape[:2] + (n,) + self.qdo.shape[3:])
             st = self.stats.new_empty(self.stats.shape[:3] + (n,))
             self.received[t] = (qdo, st)
@@ -177,28 +179,28 @@ class TokenRingBackward(_TokenRingBase):
             sends.append((src, self.partial.pop(t), _TAG_OUT))
         mine = self.my_slots_for(dst)
         if mine:
-            buf = torch.empty((self.q.shape[0], len(mine) * self.c) + tuple(self.q.shape[2:]), dtype=self.acc_dtype,
-                              device=self.q.device)
+            buf = torch.empty((self.q.shape[0], self.nrows(self.info.rank, mine)) + tuple(self.q.shape[2:]),
+                              dtype=self.acc_dtype, device=self.q.device)
             self.returned[t] = (mine, buf)
             recvs.append((dst, buf, _TAG_OUT))
         return sends, recvs
 
     def _grad(self, qdo, stats, src, slots, dq):
         blocks_backward(qdo[1], qdo[0], self.k, self.v, None, stats[0], stats[1], self.blocks_for(src, slots), dq,
-                        self.dk, self.dv, scale=self.scale, backend=self.backend, causal=self.causal,
-                        window=self.window)
+                        self.dk, self.dv, scale=self.scale, backend=self.backend, mask=self.mask)
 
     def _add_returned(self, t):
         if t not in self.returned:
             return
         slots, buf = self.returned.pop(t)
-        c = self.c
-        for j, (a, e) in enumerate(self.slot_views(t, slots)):
-            self.dq[:, a:e] += buf[:, j * c:(j + 1) * c]
+        j = 0
+        for a, e in self.my_rows(slots):
+            self.dq[:, a:e] += buf[:, j:j + e - a]
+            j += e - a
 
     def compute(self, t, handle):
         if t == 0:
-            self._grad(self.qdo, self.stats, self.info.rank, list(range(len(self.chunks[0]))), self.dq)
+            self._grad(self.qdo, self.stats, self.info.rank, list(range(len(self.spans[self.info.rank]))), self.dq)
         else:
             _, src = self.peers(t)
             slots = self.src_slots(src)
@@ -215,23 +217,23 @@ class TokenRingBackward(_TokenRingBase):
         self._add_returned(self.steps - 1)
 
 
-def token_ring_rows(world: int, rank: int, seq_local: int, layout: str, causal: bool,
-                    window=(-1, -1)) -> tuple[int, int]:
+def token_ring_rows(world: int, rank: int, seq_local: int, layout: str, causal: bool, window=(-1, -1),
+                    cu_seqlens=None) -> tuple[int, int]:
     """Query rows ``rank`` receives over a TokenRing pass, and rows of its own queries whose
     partials come back (the sizes the ledger sees)."""
-    chunks = layout_chunks(layout, world)
-    c = seq_local // len(chunks[0])
-    rows_in = sum(len(needed_query_slots(chunks[(rank - t) % world], chunks[rank], causal, c, window)) * c
-                  for t in range(1, world))
-    rows_back = sum(len(needed_query_slots(chunks[rank], chunks[(rank + t) % world], causal, c, window)) * c
-                    for t in range(1, world))
+    spans = layout_spans(layout, world, seq_local * world, cu_seqlens)
+    mask = Mask(causal=causal, window=tuple(window), cu_seqlens=None if cu_seqlens is None else tuple(cu_seqlens))
+    rows_in = sum(spans[(rank - t) % world][s][1] for t in range(1, world)
+                  for s in needed_query_slots(spans[(rank - t) % world], spans[rank], mask))
+    rows_back = sum(spans[rank][s][1] for t in range(1, world)
+                    for s in needed_query_slots(spans[rank], spans[(rank + t) % world], mask))
     return rows_in, rows_back
 
 
 def token_ring_comm_bytes(world, rank, batch, seq_local, heads, head_dim, elem_bytes, layout, causal,
-                          window=(-1, -1)) -> dict:
+                          window=(-1, -1), cu_seqlens=None) -> dict:
     """Closed-form bytes received by ``rank`` (ledger kind ``p2p``), forward and backward."""
-    r_in, r_out = token_ring_rows(world, rank, seq_local, layout, causal, window)
+    r_in, r_out = token_ring_rows(world, rank, seq_local, layout, causal, window, cu_seqlens)
     acc = 8 if elem_bytes == 8 else 4
     bh = batch * heads
     fwd = bh * (r_in * head_dim * elem_bytes + r_out * (head_dim * acc + acc))
@@ -241,32 +243,31 @@ def token_ring_comm_bytes(world, rank, batch, seq_local, heads, head_dim, elem_b
 
 class _TokenRingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, info, chunks, causal, scale, backend, window):
-        sched = run_schedule(TokenRingForward(info, chunks, q, k, v, causal=causal, scale=scale, backend=backend,
-                                              window=window), info)
+    def forward(ctx, q, k, v, info, spans, mask, scale, backend):
+        sched = run_schedule(TokenRingForward(info, spans, q, k, v, mask=mask, scale=scale, backend=backend), info)
         out = sched.out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, sched.lse)
-        ctx.opts = (info, chunks, causal, scale, backend, window)
+        ctx.opts = (info, spans, mask, scale, backend)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        info, chunks, causal, scale, backend, window = ctx.opts
-        sched = run_schedule(TokenRingBackward(info, chunks, q, k, v, out, lse, dout.contiguous(), causal=causal,
-                                               scale=scale, backend=backend, window=window), info)
-        return sched.dq.to(q.dtype), sched.dk.to(k.dtype), sched.dv.to(v.dtype), None, None, None, None, None, None
+        info, spans, mask, scale, backend = ctx.opts
+        sched = run_schedule(TokenRingBackward(info, spans, q, k, v, out, lse, dout.contiguous(), mask=mask,
+                                               scale=scale, backend=backend), info)
+        return sched.dq.to(q.dtype), sched.dk.to(k.dtype), sched.dv.to(v.dtype), None, None, None, None, None
 
 
 def token_ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
                          softmax_scale: float | None = None, layout: str = "zigzag",
-                         window: tuple[int, int] = (-1, -1), backend: str = "auto") -> torch.Tensor:
+                         window: tuple[int, int] = (-1, -1), cu_seqlens=None, backend: str = "auto") -> torch.Tensor:
     """TokenRing attention: K/V stay resident, queries and partial outputs travel (both link directions).
 
     Args:
         q: ``[B, C, H, D]``; k, v: ``[B, C, H_kv, D]`` this rank's shards in ``layout``.
-        group, causal, softmax_scale, layout, window, backend: as in :func:`ring_attention` (queries a
-            window keeps away from a rank are never sent to it).
+        group, causal, softmax_scale, layout, window, cu_seqlens, backend: as in
+            :func:`ring_attention` (queries the mask keeps away from a rank are never sent to it).
     Returns:
         ``[B, C, H, D]`` in ``q.dtype``.
     Communication: see the module docstring and :func:`token_ring_comm_bytes` (no K/V moves; with
@@ -278,7 +279,7 @@ def token_ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, g
     info = group_info(group)
     with rank_consistent("token_ring_attention", info) as check:
         validate_qkv("token_ring_attention", check, q, k, v, layout=layout, causal=causal,
-                     softmax_scale=softmax_scale, extra={"window": window})
-        window = validate_window("token_ring_attention", window)
-    return _TokenRingAttention.apply(q, k, v, info, layout_chunks(layout, info.size), causal,
-                                     scale_of(q, softmax_scale), backend, window)
+                     softmax_scale=softmax_scale, extra={"window": window}, cu_seqlens=cu_seqlens)
+        spans, mask = resolve_layout("token_ring_attention", layout, info.size, q.shape[1], causal, window,
+                                     cu_seqlens)
+    return _TokenRingAttention.apply(q, k, v, info, spans, mask, scale_of(q, softmax_scale), backend)

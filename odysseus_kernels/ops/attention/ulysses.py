@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from ...comm import all_to_all, group_info, new_group, rank_consistent
-from ..layout import layout_chunks
 from ..local_attention import local_attention
-from .common import scale_of, validate_qkv, validate_window
-from .ring import ring_attention_chunks
+from .common import resolve_layout, scale_of, validate_qkv
+from .ring import ring_attention_spans
 
 
 class _SeqToHeads(torch.autograd.Function):
@@ -85,25 +84,23 @@ def _expand_kv(k, v, n):
     return k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
 
 
-def _natural_order(chunks_rank_major: list[int], c: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row permutation from the rank-major concatenation of chunks to natural token order, and back."""
-    order = torch.tensor(chunks_rank_major, device=device)
-    to_nat = (order.argsort().view(-1, 1) * c + torch.arange(c, device=device)).reshape(-1)
-    back = torch.empty_like(to_nat)
-    back[to_nat] = torch.arange(to_nat.numel(), device=device)
-    return to_nat, back
+def _natural_order(spans, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row permutation from the rank-major concatenation of every rank's spans to token order, and back."""
+    pos = torch.cat([torch.arange(s, s + m, device=device) for rank in spans for s, m in rank])
+    to_nat = pos.argsort()
+    return to_nat, pos
 
 
 def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
                       softmax_scale: float | None = None, layout: str = "contiguous",
-                      window: tuple[int, int] = (-1, -1), backend: str = "auto") -> torch.Tensor:
+                      window: tuple[int, int] = (-1, -1), cu_seqlens=None, backend: str = "auto") -> torch.Tensor:
     """Ulysses attention: all-to-all to head shards, local attention over the full sequence, back.
 
     Args:
         q: ``[B, C, H, D]``; k, v: ``[B, C, H_kv, D]``, sequence shards in ``layout`` (contiguous, or
             zigzag: rows are put in token order after the all-to-all). ``H`` must divide by N;
             ``H_kv`` must divide by N or divide N (kv heads are then repeated).
-        group, causal, softmax_scale, window, backend: as in :func:`ring_attention`.
+        group, causal, softmax_scale, window, cu_seqlens, backend: as in :func:`ring_attention`.
     Returns:
         ``[B, C, H, D]`` in ``q.dtype``.
     Communication: 4 all-to-alls forward (q, k, v, out) and 4 backward, each (N-1)/N of the local
@@ -115,20 +112,19 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, grou
     info = group_info(group)
     with rank_consistent("ulysses_attention", info) as check:
         validate_qkv("ulysses_attention", check, q, k, v, layout=layout, causal=causal, softmax_scale=softmax_scale,
-                     extra={"window": window})
-        window = validate_window("ulysses_attention", window)
+                     extra={"window": window}, cu_seqlens=cu_seqlens)
+        spans, mask = resolve_layout("ulysses_attention", layout, info.size, q.shape[1], causal, window, cu_seqlens)
         _check_heads("ulysses_attention", q, k, info.size)
     scale = scale_of(q, softmax_scale)
     n = info.size
     k, v = _expand_kv(k, v, n)
     qh, kh, vh = (_SeqToHeads.apply(t, info) for t in (q, k, v))
+    kw = dict(causal=causal, softmax_scale=scale, window=mask.window, cu_seqlens=mask.cu_seqlens, backend=backend)
     if layout == "contiguous":
-        o = local_attention(qh, kh, vh, causal=causal, softmax_scale=scale, window=window, backend=backend)
-    else:
-        chunks = [ch for r in layout_chunks(layout, n) for ch in r]
-        to_nat, back = _natural_order(chunks, q.shape[1] // 2, q.device)
-        o = local_attention(*(t.index_select(1, to_nat) for t in (qh, kh, vh)), causal=causal, softmax_scale=scale,
-                            window=window, backend=backend).index_select(1, back)
+        o = local_attention(qh, kh, vh, **kw)
+    else:  # rows arrive rank-major: attend in token order, then put them back
+        to_nat, back = _natural_order(spans, q.device)
+        o = local_attention(*(t.index_select(1, to_nat) for t in (qh, kh, vh)), **kw).index_select(1, back)
     return _HeadsToSeq.apply(o, info)
 
 
@@ -174,7 +170,7 @@ def usp_groups(ulysses_degree: int, group=None) -> USPGroups:
 
 def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ulysses_group, ring_group,
                   causal: bool = False, softmax_scale: float | None = None, layout: str = "zigzag",
-                  window: tuple[int, int] = (-1, -1), backend: str = "auto") -> torch.Tensor:
+                  window: tuple[int, int] = (-1, -1), cu_seqlens=None, backend: str = "auto") -> torch.Tensor:
     """USP: Ulysses inside ``ulysses_group`` and ring attention across ``ring_group``.
 
     Args:
@@ -182,7 +178,7 @@ def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ulysses_
             ``layout`` over the ``U*R`` ranks at position ``ring_rank * U + ulysses_rank``
             (:func:`usp_groups` builds groups with that order, so with the default world the position
             is the global rank). Heads divide by U as in :func:`ulysses_attention`.
-        causal, softmax_scale, window, backend: as in :func:`ring_attention`.
+        causal, softmax_scale, window, cu_seqlens, backend: as in :func:`ring_attention`.
     Returns:
         ``[B, C, H, D]`` in ``q.dtype``.
     Communication: Ulysses's 4 all-to-alls within the Ulysses group (on U*C tokens' worth of rows),
@@ -198,16 +194,16 @@ def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ulysses_
     with rank_consistent("usp_attention", ring_group) as outer:
         with rank_consistent("usp_attention", ulysses_group) as check:
             validate_qkv("usp_attention", check, q, k, v, layout=layout, causal=causal,
-                         softmax_scale=softmax_scale, extra={"ring_size": ri.size, "window": window})
-            window = validate_window("usp_attention", window)
+                         softmax_scale=softmax_scale, extra={"ring_size": ri.size, "window": window},
+                         cu_seqlens=cu_seqlens)
+            spans, mask = resolve_layout("usp_attention", layout, ui.size * ri.size, q.shape[1], causal, window,
+                                         cu_seqlens)
             _check_heads("usp_attention", q, k, ui.size, "the Ulysses degree")
         outer.meta(q=tuple(q.shape), k=tuple(k.shape), causal=causal, layout=layout, ulysses=ui.size)
     u, r = ui.size, ri.size
     scale = scale_of(q, softmax_scale)
     k, v = _expand_kv(k, v, u)
     qh, kh, vh = (_SeqToHeads.apply(t, ui) for t in (q, k, v))
-    per_rank = layout_chunks(layout, u * r)
-    ring_chunks = [[ch for p in range(i * u, (i + 1) * u) for ch in per_rank[p]] for i in range(r)]
-    o = ring_attention_chunks(qh, kh, vh, info=ri, chunks=ring_chunks, causal=causal, scale=scale, backend=backend,
-                              window=window)
+    ring_spans = [[sp for p in range(i * u, (i + 1) * u) for sp in spans[p]] for i in range(r)]
+    o = ring_attention_spans(qh, kh, vh, info=ri, spans=ring_spans, mask=mask, scale=scale, backend=backend)
     return _HeadsToSeq.apply(o, ui)
