@@ -3,6 +3,7 @@
 ``import odysseus_kernels as ok``; everything public is re-exported here.
 """
 from . import costmodel  # noqa: F401  (pure math; ok.costmodel.plan / predict / comm_volume)
+from . import layers, models  # noqa: F401  (apply_<strategy>, the Llama-style model)
 from .comm import CommLedger, comm_ledger, group_info, skip_cross_rank_checks
 from .extension import extension_available
 from .ops import (PackedShard, gather_packed, gather_sequence, local_attention, local_positions, shard_packed,
@@ -21,7 +22,7 @@ from .ops.attention import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "CommLedger", "PackedShard", "costmodel", "USPGroups", "gather_packed", "shard_packed", "allgather_kv_attention", "comm_ledger", "extension_available", "gather_sequence",
+    "CommLedger", "PackedShard", "costmodel", "layers", "models", "USPGroups", "gather_packed", "shard_packed", "allgather_kv_attention", "comm_ledger", "extension_available", "gather_sequence",
     "group_info", "local_attention", "local_positions", "ring_attention", "ring_self_attention", "shard_sequence",
     "skip_cross_rank_checks", "token_ring_attention", "ulysses_attention", "usp_attention", "usp_groups",
 ]
