@@ -124,6 +124,9 @@ class Attention(nn.Module):
         else:  # linear attention has no softmax to bound it: normalise q, k per head for stability
             q = F.normalize(q, dim=-1)
             k = F.normalize(k, dim=-1)
+            # its states are per query head (K^T V decays per head): repeat the kv heads (GQA)
+            rep = q.shape[2] // k.shape[2]
+            k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
         o = self.core(q, k, v, positions)
         return self.o_proj(o.reshape(b, s, -1))
 
