@@ -36,3 +36,38 @@ def test_impossible_configurations_name_the_strategy():
         check_config(dataclasses.replace(rc, seq_len=32, strategies=("ulysses",)), 4)
     with pytest.raises(ValueError, match="unknown strategy 'megatron'"):
         check_config(dataclasses.replace(rc, strategies=("megatron",)), 2)
+
+
+def test_playground_measured_communication_equals_the_closed_form():
+    from odysseus_kernels.playground.__main__ import expected_comm
+    from odysseus_kernels.playground.report import summarize
+
+    world = 4
+    rc = RunConfig(seq_len=32, hidden=32, heads=4, kv_heads=4, intermediate=48, vocab=64, layers=2, steps=1, warmup=0)
+    per_rank = run_world(_run, world, rc, timeout=600)
+    expected, curves = expected_comm(rc, world)
+    rows = summarize(per_rank, rc, expected)
+    assert [r["strategy"] for r in rows] == list(STRATEGIES)
+    for r in rows:
+        assert r["comm_per_layer_bytes"] == r["comm_per_layer_expected_bytes"] > 0, r["strategy"]
+        assert r["grad_max_rel_err"] < 1e-4 and r["loss_rel_err"] < 1e-5, r["strategy"]
+    assert all(len(xs) == len(ys) > 1 for xs, ys in curves.values())
+
+
+def test_playground_cli_end_to_end(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "odysseus_kernels.playground", "--world-size", "2", "--seq-len", "16",
+                          "--steps", "1", "--strategies", "zigzag,tp_sp,lasp2", "--blockwise-report",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "odysseus playground: world 2" in out.stdout and "blockwise MLP" in out.stdout
+    res = json.loads((tmp_path / "playground.json").read_text())
+    assert [r["strategy"] for r in res["results"]] == ["zigzag", "tp_sp", "lasp2"]
+    assert (tmp_path / "playground.csv").exists()
+    assert (tmp_path / "comm_vs_seq_len.png").stat().st_size > 0 and (tmp_path / "time_memory.png").exists()
+    bad = subprocess.run([sys.executable, "-m", "odysseus_kernels.playground", "--world-size", "4", "--seq-len", "20",
+                          "--strategies", "zigzag"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "zigzag: --seq-len 20 must be divisible by 8" in bad.stderr
