@@ -222,7 +222,7 @@ def _tp_plan(name, model, group):
     sharded = set()
     for layer in model.layers:
         for m in (layer.attn, layer.mlp):
-            if isinstance(m, (TPSPAttention, TPSPMLP, ZeroMLP)):
+            if isinstance(m, (TPSPAttention, TPSPMLP, ZeroMLP)) or getattr(m, "_odysseus_fsdp2", False):
                 sharded.update(id(p) for p in m.parameters())
     replicated = [p for p in model.parameters() if id(p) not in sharded]
     return ParallelPlan(name, "contiguous", group_info(group), replicated)
@@ -235,10 +235,22 @@ def apply_tp_sp(model, group=None) -> ParallelPlan:
     return _tp_plan("tp_sp", model, group)
 
 
-def apply_odysseus(model, group=None) -> ParallelPlan:
+def apply_odysseus(model, group=None, *, zero3: str = "ours") -> ParallelPlan:
+    """Odysseus: TP-SP attention, sequence-parallel MLP with ZeRO-3 weights. ``zero3="ours"``
+    (default) shards the MLP weights with :class:`ZeroShardedLinear` (communication through
+    ``comm/``, counted by the ledger); ``"fsdp2"`` uses PyTorch FSDP2 ``fully_shard`` on each MLP
+    (works on gloo/CPU too; its traffic is not in the ledger)."""
+    if zero3 not in ("ours", "fsdp2"):
+        raise ValueError(f"odysseus: zero3 must be 'ours' or 'fsdp2', got {zero3!r}")
+    from ..comm.fsdp import fsdp2_shard
+
     for layer in model.layers:
         layer.attn = TPSPAttention(layer.attn, group)
-        layer.mlp = ZeroMLP(layer.mlp, group)
+        if zero3 == "ours":
+            layer.mlp = ZeroMLP(layer.mlp, group)
+        else:
+            fsdp2_shard(layer.mlp, group)
+            layer.mlp._odysseus_fsdp2 = True
     return _tp_plan("odysseus", model, group)
 
 
@@ -269,6 +281,11 @@ def full_grads(model, plan: ParallelPlan) -> dict[str, torch.Tensor]:
             out[f"{name}.down_proj.weight"] = torch.cat(gather_rows(mod.down.grad.t()), dim=0).t()
         elif isinstance(mod, ZeroShardedLinear):
             out[f"{name}.weight"] = torch.cat(gather_rows(mod.weight_shard.grad))
+        elif getattr(mod, "_odysseus_fsdp2", False):
+            from ..comm.fsdp import full_tensor
+
+            for pname, p in mod.named_parameters():
+                out[f"{name}.{pname}"] = full_tensor(p.grad)
     replicated = {id(p) for p in plan.replicated}
     for pname, p in model.named_parameters():
         if id(p) in replicated and p.grad is not None:
