@@ -36,10 +36,18 @@ from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulator
                      scale_of, validate_qkv)
 from .driver import NOTHING, Schedule, run_schedule
 
-_TAG_Q, _TAG_STATS, _TAG_OUT, _TAG_LSE = 31, 32, 33, 34
+_TAGS_OUT = (31, 32)   # what goes to the key owner (queries, ...)
+_TAGS_BACK = (33, 34)  # what comes back to the query owner (partial results)
 
 
 class _TokenRingBase(Schedule):
+    """Both TokenRing passes: at step t the rows of my queries that rank ``r+t`` needs go there
+    (:attr:`travelling`: ``(tensor, row_dim)`` pairs), the rows rank ``r-t`` sends me are
+    :meth:`served` against my resident K/V, and the partial results go straight back to their
+    owner, which :meth:`absorb` s them (step 0 is local: my own rows are served and absorbed here)."""
+
+    travelling: list  # [(tensor, row dim)]
+
     def __init__(self, info, spans, q, k, v, *, mask, scale, backend):
         self.info, self.spans, self.steps = info, spans, info.size
         self.q, self.k, self.v = q, k, v
@@ -47,7 +55,7 @@ class _TokenRingBase(Schedule):
         self.acc_dtype = acc_dtype(q.dtype)
         self.received = {}  # step -> received tensors
         self.partial = {}   # step -> results to return
-        self.returned = {}  # step -> receive buffers of returned results
+        self.returned = {}  # step -> (my spans, receive buffers of their results)
 
     def peers(self, t):
         n, r = self.info.size, self.info.rank
@@ -67,154 +75,122 @@ class _TokenRingBase(Schedule):
     def blocks_for(self, src, slots):
         return plan_blocks([self.spans[src][s] for s in slots], self.spans[self.info.rank], self.mask)
 
-    def my_rows(self, slots):
-        """(start, stop) rows in my tensors of my spans ``slots``."""
-        return span_rows(self.spans[self.info.rank], slots)
+    def my_row_pieces(self, slots):
+        """``(a, e, j)``: rows ``[a, e)`` of my tensors are rows ``[j, j + e - a)`` of a compact buffer."""
+        j = 0
+        for a, e in span_rows(self.spans[self.info.rank], slots):
+            yield a, e, j
+            j += e - a
+
+    def fetch(self, t):
+        if t == 0:
+            return NOTHING
+        dst, src = self.peers(t)
+        sends, recvs = [], []
+        mine = self.my_slots_for(dst)
+        if mine:
+            rr = span_rows(self.spans[self.info.rank], mine)
+            sends += [(dst, rows(x, rr, dim).contiguous(), tag) for (x, dim), tag in zip(self.travelling, _TAGS_OUT)]
+        theirs = self.src_slots(src)
+        if theirs:
+            n = self.nrows(src, theirs)
+            bufs = [x.new_empty(x.shape[:dim] + (n,) + x.shape[dim + 1:]) for x, dim in self.travelling]
+            self.received[t] = bufs
+            recvs += [(src, buf, tag) for buf, tag in zip(bufs, _TAGS_OUT)]
+        return sends, recvs
+
+    def returns(self, t):
+        if t == 0:
+            return NOTHING
+        dst, src = self.peers(t)
+        sends, recvs = [], []
+        if t in self.partial:
+            sends += [(src, x, tag) for x, tag in zip(self.partial.pop(t), _TAGS_BACK)]
+        mine = self.my_slots_for(dst)
+        if mine:
+            bufs = self.new_results(self.nrows(self.info.rank, mine))
+            self.returned[t] = (mine, bufs)
+            recvs += [(dst, buf, tag) for buf, tag in zip(bufs, _TAGS_BACK)]
+        return sends, recvs
+
+    def compute(self, t, handle):
+        if t == 0:
+            mine = list(range(len(self.spans[self.info.rank])))
+            self.absorb(mine, self.serve([x for x, _ in self.travelling], self.info.rank, mine))
+        else:
+            _, src = self.peers(t)
+            slots = self.src_slots(src)
+            if slots:
+                self.partial[t] = self.serve(self.received.pop(t), src, slots)
+        if t >= 2:
+            handle.wait()
+            self._absorb_returned(t - 1)
+
+    def finish(self):
+        self._absorb_returned(self.steps - 1)
+
+    def _absorb_returned(self, t):
+        if t in self.returned:
+            self.absorb(*self.returned.pop(t))
+
+    def serve(self, travelled, src, slots) -> list:
+        """Results for rank ``src``'s rows ``slots`` against my K/V (compact, in slot order)."""
+        raise NotImplementedError
+
+    def new_results(self, nrows) -> list:
+        raise NotImplementedError
+
+    def absorb(self, slots, results) -> None:
+        """Fold results for my rows ``slots`` into my accumulators."""
+        raise NotImplementedError
 
 
 class TokenRingForward(_TokenRingBase):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
+        self.travelling = [(self.q, 1)]
         self.out, self.lse = new_accumulators(self.q, self.q.shape[1], self.v.shape[-1])
 
-    def fetch(self, t):
-        if t == 0:
-            return NOTHING
-        dst, src = self.peers(t)
-        sends, recvs = [], []
-        mine = self.my_slots_for(dst)
-        if mine:
-            sends.append((dst, rows(self.q, self.my_rows(mine)).contiguous(), _TAG_Q))
-        theirs = self.src_slots(src)
-        if theirs:
-            b, _, h, d = self.q.shape
-            buf = torch.empty(b, self.nrows(src, theirs), h, d, dtype=self.q.dtype, device=self.q.device)
-            self.received[t] = buf
-            recvs.append((src, buf, _TAG_Q))
-        return sends, recvs
+    def new_results(self, nrows):
+        return list(new_accumulators(self.q, nrows, self.v.shape[-1]))
 
-    def returns(self, t):
-        if t == 0:
-            return NOTHING
-        dst, src = self.peers(t)
-        sends, recvs = [], []
-        if t in self.partial:
-            o, lse = self.partial.pop(t)
-            sends += [(src, o, _TAG_OUT), (src, lse, _TAG_LSE)]
-        mine = self.my_slots_for(dst)
-        if mine:
-            o, lse = new_accumulators(self.q, self.nrows(self.info.rank, mine), self.v.shape[-1])
-            self.returned[t] = (mine, o, lse)
-            recvs += [(dst, o, _TAG_OUT), (dst, lse, _TAG_LSE)]
-        return sends, recvs
-
-    def _attend(self, qs, src, slots, out, lse):
+    def serve(self, travelled, src, slots):
+        qs = travelled[0]
+        out, lse = new_accumulators(qs, qs.shape[1], self.v.shape[-1])
         blocks_forward(qs, self.k, self.v, self.blocks_for(src, slots), out, lse, scale=self.scale,
                        backend=self.backend, mask=self.mask)
+        return [out, lse]
 
-    def _merge_returned(self, t):
-        if t not in self.returned:
-            return
-        slots, o, lse = self.returned.pop(t)
-        j = 0
-        for a, e in self.my_rows(slots):
+    def absorb(self, slots, results):
+        o, lse = results
+        for a, e, j in self.my_row_pieces(slots):
             merge_attention(self.out[:, a:e], self.lse[:, :, a:e], o[:, j:j + e - a], lse[:, :, j:j + e - a])
-            j += e - a
-
-    def compute(self, t, handle):
-        if t == 0:
-            self._attend(self.q, self.info.rank, list(range(len(self.spans[self.info.rank]))), self.out, self.lse)
-        else:
-            _, src = self.peers(t)
-            slots = self.src_slots(src)
-            if slots:
-                qs = self.received.pop(t)
-                o, lse = new_accumulators(qs, qs.shape[1], self.v.shape[-1])
-                self._attend(qs, src, slots, o, lse)
-                self.partial[t] = (o, lse)
-        if t >= 2:
-            handle.wait()
-            self._merge_returned(t - 1)
-
-    def finish(self):
-        self._merge_returned(self.steps - 1)
 
 
 class TokenRingBackward(_TokenRingBase):
     def __init__(self, info, spans, q, k, v, out, lse, dout, **kw):
         super().__init__(info, spans, q, k, v, **kw)
-        self.dout, self.lse_final = dout, lse
         ad = self.acc_dtype
-        self.delta = row_delta(dout, out, ad)  # [B, H, C]
-        self.stats = torch.stack([lse.to(ad), self.delta])  # [2, B, H, C]: what travels with the rows
-        self.qdo = torch.stack([q, dout])  # [2, B, C, H, D]
+        stats = torch.stack([lse.to(ad), row_delta(dout, out, ad)])  # [2, B, H, C]: lse and delta
+        self.travelling = [(torch.stack([q, dout]), 2), (stats, 3)]   # [2, B, C, H, D] and [2, B, H, C]
         self.dq = torch.zeros(q.shape, dtype=ad, device=q.device)
         self.dk = torch.zeros(k.shape, dtype=ad, device=k.device)
         self.dv = torch.zeros(v.shape, dtype=ad, device=v.device)
 
-    def fetch(self, t):
-        if t == 0:
-            return NOTHING
-        dst, src = self.peers(t)
-        sends, recvs = [], []
-        mine = self.my_slots_for(dst)
-        if mine:
-            sends.append((dst, rows(self.qdo, self.my_rows(mine), dim=2).contiguous(), _TAG_Q))
-            sends.append((dst, rows(self.stats, self.my_rows(mine), dim=3).contiguous(), _TAG_STATS))
-        theirs = self.src_slots(src)
-        if theirs:
-            n = self.nrows(src, theirs)
-            qdo = self.qdo.new_empty(self.qdo.shape[:2] + (n,) + self.qdo.shape[3:])
-            st = self.stats.new_empty(self.stats.shape[:3] + (n,))
-            self.received[t] = (qdo, st)
-            recvs += [(src, qdo, _TAG_Q), (src, st, _TAG_STATS)]
-        return sends, recvs
+    def new_results(self, nrows):
+        return [torch.empty((self.q.shape[0], nrows) + tuple(self.q.shape[2:]), dtype=self.acc_dtype,
+                            device=self.q.device)]
 
-    def returns(self, t):
-        if t == 0:
-            return NOTHING
-        dst, src = self.peers(t)
-        sends, recvs = [], []
-        if t in self.partial:
-            sends.append((src, self.partial.pop(t), _TAG_OUT))
-        mine = self.my_slots_for(dst)
-        if mine:
-            buf = torch.empty((self.q.shape[0], self.nrows(self.info.rank, mine)) + tuple(self.q.shape[2:]),
-                              dtype=self.acc_dtype, device=self.q.device)
-            self.returned[t] = (mine, buf)
-            recvs.append((dst, buf, _TAG_OUT))
-        return sends, recvs
+    def serve(self, travelled, src, slots):
+        (q, do), (lse, delta) = travelled
+        dq = torch.zeros(q.shape, dtype=self.acc_dtype, device=q.device)
+        blocks_backward(do, q, self.k, self.v, None, lse, delta, self.blocks_for(src, slots), dq, self.dk, self.dv,
+                        scale=self.scale, backend=self.backend, mask=self.mask)
+        return [dq]
 
-    def _grad(self, qdo, stats, src, slots, dq):
-        blocks_backward(qdo[1], qdo[0], self.k, self.v, None, stats[0], stats[1], self.blocks_for(src, slots), dq,
-                        self.dk, self.dv, scale=self.scale, backend=self.backend, mask=self.mask)
-
-    def _add_returned(self, t):
-        if t not in self.returned:
-            return
-        slots, buf = self.returned.pop(t)
-        j = 0
-        for a, e in self.my_rows(slots):
-            self.dq[:, a:e] += buf[:, j:j + e - a]
-            j += e - a
-
-    def compute(self, t, handle):
-        if t == 0:
-            self._grad(self.qdo, self.stats, self.info.rank, list(range(len(self.spans[self.info.rank]))), self.dq)
-        else:
-            _, src = self.peers(t)
-            slots = self.src_slots(src)
-            if slots:
-                qdo, st = self.received.pop(t)
-                dq = torch.zeros(qdo.shape[1:], dtype=self.acc_dtype, device=qdo.device)
-                self._grad(qdo, st, src, slots, dq)
-                self.partial[t] = dq
-        if t >= 2:
-            handle.wait()
-            self._add_returned(t - 1)
-
-    def finish(self):
-        self._add_returned(self.steps - 1)
+    def absorb(self, slots, results):
+        for a, e, j in self.my_row_pieces(slots):
+            self.dq[:, a:e] += results[0][:, j:j + e - a]
 
 
 def token_ring_rows(world: int, rank: int, seq_local: int, layout: str, causal: bool, window=(-1, -1),
