@@ -12,6 +12,7 @@ import torch
 
 from .. import layers as L
 from ..comm import comm_ledger, group_info, new_group
+from ..costmodel.strategies import usp_degrees
 from ..models import LlamaConfig, LlamaModel, make_batch, token_loss_sum
 from ..ops import local_positions, shard_sequence
 
@@ -49,20 +50,6 @@ def model_config(rc: RunConfig, strategy: str) -> LlamaConfig:
                        hybrid_ratio=rc.hybrid_ratio, mlp_chunk_size=rc.mlp_chunk_size)
 
 
-def usp_degrees(world: int, ulysses_degree: int | None, heads: int, kv_heads: int) -> tuple[int, int]:
-    """(ulysses, ring) degrees for USP: the largest Ulysses degree dividing the world and the heads
-    (at least 2 ring ranks when the world allows), unless given."""
-    if ulysses_degree is not None:
-        if world % ulysses_degree:
-            raise ValueError(f"usp: --ulysses-degree {ulysses_degree} does not divide the world size {world}")
-        return ulysses_degree, world // ulysses_degree
-    best = 1
-    for u in range(1, world + 1):
-        if world % u == 0 and heads % u == 0 and kv_heads % u == 0 and (world // u >= 2 or world == 1):
-            best = u
-    return best, world // best
-
-
 def check_config(rc: RunConfig, world: int) -> None:
     """Raise a ValueError naming the strategy and what to change for impossible configurations."""
     for s in rc.strategies:
@@ -75,7 +62,7 @@ def check_config(rc: RunConfig, world: int) -> None:
         zig = s in ("zigzag", "token_ring", "usp")
         k = 2 * world if zig else world
         if s == "usp":
-            u, r = usp_degrees(world, rc.ulysses_degree, rc.heads, rc.kv_heads)
+            u, r = usp_degrees(world, rc.heads, rc.kv_heads, rc.ulysses_degree)
             k = 2 * world
         if rc.seq_len % k:
             raise ValueError(f"{s}: --seq-len {rc.seq_len} must be divisible by {k} "
@@ -128,7 +115,7 @@ def _apply(strategy: str, model, group, rc: RunConfig, world: int):
     if strategy == "zigzag":
         return L.apply_ring(model, group, layout="zigzag")
     if strategy == "usp":
-        u, r = usp_degrees(world, rc.ulysses_degree, rc.heads, rc.kv_heads)
+        u, r = usp_degrees(world, rc.heads, rc.kv_heads, rc.ulysses_degree)
         info = group_info(group)
         # ranks [i*u, (i+1)*u) form a Ulysses group, ranks {j, j+u, ...} a ring group; every rank
         # creates every group (torch.distributed requires it).

@@ -22,7 +22,7 @@ from ...comm import group_info, rank_consistent
 from .blocks import plan_blocks, ring_steps
 from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulators, resolve_layout, row_delta, scale_of,
                      validate_qkv)
-from .driver import NOTHING, Rotation, run_schedule
+from .driver import NOTHING, Rotation, ScheduledAttention
 
 _TAG_DKV = 22
 
@@ -88,6 +88,9 @@ class RingBackward(RingForward):
         if self.steps > 1:
             self.own += self.incoming.pop(self.steps)
 
+    def grads(self):
+        return self.dq, self.own[0], self.own[1]
+
 
 def ring_comm_bytes(world: int, batch: int, seq_local: int, kv_heads: int, head_dim: int, elem_bytes: int,
                     steps: int | None = None) -> dict:
@@ -100,29 +103,10 @@ def ring_comm_bytes(world: int, batch: int, seq_local: int, kv_heads: int, head_
     return {"forward": fwd, "backward": fwd + 2 * hops * s_kv * acc_bytes}
 
 
-class _RingAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, info, spans, mask, scale, backend):
-        sched = run_schedule(RingForward(info, spans, q, k, v, mask=mask, scale=scale, backend=backend), info)
-        out = sched.out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, out, sched.lse)
-        ctx.opts = (info, spans, mask, scale, backend)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
-        info, spans, mask, scale, backend = ctx.opts
-        sched = run_schedule(RingBackward(info, spans, q, k, v, out, lse, dout.contiguous(), mask=mask, scale=scale,
-                                          backend=backend), info)
-        dq = sched.dq.to(q.dtype)
-        return dq, sched.own[0].to(k.dtype), sched.own[1].to(v.dtype), None, None, None, None, None
-
-
 def ring_attention_spans(q, k, v, *, info, spans, mask, scale, backend="auto"):
     """Ring attention over arbitrary shards (``spans[r]``: rank r's ``(global_start, length)``
     spans). Validation is the caller's; used by :func:`ring_attention` and USP."""
-    return _RingAttention.apply(q, k, v, info, spans, mask, scale, backend)
+    return ScheduledAttention.apply(q, k, v, RingForward, RingBackward, info, spans, mask, scale, backend)
 
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,

@@ -34,7 +34,7 @@ from ..layout import layout_spans
 from .blocks import Mask, needed_query_slots, plan_blocks, span_rows
 from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulators, resolve_layout, row_delta, rows,
                      scale_of, validate_qkv)
-from .driver import NOTHING, Schedule, run_schedule
+from .driver import NOTHING, Schedule, ScheduledAttention
 
 _TAGS_OUT = (31, 32)   # what goes to the key owner (queries, ...)
 _TAGS_BACK = (33, 34)  # what comes back to the query owner (partial results)
@@ -192,6 +192,9 @@ class TokenRingBackward(_TokenRingBase):
         for a, e, j in self.my_row_pieces(slots):
             self.dq[:, a:e] += results[0][:, j:j + e - a]
 
+    def grads(self):
+        return self.dq, self.dk, self.dv
+
 
 def token_ring_rows(world: int, rank: int, seq_local: int, layout: str, causal: bool, window=(-1, -1),
                     cu_seqlens=None) -> tuple[int, int]:
@@ -217,24 +220,6 @@ def token_ring_comm_bytes(world, rank, batch, seq_local, heads, head_dim, elem_b
     return {"forward": fwd, "backward": bwd}
 
 
-class _TokenRingAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, info, spans, mask, scale, backend):
-        sched = run_schedule(TokenRingForward(info, spans, q, k, v, mask=mask, scale=scale, backend=backend), info)
-        out = sched.out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, out, sched.lse)
-        ctx.opts = (info, spans, mask, scale, backend)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
-        info, spans, mask, scale, backend = ctx.opts
-        sched = run_schedule(TokenRingBackward(info, spans, q, k, v, out, lse, dout.contiguous(), mask=mask,
-                                               scale=scale, backend=backend), info)
-        return sched.dq.to(q.dtype), sched.dk.to(k.dtype), sched.dv.to(v.dtype), None, None, None, None, None
-
-
 def token_ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
                          softmax_scale: float | None = None, layout: str = "zigzag",
                          window: tuple[int, int] = (-1, -1), cu_seqlens=None, backend: str = "auto") -> torch.Tensor:
@@ -258,4 +243,5 @@ def token_ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, g
                      softmax_scale=softmax_scale, extra={"window": window}, cu_seqlens=cu_seqlens)
         spans, mask = resolve_layout("token_ring_attention", layout, info.size, q.shape[1], causal, window,
                                      cu_seqlens)
-    return _TokenRingAttention.apply(q, k, v, info, spans, mask, scale_of(q, softmax_scale), backend)
+    return ScheduledAttention.apply(q, k, v, TokenRingForward, TokenRingBackward, info, spans, mask,
+                                    scale_of(q, softmax_scale), backend)
