@@ -1,22 +1,67 @@
-"""The optional compiled extension ``odysseus_kernels._C`` (``csrc/``)."""
+"""The optional compiled extension ``odysseus_kernels._C`` (``csrc/``).
+
+Built by ``pip install`` when a C++ compiler is there (CUDA kernels too when torch has CUDA and
+``nvcc`` is found; ``ODYSSEUS_KERNELS_BUILD_EXT=0`` skips it). Its ops are in
+``torch.ops.odysseus_kernels``; the wrappers, fake kernels and autograd are in
+``odysseus_kernels.kernels.extension_ops``. Without it the package uses its Python/Triton paths.
+"""
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 import warnings
+
+import torch
 
 
 @functools.lru_cache(maxsize=None)
-def _load():
+def _load() -> bool:
     try:
-        from . import _C  # noqa: F401  (registers torch.ops.odysseus_kernels.*)
-    except ImportError as e:
+        from . import _C  # noqa: F401  (loading the library registers torch.ops.odysseus_kernels.*)
+    except (ImportError, OSError) as e:  # OSError: a library built against another torch/CUDA
         warnings.warn(f"odysseus_kernels: compiled extension not available ({e}); "
                       "using the Python/Triton paths", stacklevel=3)
         return False
+    from .kernels import extension_ops
+
+    extension_ops._register()  # a no-op if importing extension_ops just did it
     return True
 
 
+# A constant to torch.compile: wrappers check availability while being traced, and tracing into the
+# import would be both slow and a graph break.
+@torch.compiler.assume_constant_result
 def extension_available() -> bool:
     """True when the compiled extension is importable (its ops are in ``torch.ops.odysseus_kernels``).
-    Says why once (a warning) when it is not."""
+
+    Loads it on the first call and says why once (a warning) when it is not available.
+
+    Returns:
+        bool.
+    Example:
+        >>> import odysseus_kernels as ok
+        >>> ok.extension_available()
+        True
+    """
     return _load()
+
+
+_off = threading.local()
+
+
+@contextlib.contextmanager
+def extension_disabled():
+    """Inside this block the package's ops take their Python/Triton paths even when the extension
+    is available (to compare both paths, or to rule the extension out)."""
+    prev = getattr(_off, "on", False)
+    _off.on = True
+    try:
+        yield
+    finally:
+        _off.on = prev
+
+
+def use_extension() -> bool:
+    """Whether ops should call the extension now: available and not disabled."""
+    return not getattr(_off, "on", False) and extension_available()

@@ -26,7 +26,24 @@ setup() {
   # torch is pinned in requirements-dev.txt (a local CUDA 13.0 build); never let pip pick another.
   "$VENV/bin/python" -m pip install -q -r requirements-dev.txt
   # --no-build-isolation: build the extension against the torch above, never fetch another torch.
-  "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e .
+  # -v: the extension build's own output reaches the log, so CI shows each object being compiled
+  # (nvcc for csrc/cuda/*.cu) and every compiler diagnostic; shown condensed, the full log is kept.
+  local log="$VENV/.odysseus-build.log"
+  if ! "$VENV/bin/python" -m pip install -v --no-build-isolation --no-deps -e . 2>&1 | tee "$log" | awk '
+      /odysseus-kernels:|error|warning:|Successfully installed/ { print; next }
+      /^ *\[[0-9]+\/[0-9]+\] / {  # ninja: "[k/n] <compiler> ... -c <source> ... -gencode=...code=sm_XY"
+        src = ""; archs = ""
+        for (i = 2; i <= NF; i++) {
+          if ($i == "-c" && $(i + 1) !~ /^-/) src = $(i + 1)
+          if ($i ~ /^-gencode=/) { a = $i; sub(/.*code=/, "", a); archs = archs " " a }
+        }
+        sub(/.*\/csrc\//, "csrc/", src); n = split($2, path, "/")
+        print "  compiled " $1 " " path[n] " " src (archs != "" ? " for" archs : "")
+      }'; then
+    echo "dev.sh: installing the package failed; the end of $log:" >&2
+    tail -n 60 "$log" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 }
 
