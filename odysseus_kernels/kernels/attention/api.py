@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ...extension import use_extension
+
 from .reference import attention_block_bwd_torch, attention_block_fwd_torch, merge_attention_torch
 
 BACKENDS = ("auto", "torch")
@@ -48,6 +50,13 @@ def merge_attention(out, lse, block_out, block_lse):
     """In-place online-softmax merge of ``(block_out, block_lse)`` into ``(out, lse)`` (fp32).
 
     ``out [B, S, H, D]``, ``lse [B, H, S]``; exact for rows with lse = -inf on either side.
-    Returns ``(out, lse)``.
+    Uses the compiled extension's fused kernel when it is available (no autograd: call it where
+    no gradient is needed, as the ring schedules do). Returns ``(out, lse)``.
     """
+    if (out.dtype in (torch.float32, torch.float64) and lse.dtype == out.dtype and out.device.type in ("cpu", "cuda")
+            and block_out.dtype in (out.dtype, torch.float16, torch.bfloat16) and use_extension()):
+        from ..extension_ops import merge_attention_states_
+
+        merge_attention_states_(out, lse, block_out, block_lse.to(lse.dtype))
+        return out, lse
     return merge_attention_torch(out, lse, block_out, block_lse)
