@@ -69,7 +69,7 @@ def _check_ring_exchange():
     n, r = info.size, info.rank
     a, b = _payload(r, (4,)), _payload(50 + r, (2, 3), torch.float16)
     c = _payload(90 + r, (5,), torch.float64)
-    ra, rb, rc = torch.empty(4), torch.empty((2, 3), dtype=torch.float16), torch.empty(5, dtype=torch.float64)
+    ra, rb, _rc = torch.empty(4), torch.empty((2, 3), dtype=torch.float16), torch.empty(5, dtype=torch.float64)
     # forward direction only
     with ok.comm_ledger() as led:
         h = comm.ring_exchange(send_next=[a, b], recv_prev=[ra, rb])

@@ -13,7 +13,6 @@ from .groups import group_info
 def fsdp2_shard(module, group=None):
     """``fully_shard(module)`` over ``group`` with gradients *summed* (not averaged) over the group:
     in sequence parallelism every rank contributes its tokens' share of one batch's gradient."""
-    import torch
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.fsdp import fully_shard
 

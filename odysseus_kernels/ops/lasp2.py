@@ -18,7 +18,6 @@ import torch
 
 from ..comm import all_gather_async, group_info, rank_consistent
 from ..kernels.linear_attention import chunk_state, inter_chunk, intra_chunk, state_scan
-from ..kernels.linear_attention.reference import acc_dtype
 
 
 def _gather_states(m: torch.Tensor, info):

@@ -41,7 +41,7 @@ class _RSA(torch.autograd.Function):
 
         run_schedule(Rotation(info, k.contiguous(), put_scores), info)
         p = torch.softmax(scores, dim=-1)
-        del scores
+        scores = None  # free the raw scores (the closure above holds the name)
         out = torch.zeros(q.shape[:3] + (v.shape[-1],), dtype=acc, device=q.device)
 
         def add_values(src, v_src):
