@@ -7,12 +7,12 @@ Built by ``pip install`` when a C++ compiler is there (CUDA kernels too when tor
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
 import warnings
 
 import torch
+
+from ._util import ScopedFlag
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,21 +47,15 @@ def extension_available() -> bool:
     return _load()
 
 
-_off = threading.local()
+_disabled = ScopedFlag()
 
 
-@contextlib.contextmanager
 def extension_disabled():
-    """Inside this block the package's ops take their Python/Triton paths even when the extension
-    is available (to compare both paths, or to rule the extension out)."""
-    prev = getattr(_off, "on", False)
-    _off.on = True
-    try:
-        yield
-    finally:
-        _off.on = prev
+    """``with extension_disabled():`` the package's ops take their Python/Triton paths even when
+    the extension is available (to compare both paths, or to rule the extension out)."""
+    return _disabled.enabled()
 
 
 def use_extension() -> bool:
     """Whether ops should call the extension now: available and not disabled."""
-    return not getattr(_off, "on", False) and extension_available()
+    return not _disabled.on and extension_available()

@@ -19,27 +19,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import threading
 
 import torch
 import torch.distributed as dist
 
+from .._util import ScopedFlag
 from .collectives import all_gather_tensor_sync
 from .groups import GroupInfo, control_device, group_info
 from .ledger import record
 
-_skip = threading.local()
+_skip = ScopedFlag()
 
 
-@contextlib.contextmanager
 def skip_cross_rank_checks():
-    """Inside this block ops skip the cross-rank metadata collective (local checks still run)."""
-    prev = getattr(_skip, "on", False)
-    _skip.on = True
-    try:
-        yield
-    finally:
-        _skip.on = prev
+    """``with skip_cross_rank_checks():`` ops skip the cross-rank metadata collective (local checks
+    still run)."""
+    return _skip.enabled()
 
 
 class _Check:
@@ -69,7 +64,7 @@ def rank_consistent(op: str, group=None):
         yield check
     except Exception as e:  # noqa: BLE001 - re-raised below on every rank
         err = e
-    if info.size == 1 or getattr(_skip, "on", False):
+    if info.size == 1 or _skip.on:
         if err is not None:
             raise err
         return

@@ -4,6 +4,8 @@ Pure data (no torch): the cost model must run on a laptop in milliseconds.
 """
 from __future__ import annotations
 
+from .._util import layer_is_linear
+
 import re
 from dataclasses import asdict, dataclass, replace
 
@@ -99,11 +101,7 @@ class ModelConfig:
 
     def is_linear(self, layer: int) -> bool:
         """Whether ``layer`` uses linear attention (the rule of ``LlamaConfig.is_linear``)."""
-        if self.linear_layers == "all":
-            return True
-        if self.linear_layers == "hybrid":
-            return layer % (self.hybrid_ratio + 1) != self.hybrid_ratio
-        return False
+        return layer_is_linear(self.linear_layers, self.hybrid_ratio, layer)
 
     def layer_kinds(self) -> list[str]:
         """``"linear"`` or ``"softmax"`` per layer."""

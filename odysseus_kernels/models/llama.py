@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._util import layer_is_linear
 from ..kernels.attention import attention_ref
 
 
@@ -42,11 +43,7 @@ class LlamaConfig:
         return self.hidden // self.heads
 
     def is_linear(self, layer: int) -> bool:
-        if self.linear_layers == "all":
-            return True
-        if self.linear_layers == "hybrid":
-            return layer % (self.hybrid_ratio + 1) != self.hybrid_ratio
-        return False
+        return layer_is_linear(self.linear_layers, self.hybrid_ratio, layer)
 
     def __post_init__(self):
         if self.hidden % self.heads:

@@ -1,0 +1,35 @@
+"""Tiny helpers shared across layers (no torch.distributed, no torch needed)."""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+
+class ScopedFlag:
+    """A per-thread on/off flag set for the duration of a ``with`` block (nestable)."""
+
+    def __init__(self):
+        self._state = threading.local()
+
+    @property
+    def on(self) -> bool:
+        return getattr(self._state, "on", False)
+
+    @contextlib.contextmanager
+    def enabled(self):
+        prev = self.on
+        self._state.on = True
+        try:
+            yield
+        finally:
+            self._state.on = prev
+
+
+def layer_is_linear(linear_layers: str, hybrid_ratio: int, layer: int) -> bool:
+    """Whether ``layer`` uses linear attention: ``"all"``, ``"none"``, or ``"hybrid"`` with
+    ``hybrid_ratio`` linear layers per softmax layer (ratio 3: layers 0-2 linear, 3 softmax, ...)."""
+    if linear_layers == "all":
+        return True
+    if linear_layers == "hybrid":
+        return layer % (hybrid_ratio + 1) != hybrid_ratio
+    return False
