@@ -38,12 +38,12 @@ def test_impossible_configurations_name_the_strategy():
         check_config(dataclasses.replace(rc, strategies=("megatron",)), 2)
 
 
-def test_playground_measured_communication_equals_the_closed_form():
+@pytest.mark.parametrize("world", [2, 4])
+def test_playground_measured_communication_equals_the_closed_form(world):
     from odysseus_kernels.playground.__main__ import expected_comm
     from odysseus_kernels.playground.report import summarize
 
-    world = 4
-    rc = RunConfig(seq_len=32, hidden=32, heads=4, kv_heads=4, intermediate=48, vocab=64, layers=2, steps=1, warmup=0)
+    rc = RunConfig(seq_len=32, hidden=32, heads=4, kv_heads=world, intermediate=48, vocab=64, layers=2, steps=1, warmup=0)
     per_rank = run_world(_run, world, rc, timeout=600)
     expected, curves = expected_comm(rc, world)
     rows = summarize(per_rank, rc, expected)
