@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from ..comm import all_gather_async, group_info, rank_consistent
-from ..kernels.linear_attention import chunk_state, inter_chunk, intra_chunk, state_scan
+from ..kernels.linear_attention import (chunk_state, inter_chunk, inter_chunk_backward, intra_chunk,
+                                        intra_chunk_backward, state_grad, state_scan)
 
 
 def _gather_states(m: torch.Tensor, info):
@@ -39,7 +40,7 @@ class _LASP2(torch.autograd.Function):
             out = out + inter_chunk(qs, s, log_decay=log_decay)
         else:
             s = ms.sum(0)
-            out = torch.einsum("bihk,bhkv->bihv", qs.to(s.dtype), s)
+            out = inter_chunk(qs, s)
         ctx.save_for_backward(q, k, v, s, log_decay)
         ctx.opts = (info, causal, scale, block)
         return out.to(q.dtype)
@@ -50,43 +51,20 @@ class _LASP2(torch.autograd.Function):
         info, causal, scale, block = ctx.opts
         acc = s.dtype
         do = dout.to(acc)
-        qs = (q * scale).to(acc)
-        c = q.shape[1]
-        lam_q = None  # lambda^(i+1), [1, C, H, 1]
-        lam_k = None  # lambda^(C-1-s)
-        if causal and log_decay is not None:
-            e = torch.arange(c, device=q.device, dtype=acc)
-            ld = log_decay.to(acc).view(1, 1, -1, 1)
-            lam_q = torch.exp(ld * (e + 1).view(1, -1, 1, 1))
-            lam_k = torch.exp(ld * (c - 1 - e).view(1, -1, 1, 1))
-        qw = qs if lam_q is None else qs * lam_q
-        g = torch.einsum("bihk,bihv->bhkv", qw, do)  # this shard's gradient w.r.t. the incoming state
-        handle = _gather_states(g, info)
-        dq = dk = dv = None
-        if causal:  # intra-shard gradients (recomputed) while the gather is in flight
-            with torch.enable_grad():
-                qi, ki, vi = (t.detach().requires_grad_(True) for t in (q, k, v))
-                o = intra_chunk(qi * scale, ki, vi, log_decay=log_decay, block=block)
-                dq, dk, dv = torch.autograd.grad(o, (qi, ki, vi), do)
-            dq, dk, dv = dq.to(acc), dk.to(acc), dv.to(acc)
-        gs = handle.wait().view((info.size,) + tuple(g.shape))
+        qs = q * scale
+        ld = log_decay if causal else None
+        handle = _gather_states(state_grad(qs, do, log_decay=ld), info)  # G_t, posted first
+        if causal:  # the intra-shard gradients overlap the gather
+            dq, dk, dv = intra_chunk_backward(qs, k, v, do, log_decay=ld, block=block)
+        gs = handle.wait().view((info.size,) + tuple(s.shape))
         if causal:
-            chunk_decay = None if log_decay is None else log_decay * c
-            r = state_scan(gs, chunk_decay, reverse=True)[info.rank]
-        else:
+            r = state_scan(gs, None if ld is None else ld * q.shape[1], reverse=True)[info.rank]
+        else:  # every shard's output reads every state
             r = gs.sum(0)
-            dq = torch.zeros(q.shape, dtype=acc, device=q.device)
-            dk = torch.zeros(k.shape, dtype=acc, device=k.device)
-            dv = torch.zeros(v.shape, dtype=acc, device=v.device)
-        dq_inter = torch.einsum("bihv,bhkv->bihk", do, s)
-        dq = dq + scale * (dq_inter if lam_q is None else dq_inter * lam_q)
-        kf, vf = k.to(acc), v.to(acc)
-        dk_inter = torch.einsum("bihv,bhkv->bihk", vf, r)
-        dv_inter = torch.einsum("bihk,bhkv->bihv", kf, r)
-        if lam_k is not None:
-            dk_inter, dv_inter = dk_inter * lam_k, dv_inter * lam_k
-        return (dq.to(q.dtype), (dk + dk_inter).to(k.dtype), (dv + dv_inter).to(v.dtype), None, None, None, None,
-                None)
+            dq, dk, dv = (torch.zeros(t.shape, dtype=acc, device=t.device) for t in (q, k, v))
+        dq_inter, dk_inter, dv_inter = inter_chunk_backward(do, k, v, s, r, log_decay=ld)
+        dq = (dq + dq_inter) * scale  # both w.r.t. the scaled q
+        return dq.to(q.dtype), (dk + dk_inter).to(k.dtype), (dv + dv_inter).to(v.dtype), None, None, None, None, None
 
 
 def lasp2_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None,

@@ -88,3 +88,43 @@ def inter_chunk(q, state, *, log_decay=None) -> torch.Tensor:
     o = torch.einsum("bihk,bhkv->bihv", q.to(acc), state)
     p = _powers(log_decay, q.shape[1], 1, q.device, acc)
     return o if p is None else o * p.t().unsqueeze(0).unsqueeze(-1)
+
+
+def _row_weights(log_decay, n: int, start: int, device, dtype, reverse: bool = False):
+    """``lambda^(start + i)`` (or, ``reverse``, ``lambda^(start + n-1-i)``) as ``[1, n, H, 1]``."""
+    p = _powers(log_decay, n, start, device, dtype)
+    if p is None:
+        return None
+    return (p.flip(-1) if reverse else p).t().unsqueeze(0).unsqueeze(-1)
+
+
+def state_grad(q, dout, *, log_decay=None) -> torch.Tensor:
+    """Gradient of the loss w.r.t. the incoming state of :func:`inter_chunk`:
+    ``G = sum_i lambda^(i+1) q_i^T dO_i``, ``[B, H, Dk, Dv]`` (``dout``'s dtype)."""
+    w = _row_weights(log_decay, q.shape[1], 1, q.device, dout.dtype)
+    qw = q.to(dout.dtype) if w is None else q.to(dout.dtype) * w
+    return torch.einsum("bihk,bihv->bhkv", qw, dout)
+
+
+def inter_chunk_backward(dout, k, v, state, state_grad_in, *, log_decay=None):
+    """Gradients of the cross-shard terms, given the incoming state ``S`` and the gradient ``R``
+    arriving for this shard's own state: ``dq = lambda^(i+1) dO_i S^T`` (w.r.t. the scaled q),
+    ``dk = lambda^(C-1-s) v_s R^T``, ``dv = lambda^(C-1-s) k_s R``, in ``state``'s dtype."""
+    acc, c = state.dtype, k.shape[1]
+    dq = torch.einsum("bihv,bhkv->bihk", dout.to(acc), state)
+    dk = torch.einsum("bihv,bhkv->bihk", v.to(acc), state_grad_in)
+    dv = torch.einsum("bihk,bhkv->bihv", k.to(acc), state_grad_in)
+    wq = _row_weights(log_decay, c, 1, k.device, acc)
+    wk = _row_weights(log_decay, c, 0, k.device, acc, reverse=True)
+    if wq is not None:
+        dq, dk, dv = dq * wq, dk * wk, dv * wk
+    return dq, dk, dv
+
+
+def intra_chunk_backward(q, k, v, dout, *, log_decay=None, block: int = 64):
+    """Gradients of :func:`intra_chunk` (recomputed in blocks) w.r.t. ``q, k, v``, accumulator dtype."""
+    with torch.enable_grad():
+        qi, ki, vi = (t.detach().requires_grad_(True) for t in (q, k, v))
+        o = intra_chunk(qi, ki, vi, log_decay=log_decay, block=block)
+        grads = torch.autograd.grad(o, (qi, ki, vi), dout.to(o.dtype))
+    return tuple(g.to(o.dtype) for g in grads)
