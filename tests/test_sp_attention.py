@@ -425,3 +425,29 @@ def test_shard_packed_position_ids_restart_per_document():
     x = torch.arange(24).view(1, 24)
     local, meta = ok.shard_packed(x, [0, 8, 24], layout="doc_zigzag")  # a world of one
     assert torch.equal(local, x) and meta.position_ids.tolist() == list(range(8)) + list(range(16))
+
+
+def _check_triton_backend():
+    """The SP ops on the Triton block kernels (the interpreter on CPU), fp32, against float64."""
+    n = comm.group_info().size
+    q, k, v, do = _inputs(9, 1, 8 * n, 4, 2, 16, None)
+    ref_leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    ref = attention_ref(*ref_leaves, causal=True)
+    ref.backward(do)
+    errs = {}
+    for name, fn, _ in _ops(n):
+        if name == "rsa" or (name == "ulysses" and 4 % n):
+            continue
+        sh = lambda t: ok.shard_sequence(t, layout="zigzag")  # noqa: E731
+        ls = [sh(t).float().requires_grad_(True) for t in (q, k, v)]
+        out = fn(*ls, causal=True, layout="zigzag", backend="triton")
+        out.backward(sh(do).float())
+        errs[name] = max((a.double() - sh(b)).abs().max().item()
+                         for a, b in zip([out] + [t.grad for t in ls], [ref.detach()] + [t.grad for t in ref_leaves]))
+    return errs
+
+
+@pytest.mark.parametrize("n", [pytest.param(n, id=f"N{n}") for n in (2, 3)])
+def test_ops_on_the_triton_block_kernels(n):
+    for errs in run_world(_check_triton_backend, n, timeout=600):
+        assert errs and all(e < 1e-4 for e in errs.values()), errs

@@ -7,13 +7,16 @@ from ...extension import use_extension
 
 from .reference import attention_block_bwd_torch, attention_block_fwd_torch, merge_attention_torch
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "torch", "triton")
 
 
 def _resolve(backend: str, q: torch.Tensor) -> str:
+    """``auto``: Triton on CUDA tensors (fp16/bf16/fp32), torch otherwise (CPU, fp64)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return "torch" if backend == "auto" else backend
+    if backend == "auto":
+        return "triton" if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16, torch.float32) else "torch"
+    return backend
 
 
 def attention_block_fwd(q, k, v, *, softmax_scale=None, causal=False, q_offset=0, k_offset=0,
@@ -25,11 +28,16 @@ def attention_block_fwd(q, k, v, *, softmax_scale=None, causal=False, q_offset=0
         softmax_scale: default ``1/sqrt(D)``.
         causal, q_offset, k_offset, window, cu_seqlens: the mask over global positions (reference.py).
         out_dtype: dtype of ``out`` (default ``q.dtype``; ring drivers ask for fp32).
-        backend: ``"auto"`` | ``"torch"``.
+        backend: ``"auto"`` (Triton on CUDA, torch elsewhere) | ``"torch"`` | ``"triton"`` (also on CPU
+            under ``TRITON_INTERPRET=1``).
     Returns:
         ``(out [B, Sq, H, Dv], lse [B, H, Sq] fp32)``; rows with no visible key: out 0, lse -inf.
     """
-    _resolve(backend, q)
+    if _resolve(backend, q) == "triton":
+        from .triton_attention import attention_block_fwd_triton
+
+        return attention_block_fwd_triton(q, k, v, softmax_scale=softmax_scale, causal=causal, q_offset=q_offset,
+                                          k_offset=k_offset, window=window, cu_seqlens=cu_seqlens, out_dtype=out_dtype)
     return attention_block_fwd_torch(q, k, v, softmax_scale=softmax_scale, causal=causal, q_offset=q_offset,
                                      k_offset=k_offset, window=window, cu_seqlens=cu_seqlens, out_dtype=out_dtype)
 
@@ -40,7 +48,12 @@ def attention_block_bwd(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
 
     Returns ``(dq, dk, dv)`` shaped like ``q, k, v`` in ``grad_dtype`` (default ``q.dtype``).
     """
-    _resolve(backend, q)
+    if _resolve(backend, q) == "triton":
+        from .triton_attention import attention_block_bwd_triton
+
+        return attention_block_bwd_triton(dout, q, k, v, out, lse, softmax_scale=softmax_scale, causal=causal,
+                                          q_offset=q_offset, k_offset=k_offset, window=window, cu_seqlens=cu_seqlens,
+                                          delta=delta, grad_dtype=grad_dtype)
     return attention_block_bwd_torch(dout, q, k, v, out, lse, softmax_scale=softmax_scale, causal=causal,
                                      q_offset=q_offset, k_offset=k_offset, window=window, cu_seqlens=cu_seqlens,
                                      delta=delta, grad_dtype=grad_dtype)
