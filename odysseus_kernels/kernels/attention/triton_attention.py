@@ -37,6 +37,22 @@ def _visible(qpos, kpos, qdoc, kdoc, k_valid, CAUSAL: tl.constexpr, LEFT: tl.con
 
 
 @triton.jit
+def _key_range(pid_m, Sk, q_offset, k_offset, BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr,
+               LEFT: tl.constexpr, RIGHT: tl.constexpr):
+    """Key rows ``[lo, hi)`` the mask can reach from query block ``pid_m`` (lo on a BN boundary)."""
+    lo = 0
+    hi = Sk
+    if CAUSAL:
+        hi = tl.minimum(Sk, q_offset + (pid_m + 1) * BM - k_offset)
+    if RIGHT >= 0:
+        hi = tl.minimum(hi, q_offset + (pid_m + 1) * BM + RIGHT - k_offset)
+    if LEFT >= 0:
+        lo = tl.maximum(0, q_offset + pid_m * BM - LEFT - k_offset)
+        lo = (lo // BN) * BN
+    return lo, hi
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, QDOC, KDOC,
                 sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
                 H, G, Sq, Sk, q_offset, k_offset, scale,
@@ -56,16 +72,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QDOC, KDOC,
     b_q = tl.load(p_q, mask=m_valid[:, None] & (o_d[None, :] < D), other=0.0)  # [BM, BD]
     qpos = q_offset + o_m
     qdoc = tl.load(QDOC + o_m, mask=m_valid, other=-1) if HAS_DOCS else o_m
-    # key range the mask can reach for this query block
-    lo = 0
-    hi = Sk
-    if CAUSAL:
-        hi = tl.minimum(Sk, q_offset + (pid_m + 1) * BM - k_offset)
-    if RIGHT >= 0:
-        hi = tl.minimum(hi, q_offset + (pid_m + 1) * BM + RIGHT - k_offset)
-    if LEFT >= 0:
-        lo = tl.maximum(0, q_offset + pid_m * BM - LEFT - k_offset)
-        lo = (lo // BN) * BN
+    lo, hi = _key_range(pid_m, Sk, q_offset, k_offset, BM, BN, CAUSAL, LEFT, RIGHT)
     b_m = tl.full([BM], float("-inf"), tl.float32)
     b_l = tl.zeros([BM], tl.float32)
     b_acc = tl.zeros([BM, BDV], tl.float32)
@@ -181,15 +188,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, QDOC, KDOC,
     delta = tl.load(DELTA + bh.to(tl.int64) * Sq + o_m, mask=m_valid, other=0.0)
     qpos = q_offset + o_m
     qdoc = tl.load(QDOC + o_m, mask=m_valid, other=-1) if HAS_DOCS else o_m
-    lo = 0
-    hi = Sk
-    if CAUSAL:
-        hi = tl.minimum(Sk, q_offset + (pid_m + 1) * BM - k_offset)
-    if RIGHT >= 0:
-        hi = tl.minimum(hi, q_offset + (pid_m + 1) * BM + RIGHT - k_offset)
-    if LEFT >= 0:
-        lo = tl.maximum(0, q_offset + pid_m * BM - LEFT - k_offset)
-        lo = (lo // BN) * BN
+    lo, hi = _key_range(pid_m, Sk, q_offset, k_offset, BM, BN, CAUSAL, LEFT, RIGHT)
     b_dq = tl.zeros([BM, BD], tl.float32)
     for start_n in range(lo, hi, BN):
         o_n = start_n + tl.arange(0, BN)
