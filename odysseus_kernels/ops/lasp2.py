@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 
 from ..comm import all_gather_async, group_info, rank_consistent
-from ..kernels.linear_attention import (chunk_state, inter_chunk, inter_chunk_backward, intra_chunk,
-                                        intra_chunk_backward, state_grad, state_scan)
+from ..kernels.linear_attention import chunk_state, inter_chunk, inter_chunk_backward, state_grad, state_scan
+from ..kernels.linear_attention.api import intra_chunk_bwd, intra_chunk_fwd
 
 
 def _gather_states(m: torch.Tensor, info):
@@ -28,11 +28,12 @@ def _gather_states(m: torch.Tensor, info):
 
 class _LASP2(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, log_decay, info, causal, scale, block):
+    def forward(ctx, q, k, v, log_decay, info, causal, scale, block, backend):
         qs = q * scale
         m = chunk_state(k, v, log_decay if causal else None)  # [B, H, Dk, Dv]
         handle = _gather_states(m, info)
-        out = intra_chunk(qs, k, v, log_decay=log_decay, block=block) if causal else None  # overlaps the gather
+        out = intra_chunk_fwd(qs, k, v, log_decay=log_decay, block=block, backend=backend) if causal else None
+        # (the intra-shard compute above overlaps the gather)
         ms = handle.wait().view((info.size,) + tuple(m.shape))
         if causal:
             chunk_decay = None if log_decay is None else log_decay * q.shape[1]
@@ -42,20 +43,20 @@ class _LASP2(torch.autograd.Function):
             s = ms.sum(0)
             out = inter_chunk(qs, s)
         ctx.save_for_backward(q, k, v, s, log_decay)
-        ctx.opts = (info, causal, scale, block)
+        ctx.opts = (info, causal, scale, block, backend)
         return out.to(q.dtype)
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, s, log_decay = ctx.saved_tensors
-        info, causal, scale, block = ctx.opts
+        info, causal, scale, block, backend = ctx.opts
         acc = s.dtype
         do = dout.to(acc)
         qs = q * scale
         ld = log_decay if causal else None
         handle = _gather_states(state_grad(qs, do, log_decay=ld), info)  # G_t, posted first
         if causal:  # the intra-shard gradients overlap the gather
-            dq, dk, dv = intra_chunk_backward(qs, k, v, do, log_decay=ld, block=block)
+            dq, dk, dv = (g.to(acc) for g in intra_chunk_bwd(qs, k, v, do, log_decay=ld, block=block, backend=backend))
         gs = handle.wait().view((info.size,) + tuple(s.shape))
         if causal:
             r = state_scan(gs, None if ld is None else ld * q.shape[1], reverse=True)[info.rank]
@@ -64,7 +65,7 @@ class _LASP2(torch.autograd.Function):
             dq, dk, dv = (torch.zeros(t.shape, dtype=acc, device=t.device) for t in (q, k, v))
         dq_inter, dk_inter, dv_inter = inter_chunk_backward(do, k, v, s, r, log_decay=ld)
         dq = (dq + dq_inter) * scale  # both w.r.t. the scaled q
-        return dq.to(q.dtype), (dk + dk_inter).to(k.dtype), (dv + dv_inter).to(v.dtype), None, None, None, None, None
+        return (dq.to(q.dtype), (dk + dk_inter).to(k.dtype), (dv + dv_inter).to(v.dtype)) + (None,) * 6
 
 
 def lasp2_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None,
@@ -79,7 +80,8 @@ def lasp2_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         causal: ``o_t = sum_{s<=t} lambda^(t-s) (q_t . k_s) v_s``; non-causal ``o_t = q_t sum_s k_s^T v_s``.
         scale: multiplies q. No normaliser (as in LASP-2).
         block: tokens per block of the intra-shard computation (memory O(C * block)).
-        backend: ``"auto"`` / ``"torch"`` (the chunked torch path; exact at every token).
+        backend: ``"auto"`` (Triton on CUDA, torch elsewhere), ``"torch"`` (blocked torch path) or
+            ``"triton"`` (fused-chunk kernels; on CPU under ``TRITON_INTERPRET=1``). Exact at every token.
     Returns:
         ``[B, C, H, Dv]`` in ``q.dtype``.
     Communication: one AllGather of the ``[B, H, Dk, Dv]`` fp32 states in forward and one in backward:
@@ -117,12 +119,12 @@ def lasp2_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             if bool((decay > 0).any()):
                 raise ValueError(f"lasp2_linear_attention: decay holds log-decays, which must be <= 0, got max "
                                  f"{decay.max().item():.4g}")
-        if backend not in ("auto", "torch"):
-            raise ValueError(f"lasp2_linear_attention: backend must be 'auto' or 'torch', got {backend!r}")
+        if backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"lasp2_linear_attention: backend must be 'auto', 'torch' or 'triton', got {backend!r}")
         if block < 1:
             raise ValueError(f"lasp2_linear_attention: block must be >= 1, got {block}")
     log_decay = None if decay is None else decay.detach()
-    return _LASP2.apply(q, k, v, log_decay, info, bool(causal), float(scale), int(block))
+    return _LASP2.apply(q, k, v, log_decay, info, bool(causal), float(scale), int(block), backend)
 
 
 def lasp2_comm_bytes(world: int, batch: int, heads: int, dk: int, dv: int, elem_bytes: int = 4) -> dict:
