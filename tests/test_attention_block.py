@@ -113,3 +113,29 @@ def test_cuda_realistic_sizes_within_twice_sdpa_error(dtype, causal):
     assert (out.double() - o_ref).abs().max() <= 2 * (sdpa.double() - o_ref).abs().max() + 1e-6
     for got, lo, r in zip(grads, low, ref):
         assert (got.double() - r.grad).abs().max() <= 2 * (lo.grad.double() - r.grad).abs().max() + 1e-6
+
+
+def test_flash_attn_backend_is_explicit_and_refuses_what_it_cannot_express():
+    from odysseus_kernels.kernels.attention import flash_attn as fa
+
+    q, k, v, _ = _inputs((8, 12, 2, 2, 16), torch.float16)
+    with pytest.raises(ValueError, match="cannot express this mask"):
+        attention_block_fwd(q.half(), k.half(), v.half(), causal=True, q_offset=5, k_offset=0, backend="flash_attn")
+    if fa.flash_attn is None:
+        with pytest.raises(ImportError, match="pip install 'odysseus-kernels\\[flash\\]'"):
+            attention_block_fwd(q.half(), k.half(), v.half(), backend="flash_attn")
+    assert fa.expressible(8, 12, True, 4, 0, (-1, -1), None) and not fa.expressible(8, 8, False, 0, 0, (-1, -1), (0, 8))
+
+
+@pytest.mark.cuda
+def test_cuda_flash_attn_backend_matches_the_reference():
+    pytest.importorskip("flash_attn")
+    q, k, v, do = (t.cuda() for t in _inputs((256, 256, 8, 2, 64), torch.float64, seed=4))
+    o_ref, l_ref = attention_block_fwd(q, k, v, causal=True, backend="torch")
+    g_ref = attention_block_bwd(do, q, k, v, o_ref, l_ref, causal=True, backend="torch")
+    qb, kb, vb, db = (t.bfloat16() for t in (q, k, v, do))
+    o, lse = attention_block_fwd(qb, kb, vb, causal=True, backend="flash_attn")
+    torch.testing.assert_close(o.double(), o_ref, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(lse.double(), l_ref, atol=3e-2, rtol=3e-2)
+    for got, want in zip(attention_block_bwd(db, qb, kb, vb, o, lse, causal=True, backend="flash_attn"), g_ref):
+        torch.testing.assert_close(got.double(), want, atol=6e-2, rtol=6e-2)

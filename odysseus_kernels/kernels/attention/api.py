@@ -7,7 +7,7 @@ from ...extension import use_extension
 
 from .reference import attention_block_bwd_torch, attention_block_fwd_torch, merge_attention_torch
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "flash_attn")
 
 
 def _resolve(backend: str, q: torch.Tensor) -> str:
@@ -29,11 +29,17 @@ def attention_block_fwd(q, k, v, *, softmax_scale=None, causal=False, q_offset=0
         causal, q_offset, k_offset, window, cu_seqlens: the mask over global positions (reference.py).
         out_dtype: dtype of ``out`` (default ``q.dtype``; ring drivers ask for fp32).
         backend: ``"auto"`` (Triton on CUDA, torch elsewhere) | ``"torch"`` | ``"triton"`` (also on CPU
-            under ``TRITON_INTERPRET=1``).
+            under ``TRITON_INTERPRET=1``) | ``"flash_attn"`` (if installed, for masks it expresses exactly).
     Returns:
         ``(out [B, Sq, H, Dv], lse [B, H, Sq] fp32)``; rows with no visible key: out 0, lse -inf.
     """
-    if _resolve(backend, q) == "triton":
+    be = _resolve(backend, q)
+    if be == "flash_attn":
+        from .flash_attn import attention_block_fwd_flash
+
+        return attention_block_fwd_flash(q, k, v, softmax_scale=softmax_scale, causal=causal, q_offset=q_offset,
+                                         k_offset=k_offset, window=window, cu_seqlens=cu_seqlens, out_dtype=out_dtype)
+    if be == "triton":
         from .triton_attention import attention_block_fwd_triton
 
         return attention_block_fwd_triton(q, k, v, softmax_scale=softmax_scale, causal=causal, q_offset=q_offset,
@@ -48,7 +54,14 @@ def attention_block_bwd(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
 
     Returns ``(dq, dk, dv)`` shaped like ``q, k, v`` in ``grad_dtype`` (default ``q.dtype``).
     """
-    if _resolve(backend, q) == "triton":
+    be = _resolve(backend, q)
+    if be == "flash_attn":
+        from .flash_attn import attention_block_bwd_flash
+
+        return attention_block_bwd_flash(dout, q, k, v, out, lse, softmax_scale=softmax_scale, causal=causal,
+                                         q_offset=q_offset, k_offset=k_offset, window=window, cu_seqlens=cu_seqlens,
+                                         delta=delta, grad_dtype=grad_dtype)
+    if be == "triton":
         from .triton_attention import attention_block_bwd_triton
 
         return attention_block_bwd_triton(dout, q, k, v, out, lse, softmax_scale=softmax_scale, causal=causal,
