@@ -1,34 +1,62 @@
-"""Shared benchmark harness: do_bench medians, run metadata, table printing, JSON output."""
+"""Shared benchmark harness: median timings, run metadata (device, versions, commit), a printed
+table, and results written as JSON (with the metadata) and CSV into an ``--out`` directory.
+
+    from _common import bench, print_table, write_results
+    rows = [{"M": 4096, "ms": bench(lambda: a @ b)}]
+    print_table(rows)
+    write_results(args.out, "my_bench", rows, {"dtype": "bfloat16"})
+"""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 
 
-def bench(fn, *, warmup: int = 10, rep: int = 50) -> float:
-    """Median milliseconds of ``fn()`` (``triton.testing.do_bench`` on CUDA, wall clock otherwise)."""
+def bench(fn, *, warmup: int = 25, rep: int = 100, iters: int | None = None) -> float:
+    """Median milliseconds of one ``fn()`` call.
+
+    On CUDA, ``triton.testing.do_bench`` (``warmup``/``rep`` in milliseconds of run time, L2 flushed
+    between calls). With ``iters`` (use it for anything that communicates: every rank must call
+    ``fn`` equally often, which a time budget does not guarantee): ``warmup`` then ``iters`` timed
+    calls, each between CUDA events. On CPU, wall clock with the same two conventions.
+    """
     import torch
 
-    if torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if cuda and iters is None:
         from triton.testing import do_bench
 
         return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
-    for _ in range(max(1, warmup // 5)):
-        fn()
-    times = []
-    for _ in range(max(3, rep // 10)):
+    if iters is None:  # CPU, time budget: estimate the call time, then fill the budgets
         t0 = time.perf_counter()
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+        est = max(time.perf_counter() - t0, 1e-6) * 1e3
+        warmup, iters = max(1, int(warmup / est)), max(3, int(rep / est))
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
 def metadata() -> dict:
-    """Device, versions, commit and date of this run."""
+    """Date, device, versions (torch, CUDA, Triton, Python) and git commit of this run."""
     import torch
 
     try:
@@ -38,8 +66,11 @@ def metadata() -> dict:
     except ImportError:
         triton_version = None
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+        here = os.path.dirname(os.path.abspath(__file__))
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], check=False, capture_output=True,
+                               text=True, cwd=here).stdout.strip()
+        commit = (commit + ("-dirty" if dirty else "")) or None
     except OSError:
         commit = None
     return {
@@ -50,15 +81,23 @@ def metadata() -> dict:
     }
 
 
-def print_table(rows: list[dict], cols: list[str]) -> None:
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in cols]
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def print_table(rows: list[dict], cols: list[str] | None = None) -> None:
+    """Print ``rows`` as right-aligned columns (``cols``: their order; default the first row's keys)."""
+    if not rows:
+        return
+    cols = cols or list(rows[0])
+    widths = [max(len(c), *(len(_fmt(r.get(c, ""))) for r in rows)) for c in cols]
     print("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
     for r in rows:
-        print("  ".join(fmt(r.get(c, "")).rjust(w) for c, w in zip(cols, widths)))
+        print("  ".join(_fmt(r.get(c, "")).rjust(w) for c, w in zip(cols, widths)))
 
 
 def write_json(out_dir: str | None, name: str, rows: list[dict], extra: dict | None = None) -> str | None:
+    """``<out_dir>/<name>.json``: ``{"meta": metadata() + extra, "results": rows}`` (nothing if no dir)."""
     if not out_dir:
         return None
     os.makedirs(out_dir, exist_ok=True)
@@ -67,3 +106,24 @@ def write_json(out_dir: str | None, name: str, rows: list[dict], extra: dict | N
         json.dump({"meta": {**metadata(), **(extra or {})}, "results": rows}, f, indent=2)
     print(f"wrote {path}")
     return path
+
+
+def write_csv(out_dir: str | None, name: str, rows: list[dict]) -> str | None:
+    """``<out_dir>/<name>.csv``: one line per row, columns the union of the rows' keys."""
+    if not out_dir or not rows:
+        return None
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}.csv")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {path}")
+    return path
+
+
+def write_results(out_dir: str | None, name: str, rows: list[dict], extra: dict | None = None) -> None:
+    """Both :func:`write_json` and :func:`write_csv`."""
+    write_json(out_dir, name, rows, extra)
+    write_csv(out_dir, name, rows)

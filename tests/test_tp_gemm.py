@@ -1,6 +1,8 @@
-"""AllGather-GEMM and GEMM-ReduceScatter: values and gradients of x, weight and bias against a
-float64 single-device reference, overlapped and plain, leading dims, other sequence dims, exact
-ledger volumes, bad inputs on every rank; world sizes 1-4."""
+"""AllGather-GEMM and GEMM-ReduceScatter: outputs and gradients of x, weight and bias against a float64
+single-device reference, on world sizes 1-4, for every mode (plain, ring, chunked collectives),
+layouts with leading and middle dims and sequence dims other than 1, fp32 and bf16, with and
+without bias, saved or re-gathered input; exact ledger volumes forward and backward; bad inputs
+raising the same error on every rank; the GEMM helper's in-place paths."""
 import itertools
 
 import pytest
@@ -8,87 +10,139 @@ import torch
 
 import odysseus_kernels as ok
 from odysseus_kernels import comm
-from odysseus_kernels.ops.tp_gemm import all_gather_matmul, matmul_reduce_scatter, tp_gemm_comm_bytes
+from odysseus_kernels.ops.tp_gemm import (
+    all_gather_matmul,
+    matmul_reduce_scatter,
+    tp_gemm_comm_bytes,
+)
+from odysseus_kernels.ops.tp_gemm.pipeline import (
+    MIN_OVERLAP_FLOPS,
+    WeightGrad,
+    gemm,
+    make_plan,
+    row_slices,
+)
 from tests.distributed import run_world
 
-TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 4e-2}
-WORLD_SIZES = [pytest.param(n, id=f"N{n}") for n in (1, 2, 3, 4)]
+# max |err| / max |ref| against float64 on the same (rounded) inputs
+TOL = {torch.float32: 5e-6, torch.bfloat16: 2e-2}
+# name: (dims before the sequence dim, dims between it and the features, the dim argument)
+LAYOUTS = {"B2-S-D": ((2,), (), 1), "S-B3-D": ((), (3,), 0), "B2-S-H3-D": ((2,), (3,), -3), "S-D": ((), (), 0)}
+MODES = {"plain": {"overlap": False}, "ring": {"overlap": True}, "chunks2": {"chunks": 2}, "chunks5": {"chunks": 5}}
+S_LOCAL, D_IN, D_OUT_AG, D_OUT_RS = 3, 24, 5, 7  # D_IN divisible by 1..4 (GEMM-RS shards it)
 
 
-def _rand(g, *shape):
-    return torch.randn(*shape, generator=g, dtype=torch.float64)
+def _cases():
+    cases = []
+    for (lname, mode, dtype, bias) in itertools.product(LAYOUTS, MODES, TOL, (True, False)):
+        # save_gathered alternates so every mode meets both values, in both dtypes
+        cases.append((lname, mode, dtype, bias, bias != (dtype == torch.float32), "all"))
+    for mode, grads in itertools.product(("plain", "ring", "chunks2"), ("x", "w")):
+        cases.append(("B2-S-D", mode, torch.float32, True, False, grads))
+    return cases
 
 
-def _shard(t, dim, n, r):
-    return t.chunk(n, dim=dim)[r]
+def _kinds(mode, n):
+    if n == 1:
+        return set()
+    return {"p2p"} if mode == "ring" else {"all_gather", "reduce_scatter"}
 
 
-def _check(seed):
+def _err(a, e):
+    return ((a.double() - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
+
+
+def _leaf(t, dtype, grad):
+    return t.to(dtype).requires_grad_(grad)
+
+
+def _one_case(g, n, r, lname, mode, dtype, bias, save, grads):
+    lead, mid, dim = LAYOUTS[lname]
+    sdim = len(lead)
+    gx, gw = grads in ("all", "x"), grads in ("all", "w")
+    q = lambda t: t.to(dtype).double()
+    errs, ledger_bad = {}, []
+    # ---- AG-GEMM: x sequence-sharded, weight column-sharded
+    x = q(torch.randn(*lead, S_LOCAL * n, *mid, D_IN, generator=g, dtype=torch.float64))
+    w = q(torch.randn(D_OUT_AG * n, D_IN, generator=g, dtype=torch.float64))
+    b = q(torch.randn(D_OUT_AG * n, generator=g, dtype=torch.float64)) if bias else None
+    dy = q(torch.randn(*x.shape[:-1], D_OUT_AG * n, generator=g, dtype=torch.float64))
+    ref = [t.clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+    y = ref[0] @ ref[1].t() + (ref[2] if bias else 0)
+    (y * dy).sum().backward()
+    xl = _leaf(x.chunk(n, sdim)[r], dtype, gx)
+    wl = _leaf(w.chunk(n, 0)[r], dtype, gw)
+    bl = _leaf(b.chunk(n, 0)[r], dtype, gw) if bias else None
+    with ok.comm_ledger() as fwd:
+        out = all_gather_matmul(xl, wl, bl, gather_dim=dim, save_gathered=save, **MODES[mode])
+    with ok.comm_ledger() as bwd:
+        out.backward(dy.chunk(n, -1)[r].to(dtype))
+    got = [(out, y.detach().chunk(n, -1)[r])]
+    got += [(xl.grad, ref[0].grad.chunk(n, sdim)[r])] if gx else []
+    got += [(wl.grad, ref[1].grad.chunk(n, 0)[r])] + ([(bl.grad, ref[2].grad.chunk(n, 0)[r])] if bias else []) \
+        if gw else []
+    errs["ag"] = max(_err(a, e) for a, e in got)
+    vol = tp_gemm_comm_bytes(n, xl.numel() // D_IN, D_IN, D_OUT_AG, xl.element_size(), save_gathered=save)
+    bwd_expected = {"all": vol["all_gather_matmul_backward"], "x": vol["all_gather_matmul"],
+                    "w": 0 if save else vol["all_gather_matmul"]}[grads]
+    for name, led, expected in (("ag-fwd", fwd, vol["all_gather_matmul"]), ("ag-bwd", bwd, bwd_expected)):
+        kinds = {k for k, v in led.by_kind.items() if k != "metadata" and v.received}
+        if led.payload_received() != expected or not kinds <= _kinds(mode, n):
+            ledger_bad.append((name, led.as_dict(), expected))
+    # ---- GEMM-RS: x full sequence with its input-feature shard, weight row-sharded, bias replicated
+    x = q(torch.randn(*lead, S_LOCAL * n, *mid, D_IN, generator=g, dtype=torch.float64))
+    w = q(torch.randn(D_OUT_RS, D_IN, generator=g, dtype=torch.float64))
+    b = q(torch.randn(D_OUT_RS, generator=g, dtype=torch.float64)) if bias else None
+    dy = q(torch.randn(*x.shape[:-1], D_OUT_RS, generator=g, dtype=torch.float64))
+    ref = [t.clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+    y = ref[0] @ ref[1].t() + (ref[2] if bias else 0)
+    (y * dy).sum().backward()
+    xl = _leaf(x.chunk(n, -1)[r], dtype, gx)
+    wl = _leaf(w.chunk(n, 1)[r], dtype, gw)
+    bl = _leaf(b, dtype, gw) if bias else None
+    with ok.comm_ledger() as fwd:
+        out = matmul_reduce_scatter(xl, wl, bl, scatter_dim=dim, **MODES[mode])
+    with ok.comm_ledger() as bwd:
+        out.backward(dy.chunk(n, sdim)[r].to(dtype))
+    got = [(out, y.detach().chunk(n, sdim)[r])]
+    got += [(xl.grad, ref[0].grad.chunk(n, -1)[r])] if gx else []
+    if gw:
+        got += [(wl.grad, ref[1].grad.chunk(n, 1)[r])]
+        if bias:  # replicated bias: each rank holds its rows' share; their sum is the gradient
+            got += [(comm.all_reduce(bl.grad.double()), ref[2].grad)]
+    errs["rs"] = max(_err(a, e) for a, e in got)
+    vol = tp_gemm_comm_bytes(n, out.numel() // D_OUT_RS, D_IN // n, D_OUT_RS, xl.element_size())
+    for name, led, expected in (("rs-fwd", fwd, vol["matmul_reduce_scatter"]),
+                                ("rs-bwd", bwd, vol["matmul_reduce_scatter_backward"])):
+        kinds = {k for k, v in led.by_kind.items() if k != "metadata" and v.received}
+        if led.payload_received() != expected or not kinds <= _kinds(mode, n):
+            ledger_bad.append((name, led.as_dict(), expected))
+    return errs, ledger_bad
+
+
+def _check_all(seed):
     info = comm.group_info()
-    n, r = info.size, info.rank
-    g = torch.Generator().manual_seed(seed)
-    errs = {}
-    cases = itertools.product(((2, 3), (5,), ()), (True, False), (True, False), (torch.float32, torch.float64,
-                                                                                  torch.bfloat16), ("seq1", "seq0"))
-    for lead, bias, overlap, dtype, where in cases:
-        s_local, d_in, d_out = 3, 12, 5 * n
-        shape = lead + (s_local * n, d_in)
-        dim = len(lead) if where == "seq1" else 0
-        if where == "seq0":
-            shape = (s_local * n,) + lead + (d_in,)
-        x = _rand(g, *shape)
-        w = _rand(g, d_out, d_in)
-        b = _rand(g, d_out) if bias else None
-        dy = _rand(g, *shape[:-1], d_out)
-        # AG-GEMM: column shard of w, sequence shard of x
-        xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
-        br = b.clone().requires_grad_(True) if bias else None
-        y = xr @ wr.t() + (br if bias else 0)
-        w_loc, b_loc = _shard(w, 0, n, r), (_shard(b, 0, n, r) if bias else None)
-        (y * dy).sum().backward()
-        xl = _shard(x, dim, n, r).to(dtype).requires_grad_(True)
-        wl = w_loc.to(dtype).requires_grad_(True)
-        bl = b_loc.to(dtype).requires_grad_(True) if bias else None
-        with ok.comm_ledger() as led:
-            out = all_gather_matmul(xl, wl, bl, gather_dim=dim, overlap=overlap)
-        dyl = _shard(dy, -1, n, r).to(dtype)
-        (out.double() * dyl.double()).sum().backward()
-        pairs = [(out, _shard(y.detach(), -1, n, r)), (xl.grad, _shard(xr.grad, dim, n, r)),
-                 (wl.grad, _shard(wr.grad, 0, n, r))] + ([(bl.grad, _shard(br.grad, 0, n, r))] if bias else [])
-        err = max(((a.double() - e).abs().max() / e.abs().max()).item() for a, e in pairs)
-        errs[f"ag-{lead}-{bias}-{overlap}-{dtype}-{where}"] = err / TOL[dtype]
-        rows = x.numel() // d_in // n
-        kind = "p2p" if overlap and n > 1 else "all_gather"
-        assert led.received(kind) == tp_gemm_comm_bytes(n, rows, d_in, d_out, xl.element_size())["all_gather_matmul"]
-        # GEMM-RS: row shard of w (input features), full sequence of x with local features
-        xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
-        y = xr @ wr.t()
-        ys = y + (b if bias else 0)
-        (ys * dy).sum().backward()
-        xl = _shard(x, -1, n, r).to(dtype).requires_grad_(True)
-        wl = _shard(w, 1, n, r).to(dtype).requires_grad_(True)
-        bl = b.to(dtype).requires_grad_(True) if bias else None
-        with ok.comm_ledger() as led:
-            out = matmul_reduce_scatter(xl, wl, bl, scatter_dim=dim, overlap=overlap)
-        dyl = _shard(dy, dim, n, r).to(dtype)
-        (out.double() * dyl.double()).sum().backward()
-        db = comm.all_reduce(bl.grad.double().clone()) if bias else None  # replicated bias: sum of shares
-        pairs = [(out, _shard(ys.detach(), dim, n, r)), (xl.grad, _shard(xr.grad, -1, n, r)),
-                 (wl.grad, _shard(wr.grad, 1, n, r))] + ([(db, dy.reshape(-1, d_out).sum(0))] if bias else [])
-        err = max(((a.double() - e).abs().max() / e.abs().max()).item() for a, e in pairs)
-        errs[f"rs-{lead}-{bias}-{overlap}-{dtype}-{where}"] = err / TOL[dtype]
-        kind = "p2p" if overlap and n > 1 else "reduce_scatter"
-        assert led.received(kind) == tp_gemm_comm_bytes(n, rows, d_in, d_out, xl.element_size())[
-            "matmul_reduce_scatter"]
-    return errs
+    g = torch.Generator().manual_seed(seed)  # same stream on every rank: the same full tensors
+    results = {}
+    for case in _cases():
+        errs, ledger_bad = _one_case(g, info.size, info.rank, *case)
+        results["-".join(map(str, case))] = (errs, ledger_bad, case[2])
+    return results
 
 
-@pytest.mark.parametrize("n", WORLD_SIZES)
+@pytest.mark.parametrize("n", [pytest.param(n, id=f"N{n}") for n in (1, 2, 3, 4)])
 def test_values_gradients_and_ledger(n):
-    per_rank = run_world(_check, n, 100 + n, timeout=600)
-    bad = {k: v for res in per_rank for k, v in res.items() if not v <= 1.0}
-    assert per_rank[0] and not bad, bad
-    assert any(k.startswith("rs-") for k in per_rank[0])  # d_in = 12 divides by every n: both ops ran
+    per_rank = run_world(_check_all, n, 1000 + n, timeout=600)
+    assert len(per_rank[0]) == len(_cases())
+    bad = {}
+    for rank, res in enumerate(per_rank):
+        for key, (errs, ledger_bad, dtype) in res.items():
+            for op, e in errs.items():
+                if not e <= TOL[dtype]:
+                    bad[(rank, key, op)] = e
+            if ledger_bad:
+                bad[(rank, key, "ledger")] = ledger_bad
+    assert not bad, bad
 
 
 def _check_bad():
@@ -99,22 +153,113 @@ def _check_bad():
     def attempt(key, fn, *a, **kw):
         try:
             fn(*a, **kw)
+            out[key] = None
         except (ValueError, TypeError) as e:
-            out[key] = str(e)
+            out[key] = (type(e).__name__, str(e))
 
-    x = torch.randn(2, 4 * n + 1, 8)
-    attempt("seq", matmul_reduce_scatter, x, torch.randn(5, 8))
-    attempt("wshape", all_gather_matmul, torch.randn(2, 4, 8), torch.randn(5, 7))
-    attempt("ranks", all_gather_matmul, torch.randn(2, 4 + (r == n - 1), 8), torch.randn(5, 8))
-    attempt("dtype", all_gather_matmul, torch.randn(2, 4, 8), torch.randn(5, 8, dtype=torch.float64))
+    x, w = torch.randn(2, 4, 8), torch.randn(5, 8)
+    attempt("seq", matmul_reduce_scatter, torch.randn(2, 4 * n + 1, 8), w)
+    attempt("wshape", all_gather_matmul, x, torch.randn(5, 7))
+    attempt("wshape_rs", matmul_reduce_scatter, torch.randn(2, 4 * n, 8), torch.randn(5, 9))
+    attempt("ranks", all_gather_matmul, torch.randn(2, 4 + (r == n - 1), 8), w)
+    attempt("dtype", all_gather_matmul, x, w.double())
+    attempt("dtype_one_rank", matmul_reduce_scatter, torch.randn(2, 4 * n, 8), w.double() if r == 0 else w)
+    attempt("bias", all_gather_matmul, x, w, torch.randn(4))
+    attempt("dim", all_gather_matmul, x, w, gather_dim=3)
+    attempt("feature_dim", matmul_reduce_scatter, torch.randn(2, 4 * n, 8), w, scatter_dim=-1)
+    attempt("chunks", all_gather_matmul, x, w, chunks=0)
+    attempt("overlap", all_gather_matmul, x, w, overlap="yes")
+    attempt("int", all_gather_matmul, x.long(), w.long())
+    # the group is still in step after all that
+    out["after"] = all_gather_matmul(torch.full((1, 2, 8), float(r)), torch.ones(3, 8), overlap=True)[0, :, 0].tolist()
     return out
 
 
-@pytest.mark.parametrize("n", WORLD_SIZES)
+@pytest.mark.parametrize("n", [pytest.param(n, id=f"N{n}") for n in (1, 2, 3, 4)])
 def test_bad_inputs_raise_on_every_rank(n):
-    for e in run_world(_check_bad, n, timeout=60):
-        if n > 1:
-            assert f"sequence length {4 * n + 1} (dim 1) is not divisible by the group size {n}" in e["seq"]
-            assert "must be the same on every rank" in e["ranks"]
-        assert "weight must be [d_out, 8] (nn.Linear layout)" in e["wshape"]
-        assert e["dtype"].startswith("all_gather_matmul: x, weight and bias must share a dtype")
+    res = run_world(_check_bad, n, timeout=120)
+    strip = lambda e: e and (e[0], e[1].replace(" (raised on rank 0)", ""))
+    for key in res[0]:
+        if key != "after":  # the same error on every rank
+            assert all(strip(rr[key]) == strip(res[0][key]) for rr in res), (key, [rr[key] for rr in res])
+    e = res[0]
+    assert e["wshape"] == ("ValueError", ("all_gather_matmul: weight must be [d_out, 8] (nn.Linear layout, d_in = "
+                                          "x.shape[-1]) for x of shape (2, 4, 8), got (5, 7)"))
+    assert "weight must be [d_out, 8]" in e["wshape_rs"][1] and "got (5, 9)" in e["wshape_rs"][1]
+    assert e["dtype"][0] == "TypeError" and "weight torch.float64" in e["dtype"][1]
+    assert e["bias"][1].endswith("bias must be [5] (weight.shape[0]), got (4,)")
+    assert "gather_dim must be in [-3, 1]" in e["dim"][1] and e["dim"][1].endswith("got 3")
+    assert "cannot be the feature (last) dim" in e["feature_dim"][1]
+    assert e["chunks"] == ("ValueError", "all_gather_matmul: chunks must be None or an int >= 1, got 0")
+    assert e["overlap"][0] == "TypeError" and "got 'yes'" in e["overlap"][1]
+    assert e["int"][0] == "TypeError" and "floating-point" in e["int"][1]
+    if n > 1:
+        assert e["seq"][1] == (f"matmul_reduce_scatter: sequence length {4 * n + 1} (x.shape[1]) must be divisible "
+                               f"by the group size {n}")
+        assert "x must be the same on every rank" in e["ranks"][1] and f"rank {n - 1}: (2, 5, 8)" in e["ranks"][1]
+        assert e["dtype_one_rank"][0] == "TypeError" and "(raised on rank 0)" in res[1]["dtype_one_rank"][1]
+    else:
+        assert e["seq"] is None and e["ranks"] is None and e["dtype_one_rank"][0] == "TypeError"
+    assert all(rr["after"] == [8.0 * k for k in range(n) for _ in range(2)] for rr in res)  # sum of 8 features
+
+
+def test_plan_modes_and_threshold():
+    one, two = comm.GroupInfo(None, 0, 1), comm.GroupInfo(None, 0, 2)
+    assert make_plan(one, True, 4, "cuda", 1 << 40).mode == "local"
+    assert make_plan(two, False, 4, "cuda", 1 << 40).mode == "plain"
+    assert make_plan(two, None, 1, "cuda", 1 << 40).mode == "plain"
+    assert (make_plan(two, None, 3, "cpu", 0).mode, make_plan(two, True, 3, "cpu", 0).chunks) == ("chunks", 3)
+    assert make_plan(two, True, None, "cpu", 0).mode == "ring"
+    assert make_plan(two, None, None, "cpu", 1 << 40).mode == "plain"  # CPU: never decomposed unless asked
+    assert make_plan(two, None, None, "cuda", MIN_OVERLAP_FLOPS).mode == "ring"
+    assert make_plan(two, None, None, "cuda", MIN_OVERLAP_FLOPS - 1).mode == "plain"
+    assert row_slices(9, 5) == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8), slice(8, 9)]
+    assert row_slices(3, 5) == [slice(0, 1), slice(1, 2), slice(2, 3)] and row_slices(0, 2) == [slice(0, 0)]
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(d, id=str(d)[6:]) for d in TOL])
+def test_gemm_writes_slices_in_place(dtype):
+    g = torch.Generator().manual_seed(0)
+    rnd = lambda *s: torch.randn(*s, generator=g).to(dtype)
+    bt, bias = rnd(5, 6).t(), rnd(5)  # a transposed view, like weight.t()
+    big = torch.full((2, 4, 4, 5), float("nan"), dtype=dtype)
+    for a, out in ((rnd(1, 4, 6), big[:1, 0]),              # folds to one 2-D GEMM
+                   (rnd(2, 4, 6), big[:, 1]),               # strided batched GEMM, in place
+                   (rnd(2, 2, 2, 6), big[:, 2:4, 1:3])):    # does not flatten: through a temporary
+        nan_before = int(torch.isnan(big).sum())
+        gemm(a, bt, bias=bias, out=out)
+        assert _err(out, a.double() @ bt.double() + bias.double()) <= TOL[dtype]
+        assert int(torch.isnan(big).sum()) == nan_before - out.numel()  # wrote exactly its slice
+    a = rnd(3, 4, 6)[:, 1:]  # non-contiguous 3-D input, fresh output in fp32
+    r = gemm(a, bt, out_dtype=torch.float32)
+    assert r.dtype == torch.float32 and _err(r, a.double() @ bt.double()) <= TOL[dtype]
+    wg = WeightGrad(dtype)
+    a1, b1, a2, b2 = rnd(2, 7, 5), rnd(2, 7, 6), rnd(3, 5), rnd(3, 6)
+    wg.add(a1, b1)
+    wg.add(a2, b2)
+    ref = a1.double().reshape(-1, 5).t() @ b1.double().reshape(-1, 6) + a2.double().t() @ b2.double()
+    assert wg.acc.dtype == (torch.float32 if dtype != torch.float64 else torch.float64)
+    assert wg.result().dtype == dtype and _err(wg.result(), ref) <= TOL[dtype]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_cuda_world_of_one_and_fp32_accumulation(dtype):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(2, 63, 3, 24, device="cuda", generator=g).to(dtype).requires_grad_()
+    w = torch.randn(40, 24, device="cuda", generator=g).to(dtype).requires_grad_()
+    b = torch.randn(40, device="cuda", generator=g).to(dtype).requires_grad_()
+    tol = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 2e-5}[dtype]
+    for fn in (lambda: all_gather_matmul(x, w, b, overlap=True), lambda: matmul_reduce_scatter(x, w, b)):
+        x.grad = w.grad = b.grad = None
+        y = fn()
+        dy = torch.randn_like(y)
+        y.backward(dy)
+        xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+        yr = xr @ wr.t() + br
+        yr.backward(dy.double())
+        for a, e in ((y, yr), (x.grad, xr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
+            assert _err(a, e) <= tol
+    a, bt = torch.randn(3, 64, 32, device="cuda").to(dtype)[:, 1:], torch.randn(32, 48, device="cuda").to(dtype)
+    r = gemm(a, bt, out_dtype=torch.float32)  # cuBLAS writes the fp32 accumulator
+    assert r.dtype == torch.float32 and _err(r, a.double() @ bt.double()) <= tol / 4
