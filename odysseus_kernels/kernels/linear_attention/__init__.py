@@ -1,14 +1,22 @@
-"""Linear attention local compute (no communication): reference, chunked pieces, state scan."""
+"""Linear attention local compute (no communication): the O(L^2) reference, the chunked steps
+(torch and Triton, dispatched by ``backend``), the cross-shard pieces and the state scan."""
+from .api import (
+    chunk_bwd_dh,
+    chunk_bwd_dqkv,
+    chunk_fwd_h,
+    chunk_fwd_o,
+    intra_chunk_bwd,
+    intra_chunk_fwd,
+)
 from .reference import (
     chunk_state,
     inter_chunk,
     inter_chunk_backward,
-    intra_chunk,
-    intra_chunk_backward,
     linear_attention_ref,
     state_grad,
 )
 from .scan import state_scan
 
-__all__ = ["chunk_state", "inter_chunk", "inter_chunk_backward", "intra_chunk", "intra_chunk_backward",
-           "linear_attention_ref", "state_grad", "state_scan"]
+__all__ = ["chunk_bwd_dh", "chunk_bwd_dqkv", "chunk_fwd_h", "chunk_fwd_o", "chunk_state", "inter_chunk",
+           "inter_chunk_backward", "intra_chunk_bwd", "intra_chunk_fwd", "linear_attention_ref", "state_grad",
+           "state_scan"]

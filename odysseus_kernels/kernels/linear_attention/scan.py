@@ -1,4 +1,9 @@
-"""Combination of the per-rank LASP-2 states gathered by the single AllGather."""
+"""Combination of the per-rank LASP-2 states gathered by the single AllGather.
+
+This is the one function that combines gathered states (forward and backward, causal and not);
+the compiled extension's ``torch.ops.odysseus_kernels.linear_attention_state_scan`` implements the
+same semantics and is used when available.
+"""
 from __future__ import annotations
 
 import torch
@@ -10,13 +15,18 @@ def state_scan(states: torch.Tensor, chunk_log_decay: torch.Tensor | None, rever
     """Exclusive decayed prefix (``reverse=False``) or suffix (``reverse=True``) of per-rank states.
 
     Args:
-        states: ``[W, B, H, Dk, Dv]`` (fp32/fp64), rank order.
-        chunk_log_decay: ``[H]`` log-decay of one whole rank chunk (``seq_local * log lambda``), or
-            ``None`` for no decay.
+        states: ``[W, B, H, Dk, Dv]`` fp32 (or fp64), one state ``M_j`` per rank, rank order.
+        chunk_log_decay: ``[H]`` log-decay of one whole rank chunk (``seq_local * log lambda``; zeros
+            = no decay), or ``None`` for no decay. Cast to ``states.dtype``.
+        reverse: suffix instead of prefix.
     Returns:
-        ``[W, B, H, Dk, Dv]``: ``S_t = sum_{j<t} a^(t-1-j) M_j`` (prefix) or
-        ``R_t = sum_{j>t} a^(j-1-t) M_j`` (suffix), ``a = exp(chunk_log_decay)``.
-    Uses the compiled extension's kernel when available (``ok.extension_available()``).
+        ``[W, B, H, Dk, Dv]`` in ``states.dtype``: with ``a = exp(chunk_log_decay)``,
+        ``S_t = sum_{j<t} a^(t-1-j) M_j`` (prefix) or ``R_t = sum_{j>t} a^(j-1-t) M_j`` (suffix);
+        ``S_0`` (``R_(W-1)``) is zero.
+    Example:
+        >>> s = state_scan(torch.randn(4, 1, 8, 64, 64), torch.full((8,), -0.5), reverse=False)
+        >>> torch.equal(s[0], torch.zeros(1, 8, 64, 64))
+        True
     """
     if states.dtype in (torch.float32, torch.float64) and states.device.type in ("cpu", "cuda") and use_extension():
         from ..extension_ops import linear_attention_state_scan
