@@ -127,3 +127,12 @@ def write_results(out_dir: str | None, name: str, rows: list[dict], extra: dict 
     """Both :func:`write_json` and :func:`write_csv`."""
     write_json(out_dir, name, rows, extra)
     write_csv(out_dir, name, rows)
+
+
+def add_run_args(parser) -> None:
+    """The options every benchmark takes (the GPU kit ``scripts/gpu_check.sh`` relies on them):
+    ``--quick`` (a reduced but representative size set, seconds not minutes) and ``--out DIR``
+    (write ``<DIR>/<name>.json`` with :func:`write_json`'s layout: ``{"meta": ..., "results": rows}``,
+    each row holding its medians in ms and its ratio to the baseline measured in the same run)."""
+    parser.add_argument("--quick", action="store_true", help="reduced size set (used by scripts/gpu_check.sh)")
+    parser.add_argument("--out", default=None, help="directory for <name>.json / .csv results")
