@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Development entry point. Needs only python3 (>= 3.10) on the machine.
-#   bash scripts/dev.sh test  [pytest args]   set up .venv if needed, run the whole test suite
+#   bash scripts/dev.sh test  [pytest args]   set up .venv if needed, run the compile gate under both
+#                                             Triton versions, the GPU kit's dry run, then the test suite
+#   bash scripts/dev.sh gate  [aot args]      set up .venv if needed, run only the compile gate (both Tritons)
 #   bash scripts/dev.sh demo  [playground args]  set up .venv if needed, run the playground
-#   bash scripts/dev.sh setup                 only set up / refresh .venv
+#   bash scripts/dev.sh setup                 only set up / refresh .venv (and .venv/triton-3.6.0)
 # Setup is idempotent: it reinstalls only when requirements-dev.txt, pyproject.toml, setup.py or
 # csrc/ changed since the last successful setup.
+# The compile gate (python -m odysseus_kernels.kernels.aot, issue #14) compiles every Triton kernel at
+# every launch config its table can pick for sm_90 and sm_80, without a GPU, under the Triton the
+# pinned torch brings and under Triton $TRITON_B (the GPU machine's; installed --no-deps into
+# .venv/triton-$TRITON_B and put first on PYTHONPATH). Results: $GATE_OUT/compile_gate-triton<v>.{json,md}.
+# Environment: ODYSSEUS_GATE=0 skips the gate (local runs; CI never sets it), GATE_JOBS (default 2),
+# GATE_OUT (default benchmarks/results/compile_gate), GATE_CACHE (default .venv/gate-cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
+TRITON_B=3.6.0
+GATE_OUT=${GATE_OUT:-benchmarks/results/compile_gate}
+GATE_CACHE=${GATE_CACHE:-$VENV/gate-cache}
 
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
@@ -47,15 +58,63 @@ setup() {
   echo "$want" > "$stamp"
 }
 
+# The second Triton for the compile gate, beside the same torch: pip --no-deps --target (once).
+setup_triton_b() {
+  local dir="$VENV/triton-$TRITON_B"
+  if [ -f "$dir/triton/__init__.py" ] && grep -q "__version__ = '$TRITON_B'" "$dir/triton/__init__.py"; then
+    return 0
+  fi
+  echo "dev.sh: installing triton==$TRITON_B (--no-deps) into $dir for the compile gate"
+  rm -rf "$dir.tmp"
+  "$VENV/bin/python" -m pip install -q --no-deps --target "$dir.tmp" "triton==$TRITON_B"
+  rm -rf "$dir"
+  mv "$dir.tmp" "$dir"
+}
+
+# The compile gate under both Tritons (both always run); returns 1 if either fails.
+gate() {
+  if [ -z "$(ls odysseus_kernels/kernels/*/configs.py 2>/dev/null)" ]; then
+    # TRANSITION (issue #14): until the launch-config tables exist there is nothing to compile.
+    echo "dev.sh: compile gate: no odysseus_kernels/kernels/<family>/configs.py yet, nothing to compile"
+    return 0
+  fi
+  local rc=0 pp
+  for which in venv "$TRITON_B"; do
+    pp=${PYTHONPATH:-}
+    [ "$which" = venv ] || pp="$VENV/triton-$TRITON_B${pp:+:$pp}"
+    echo "dev.sh: compile gate, Triton $( PYTHONPATH="$pp" "$VENV/bin/python" -c 'import triton; print(triton.__version__)')"
+    # env -u: the gate needs the real compiler (it would re-execute itself without the interpreter anyway)
+    env -u TRITON_INTERPRET PYTHONPATH="$pp" "$VENV/bin/python" -m odysseus_kernels.kernels.aot \
+      --out "$GATE_OUT" --jobs "${GATE_JOBS:-2}" --cache-dir "$GATE_CACHE/$which" --quiet "$@" || rc=1
+  done
+  return $rc
+}
+
 cmd=${1:-test}
 shift || true
 case "$cmd" in
-  setup) setup ;;
+  setup) setup; setup_triton_b ;;
+  gate)
+    setup
+    setup_triton_b
+    gate "$@" ;;
   test)
     setup
-    exec "$VENV/bin/python" -m pytest "$@" ;;
+    rc=0
+    if [ "${ODYSSEUS_GATE:-1}" != 0 ]; then
+      setup_triton_b
+      t0=$SECONDS
+      if ! gate; then
+        rc=1
+        echo "dev.sh: the compile gate FAILED (see above and $GATE_OUT); running the tests anyway" >&2
+      fi
+      export ODYSSEUS_GATE_RESULTS="$GATE_OUT"  # tests/test_compile_gate.py checks these, compiles nothing
+      echo "dev.sh: compile gate took $((SECONDS - t0)) s"
+    fi
+    "$VENV/bin/python" -m pytest "$@" || rc=$?
+    exit $rc ;;
   demo)
     setup
     exec "$VENV/bin/python" -m odysseus_kernels.playground "$@" ;;
-  *) echo "usage: bash scripts/dev.sh {test|demo|setup} [args]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/dev.sh {test|gate|demo|setup} [args]" >&2; exit 2 ;;
 esac
