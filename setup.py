@@ -79,7 +79,8 @@ def _extensions():
     # -g0 undoes the -g of Python's CFLAGS: debug info of torch's headers doubles compile time and size.
     cxx = ["-O3", "-g0"]
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # SASS for sm_80 (A100) and sm_90 (H100/H200), plus compute_90 PTX that newer GPUs JIT from.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         inc = _nvidia_include_dirs()
         ext = CUDAExtension(
             "odysseus_kernels._C",

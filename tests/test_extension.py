@@ -3,6 +3,7 @@ on fresh random inputs with -inf rows, odd sizes and non-contiguous inputs, grad
 torch.library.opcheck on CPU (and CUDA when there is a GPU), once under torch.compile(fullgraph=True),
 and the package without the extension (a fresh interpreter with ``_C`` hidden)."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,37 @@ def test_extension_is_built():
     if torch.version.cuda is not None and nvcc:
         for name in OPS:
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{NS}::{name}", "CUDA"), name
+
+
+def _cuobjdump() -> str:
+    """The local CUDA toolkit's cuobjdump, else the one Triton bundles (always there)."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    for cand in ([os.path.join(CUDA_HOME, "bin", "cuobjdump")] if CUDA_HOME else []) + [shutil.which("cuobjdump")]:
+        if cand and os.path.exists(cand):
+            return cand
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def test_extension_embeds_sm80_sm90_sass_and_compute90_ptx():
+    """setup.py's default TORCH_CUDA_ARCH_LIST "8.0;9.0+PTX": SASS for A100 and H100/H200, and compute_90
+    PTX that a newer GPU can JIT-compile (without it such a GPU has nothing to run)."""
+    if not ok.extension_available():
+        pytest.skip("the compiled extension is not built")
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"{NS}::{OPS[0]}", "CUDA"):
+        pytest.skip("the extension was built without CUDA (no nvcc): no device code to inspect")
+    from odysseus_kernels import _C
+
+    tool = _cuobjdump()
+    ptx = subprocess.run([tool, "--list-ptx", _C.__file__], capture_output=True, text=True, timeout=120)
+    elf = subprocess.run([tool, "--list-elf", _C.__file__], capture_output=True, text=True, timeout=120)
+    assert ptx.returncode == 0 and elf.returncode == 0, ptx.stderr + elf.stderr
+    # cuobjdump names embedded PTX by its virtual arch: "<lib>.<n>.sm_90.ptx" is compute_90 PTX
+    assert re.search(r"\b(sm|compute)_90\.ptx\b", ptx.stdout), f"no compute_90 PTX in {_C.__file__}:\n{ptx.stdout}"
+    for sm in ("sm_80", "sm_90"):
+        assert sm in elf.stdout, f"no {sm} SASS in {_C.__file__}:\n{elf.stdout}"
 
 
 # --------------------------------------------------------------------------- merge_attention_states_
