@@ -111,6 +111,8 @@ case "$cmd" in
       export ODYSSEUS_GATE_RESULTS="$GATE_OUT"  # tests/test_compile_gate.py checks these, compiles nothing
       echo "dev.sh: compile gate took $((SECONDS - t0)) s"
     fi
+    # The GPU kit's dry run (no GPU needed): every part's scripts, modules and tests exist and import.
+    PYTHON="$VENV/bin/python" bash scripts/gpu_check.sh --dry-run || rc=1
     "$VENV/bin/python" -m pytest "$@" || rc=$?
     exit $rc ;;
   demo)
