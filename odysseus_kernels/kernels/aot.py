@@ -22,9 +22,11 @@ that cannot be compiled): the CLI re-executes itself without it, :func:`compile_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -172,6 +174,11 @@ _PTXAS_RE = {
 }
 
 
+def _parse_ptxas(log: str) -> dict:
+    return {k: sum(int(m) for m in r.findall(log)) if k != "registers" else max(map(int, r.findall(log)), default=0)
+            for k, r in _PTXAS_RE.items()}
+
+
 def ptxas_usage(ptx: str, arch: int, cache_dir: str | None = None) -> dict:
     """Registers, stack frame and spill bytes of ``ptx`` from ``ptxas -v`` (Triton's bundled ptxas and
     flags, ``sm_90a`` for 90 as Triton builds it). Results are cached in ``cache_dir`` by content."""
@@ -191,8 +198,7 @@ def ptxas_usage(ptx: str, arch: int, cache_dir: str | None = None) -> dict:
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(f"ptxas -v failed ({proc.returncode}): {log[-2000:]}")
-    usage = {k: sum(int(m) for m in r.findall(log)) if k != "registers" else max(map(int, r.findall(log)), default=0)
-             for k, r in _PTXAS_RE.items()}
+    usage = _parse_ptxas(log)
     if path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp_path = f"{path}.{os.getpid()}"
@@ -240,12 +246,24 @@ def compile_case(case: GateCase, arch: int, *, cache_dir: str | None = None) -> 
             raise ValueError(f"{case.kernel}: aligned names {unknown} are not arguments of {fn.__name__}")
         attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in case.divisible_args()}
         src = ASTSource(fn, dict(case.signature), dict(case.constexprs), attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": case.num_warps, "num_stages": case.num_stages})
+        # Triton prints its own ptxas -v log with TRITON_DUMP_PTXAS_LOG=1: the exact flags, no second
+        # ptxas run. On a Triton cache hit there is no log and ptxas_usage() runs ptxas itself.
+        buf, old = io.StringIO(), os.environ.get("TRITON_DUMP_PTXAS_LOG")
+        os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
+        try:
+            with contextlib.redirect_stdout(buf):
+                compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                          options={"num_warps": case.num_warps, "num_stages": case.num_stages})
+        finally:
+            if old is None:
+                os.environ.pop("TRITON_DUMP_PTXAS_LOG", None)
+            else:
+                os.environ["TRITON_DUMP_PTXAS_LOG"] = old
         ptx = compiled.asm["ptx"]
         rec["shared"] = int(compiled.metadata.shared)
         rec["wgmma"] = "wgmma" in ptx
-        usage = ptxas_usage(ptx, arch, cache_dir)
+        log = buf.getvalue()
+        usage = _parse_ptxas(log) if _PTXAS_RE["registers"].search(log) else ptxas_usage(ptx, arch, cache_dir)
         rec.update(registers=usage["registers"], stack=usage["stack"], spill_stores=usage["spill_stores"],
                    spill_loads=usage["spill_loads"], spills=usage["spill_stores"] + usage["spill_loads"])
         rec["ok"] = True
