@@ -355,7 +355,7 @@ def test_one_failing_rank_gives_timeout_errors_within_the_bound(n, scenario):
         else:
             assert op == "demo_op (forward)" and step in (1, 2) and peers, detail
             assert all(f"rank {p}" in msg for p in peers)
-        if scenario != "raise" or n == 2:
+        if scenario != "raise" or n == 2 or r == 2:
             assert elapsed < BOUND + 2.0, (r, elapsed)  # the ranks that wait on the failed one directly
     # the default group is still in step: a re-created group works
     assert run_world(_after_timeout_a_new_group_works, n) == [[1.0] * n] * n

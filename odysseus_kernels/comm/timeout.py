@@ -185,6 +185,8 @@ def wait_bounded(works, *, what: str, op: str, step, info, peers=None, seconds: 
                 waited = sorted(set(peers)) if peers else [r for r in range(info.size) if r != info.rank]
             glob = [info.global_rank(r) for r in waited]
             who = ", ".join(f"rank {g}" for g in glob)
+            if peers is None:
+                who = f"the other ranks of the collective ({who}; at least one of them is missing)"
             step_txt = "" if step is None else f", step {step}"
             raise CommTimeout(
                 f"{op}{step_txt}: timed out after {seconds:.1f} s waiting for the {what} with {who} "
