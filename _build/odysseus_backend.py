@@ -2,9 +2,10 @@
 
 ``pip install --no-build-isolation -e .`` builds with the setuptools of the target environment
 (build requirements are not installed). A fresh ``python3 -m venv`` of Python 3.11 ships
-setuptools 65.5, which has no ``bdist_wheel`` of its own (it came from the ``wheel`` package before
-setuptools 70.1, and ``wheel`` >= 0.46 no longer provides it): the build would stop with
-"invalid command 'bdist_wheel'". This backend says what to do instead.
+setuptools 65.5, which rejects the SPDX ``license = "Apache-2.0"`` ("must be valid exactly by one
+definition"; the string form needs setuptools >= 77, the table form is deprecated) and has no
+``bdist_wheel`` of its own (before 70.1 it came from the ``wheel`` package, which no longer provides
+it). This backend stops at once and says what to do instead.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import setuptools
 from setuptools import build_meta as _meta
 from setuptools.build_meta import *  # noqa: F401,F403 - every hook not wrapped below
 
-MIN_SETUPTOOLS = (70, 1)
+MIN_SETUPTOOLS = (77, 0)
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -23,21 +24,13 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _has_legacy_bdist_wheel() -> bool:
-    try:
-        from wheel.bdist_wheel import bdist_wheel  # noqa: F401  (wheel < 0.46 provides it itself)
-    except Exception:  # noqa: BLE001
-        return False
-    return True
-
-
 def check_build_tools() -> None:
-    if _version(setuptools.__version__) >= MIN_SETUPTOOLS or _has_legacy_bdist_wheel():
+    if _version(setuptools.__version__) >= MIN_SETUPTOOLS:
         return
     raise SystemExit(
         f"odysseus-kernels: setuptools {setuptools.__version__} in this environment cannot build the package "
-        f"(no bdist_wheel; it needs setuptools >= 70.1, or the 'wheel' package < 0.46). "
-        f"Fix: python -m pip install -U 'setuptools>=70.1' and rerun "
+        f"(it needs setuptools >= 77: SPDX license metadata and a built-in bdist_wheel). "
+        f"Fix: python -m pip install -U 'setuptools>=77' and rerun "
         f"'pip install --no-build-isolation -e .' (with --no-build-isolation pip does not install build "
         f"requirements; torch must be installed first so the extension builds against it).")
 

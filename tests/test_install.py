@@ -1,5 +1,5 @@
 """Install (#19.6): ``pip install --no-build-isolation -e .`` in a fresh ``python3 -m venv`` either
-succeeds or fails at once with a message naming the fix; with setuptools >= 70.1 it succeeds.
+succeeds or fails at once with a message naming the fix; with setuptools >= 77 it succeeds.
 
 Nothing is downloaded: pip runs with ``--no-index --no-deps`` and no config file; the fresh venv has
 no torch, so the build also shows that the package metadata builds without torch (the compiled
@@ -43,15 +43,15 @@ def test_fresh_venv_editable_install(tmp_path):
     stock = _setuptools_version(py)
     r = _pip(venv, src)
     log = r.stdout + r.stderr
-    if stock < (70, 1):
+    if stock < (77, 0):
         # A stock venv of Python 3.11 (setuptools 65.5): fails at once, naming the fix.
         assert r.returncode != 0
-        assert "pip install -U 'setuptools>=70.1'" in log, log[-3000:]
+        assert "pip install -U 'setuptools>=77'" in log, log[-3000:]
         assert "must be valid exactly by one definition" not in log  # the old license error is gone
         # Apply the fix without downloading: the setuptools of the interpreter running the tests.
         have = _setuptools_version(sys.executable)
-        if have < (70, 1):
-            pytest.skip(f"no setuptools >= 70.1 available offline to apply the fix (have {have})")
+        if have < (77, 0):
+            pytest.skip(f"no setuptools >= 77 available offline to apply the fix (have {have})")
         import setuptools
 
         sp = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -68,7 +68,7 @@ def test_fresh_venv_editable_install(tmp_path):
     assert r.returncode == 0, log[-3000:]
     assert "Successfully installed odysseus-kernels-0.1.0" in log
     meta = subprocess.run([py, "-c", "import importlib.metadata as m, importlib.util as u; "
-                           "print(m.version('odysseus-kernels'), m.metadata('odysseus-kernels')['License'], "
+                           "print(m.version('odysseus-kernels'), m.metadata('odysseus-kernels')['License-Expression'], "
                            "u.find_spec('odysseus_kernels').origin)"],
                           capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=""),
                           cwd=str(tmp_path))
