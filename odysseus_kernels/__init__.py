@@ -4,9 +4,10 @@
 """
 from . import costmodel  # noqa: F401  (pure math; ok.costmodel.plan / predict / comm_volume)
 from . import layers, models  # noqa: F401  (apply_<strategy>, the Llama-style model)
-from .comm import CommLedger, comm_ledger, group_info, skip_cross_rank_checks
+from .comm import (CommLedger, CommTimeout, comm_ledger, comm_timeout, get_comm_timeout, get_validation, group_info,
+                   set_comm_timeout, set_validation, skip_cross_rank_checks, validation)
 from .extension import extension_available
-from .ops import (PackedShard, gather_packed, gather_sequence, local_attention, local_positions, shard_packed,
+from .ops import (DEFAULT_LAYOUT, PackedShard, gather_packed, gather_sequence, local_attention, local_positions, shard_packed,
                   shard_sequence)
 from .ops.lasp2 import lasp2_linear_attention
 from .ops.tp_gemm import all_gather_matmul, matmul_reduce_scatter
@@ -24,7 +25,9 @@ from .ops.attention import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "CommLedger", "PackedShard", "all_gather_matmul", "costmodel", "lasp2_linear_attention", "layers", "matmul_reduce_scatter", "models", "USPGroups", "gather_packed", "shard_packed", "allgather_kv_attention", "comm_ledger", "extension_available", "gather_sequence",
+    "DEFAULT_LAYOUT", "CommLedger", "PackedShard", "all_gather_matmul", "costmodel", "lasp2_linear_attention", "layers", "matmul_reduce_scatter", "models", "USPGroups", "gather_packed", "shard_packed", "allgather_kv_attention", "comm_ledger", "extension_available", "gather_sequence",
     "group_info", "local_attention", "local_positions", "ring_attention", "ring_self_attention", "shard_sequence",
     "skip_cross_rank_checks", "token_ring_attention", "ulysses_attention", "usp_attention", "usp_groups",
+    "CommTimeout", "comm_timeout", "get_comm_timeout", "get_validation", "set_comm_timeout", "set_validation",
+    "validation",
 ]

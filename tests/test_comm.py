@@ -164,3 +164,221 @@ def test_single_process_without_init_is_a_world_of_one():
     x = torch.randn(2, 6, 3)
     assert ok.shard_sequence(x, layout="zigzag") is not x
     torch.testing.assert_close(ok.gather_sequence(ok.shard_sequence(x, layout="zigzag"), layout="zigzag"), x)
+
+
+# ---- control plane on the CPU (#18.1), validation switch, values in the digest ------------------
+
+def _check_control_plane_side_group():
+    import torch.distributed as dist
+
+    from odysseus_kernels.comm import groups, validate
+
+    info = comm.group_info()
+    n, r = info.size, info.rank
+    g = dist.new_group(list(range(n)))
+    assert comm.control_group(g) is g  # a gloo group carries its own control traffic
+    # Pretend g is NCCL-backed (the backend query is cached per group): the check must use a CPU
+    # gloo side group over the same ranks, created once and cached, and CPU tensors only.
+    groups._backends[g] = "nccl"
+    calls = []
+    name = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
+    real = getattr(dist, name)
+
+    def spy(out, inp, group=None, async_op=False):
+        calls.append((group, out.device.type, inp.device.type))
+        return real(out, inp, group=group, async_op=async_op)
+
+    setattr(dist, name, spy)
+    try:
+        with comm.rank_consistent("demo_op", g) as check:
+            check.meta(shape=(2, 3))
+        side = comm.control_group(g)
+        try:  # the mismatch path (exchange of metadata) runs on the side group as well
+            with comm.rank_consistent("demo_op", g) as check:
+                check.meta(scale=0.5 if r else 0.25)
+        except ValueError as e:
+            mismatch = str(e)
+        assert side is not g and side is comm.control_group(g)  # cached
+    finally:
+        setattr(dist, name, real)
+        groups._backends.pop(g, None)
+    assert str(dist.get_backend(side)) == "gloo"
+    assert dist.get_world_size(side) == n and dist.get_rank(side) == r
+    assert calls and all(c == (side, "cpu", "cpu") for c in calls), calls
+    assert validate.control_device(info).type == "cpu"
+    return mismatch
+
+
+def test_control_plane_of_an_nccl_group_is_a_cpu_side_group():
+    res = run_world(_check_control_plane_side_group, 2)
+    assert res == ["demo_op: scale must be the same on every rank of the group, got rank 0: 0.25, rank 1: 0.5"] * 2
+
+
+def _check_values_in_digest():
+    info = comm.group_info()
+    n, r = info.size, info.rank
+    out = {}
+    same = torch.linspace(-1, 0, 20, dtype=torch.float64)
+    with ok.comm_ledger() as led:
+        with comm.rank_consistent("demo_op") as check:
+            check.meta(decay=same, cu_seqlens=[0, 4, 8], window_size=(3, 0), bf=same.to(torch.bfloat16))
+    assert led.received("metadata") == 8 * (n - 1)
+    for key, val in [("decay", same + (1e-12 if r == n - 1 else 0)),              # a large tensor
+                     ("small", torch.tensor([0.5, 1.0 + (r == n - 1)])),           # printed in full
+                     ("bf", same.to(torch.bfloat16) * (2 if r == n - 1 else 1)),
+                     ("cu_seqlens", [0, 4, 8] if r < n - 1 else [0, 5, 8]),
+                     ("window_size", (3, 0) if r < n - 1 else (2, 0))]:
+        try:
+            with comm.rank_consistent("demo_op") as check:
+                check.meta(**{key: val})
+        except ValueError as e:
+            out[key] = str(e)
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_values_in_the_digest_are_checked(n):
+    res = run_world(_check_values_in_digest, n)
+    assert res[0] == res[-1]
+    msgs = res[0]
+    assert set(msgs) == {"decay", "small", "bf", "cu_seqlens", "window_size"}, msgs
+    for key, msg in msgs.items():
+        assert msg.startswith(f"demo_op: {key} must be the same on every rank of the group, got rank 0: ")
+    assert "tensor([0.5, 1.0], dtype=torch.float32" in msgs["small"]
+    assert "tensor([0.5, 2.0], dtype=torch.float32" in msgs["small"]
+    assert "[0, 5, 8]" in msgs["cu_seqlens"] and "(2, 0)" in msgs["window_size"]
+
+
+def _check_validation_switch():
+    import torch.distributed as dist
+
+    info = comm.group_info()
+    r = info.rank
+    assert ok.get_validation() == "full"
+    with ok.validation("local"):
+        assert ok.get_validation() == "local"
+        with ok.comm_ledger() as led:
+            with comm.rank_consistent("demo_op") as check:
+                check.meta(shape=(r,))  # differs, not detected: no collective
+        assert led.bytes_received == 0
+    assert ok.get_validation() == "full"
+    ok.set_validation("local")
+    try:
+        assert ok.get_validation() == "local"
+    finally:
+        ok.set_validation("full")
+    with ok.skip_cross_rank_checks():
+        assert ok.get_validation() == "local"
+    try:
+        ok.set_validation("none")
+    except ValueError as e:
+        bad = str(e)
+    dist.barrier()
+    return bad
+
+
+def test_validation_switch():
+    res = run_world(_check_validation_switch, 2)
+    assert res == ["set_validation: mode must be one of ('full', 'local'), got 'none'"] * 2
+
+
+# ---- bounded failure (#19.4) --------------------------------------------------------------------
+
+BOUND = 3.0
+
+
+def _timeout_scenario(scenario: str):
+    """On a fresh group (a timed-out group is out of step and is discarded), one rank fails:
+    - ``skip``: the last rank skips the op (the others wait in its cross-rank check);
+    - ``raise``: rank 1 raises at its second exchange of a 2-step ring (mid-op);
+    - ``collective``: rank 0 skips an all-gather after the check.
+    Returns what each rank raised and after how long."""
+    import time
+
+    import torch.distributed as dist
+
+    info = comm.group_info()
+    n, r = info.size, info.rank
+    g = dist.new_group(list(range(n)))
+    gi = comm.group_info(g)
+    x = torch.full((4,), float(r))
+    t0 = time.monotonic()
+    try:
+        with ok.comm_timeout(BOUND):
+            if scenario == "skip" and r == n - 1:
+                raise RuntimeError("skipped the call")
+            with comm.rank_consistent("demo_op", g) as check:
+                check.meta(shape=tuple(x.shape))
+            if scenario == "collective":
+                if r == 0:
+                    raise RuntimeError("skipped the all-gather")
+                comm.all_gather(x, group=g)
+            for step in range(2):
+                if scenario == "raise" and r == 1 and step == 1:
+                    raise RuntimeError("injected failure mid-op")
+                y = torch.empty_like(x)
+                comm.ring_exchange(send_next=x, recv_prev=y, group=gi).wait()
+                x = y
+        return ("ok", "", time.monotonic() - t0, None)
+    except TimeoutError as e:
+        return (type(e).__name__, str(e), time.monotonic() - t0, (e.op, e.step, e.peers))
+    except RuntimeError as e:
+        return ("RuntimeError", str(e), time.monotonic() - t0, None)
+
+
+def _after_timeout_a_new_group_works():
+    import torch.distributed as dist
+
+    n = comm.group_info().size
+    g = dist.new_group(list(range(n)))
+    return comm.all_gather(torch.tensor([1.0]), group=g).tolist()
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("scenario", ["skip", "raise", "collective"])
+def test_one_failing_rank_gives_timeout_errors_within_the_bound(n, scenario):
+    res = run_world(_timeout_scenario, n, scenario, timeout=60)
+    failed = {"skip": n - 1, "raise": 1, "collective": 0}[scenario]
+    for r, (kind, msg, elapsed, detail) in enumerate(res):
+        if r == failed:
+            assert kind == "RuntimeError" and ("skipped" in msg or "injected" in msg), (r, kind, msg)
+            continue
+        assert kind == "CommTimeout", (r, kind, msg)
+        # every wait is bounded; a rank whose neighbour timed out may wait one more bound
+        assert elapsed < (n - 1) * BOUND + 2.0, (r, elapsed)
+        op, step, peers = detail
+        assert f"timed out after {BOUND:.1f} s" in msg and "destroy and re-create" in msg
+        if scenario == "skip":
+            assert op == "demo_op" and step == "check" and msg.startswith("demo_op, step check:")
+        elif scenario == "collective":
+            assert op == "demo_op (forward)" and step == 0 and "all_gather" in msg and 0 in peers
+        else:
+            assert op == "demo_op (forward)" and step in (1, 2) and peers, detail
+            assert all(f"rank {p}" in msg for p in peers)
+        if scenario != "raise" or n == 2 or r == 2:
+            assert elapsed < BOUND + 2.0, (r, elapsed)  # the ranks that wait on the failed one directly
+    # the default group is still in step: a re-created group works
+    assert run_world(_after_timeout_a_new_group_works, n) == [[1.0] * n] * n
+
+
+def test_comm_timeout_setting():
+    assert ok.get_comm_timeout() == 300.0 or "ODYSSEUS_COMM_TIMEOUT" in __import__("os").environ
+    base = ok.get_comm_timeout()
+    with ok.comm_timeout(5):
+        assert ok.get_comm_timeout() == 5.0
+        with ok.comm_timeout(2.5):
+            assert ok.get_comm_timeout() == 2.5
+        assert ok.get_comm_timeout() == 5.0
+    assert ok.get_comm_timeout() == base
+    ok.set_comm_timeout(42)
+    try:
+        assert ok.get_comm_timeout() == 42.0
+    finally:
+        ok.set_comm_timeout(base)
+    for bad in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="finite number of seconds > 0"):
+            ok.set_comm_timeout(bad)
+    with pytest.raises(TypeError):
+        with ok.comm_timeout("3"):
+            pass
+    assert issubclass(ok.CommTimeout, TimeoutError)

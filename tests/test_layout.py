@@ -83,3 +83,52 @@ def test_bad_lengths_raise_on_every_rank(n):
         if n > 1:
             assert "shape must be the same on every rank" in errors["gather"]
             assert "rank 0: (1, 4, 2)" in errors["gather"]
+
+
+def test_default_layout_is_one_constant():
+    import inspect
+
+    assert ok.DEFAULT_LAYOUT == "contiguous"
+    for fn in (ok.shard_sequence, ok.gather_sequence):
+        assert inspect.signature(fn).parameters["layout"].default == ok.DEFAULT_LAYOUT
+
+
+def _check_dim_and_empty():
+    info = comm.group_info()
+    n, r = info.size, info.rank
+    out = {}
+    x = torch.arange(2 * 4 * n * 3, dtype=torch.float64).reshape(2, 4 * n, 3)
+    for dim in (3, -4, 7):  # out of range: ValueError on every rank, no modulo wrap
+        for name, call in (("shard", lambda d: ok.shard_sequence(x, dim=d)),
+                           ("gather", lambda d: ok.gather_sequence(x, dim=d)),
+                           ("packed", lambda d: ok.shard_packed(x, [0, 4 * n], dim=d))):
+            try:
+                call(dim)
+                out[(name, dim)] = "no error"
+            except ValueError as e:
+                out[(name, dim)] = str(e)
+    # negative dims in range are the usual PyTorch convention
+    assert torch.equal(ok.shard_sequence(x, dim=-2), ok.shard_sequence(x, dim=1))
+    assert torch.equal(ok.gather_sequence(ok.shard_sequence(x, dim=-2), dim=-2), x)
+    # empty tensors: batch 0 and zero-length sequences, forward and backward, both layouts
+    for layout in ("contiguous", "zigzag"):
+        for shape in ((0, 4 * n, 3), (2, 0, 3), (2, 4 * n, 0)):
+            e = torch.zeros(shape, dtype=torch.float64)
+            local = ok.shard_sequence(e, layout=layout)
+            assert local.shape == (shape[0], shape[1] // n, shape[2])
+            leaf = local.clone().requires_grad_(True)
+            full = ok.gather_sequence(leaf, layout=layout)
+            assert full.shape == shape
+            full.sum().backward()
+            assert leaf.grad.shape == leaf.shape
+    # a valid call afterwards still works (the group stayed in step)
+    assert torch.equal(ok.gather_sequence(ok.shard_sequence(x)), x)
+    return out
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_dim_range_and_empty_tensors(n):
+    for out in run_world(_check_dim_and_empty, n):
+        for (name, dim), msg in out.items():
+            fn = {"shard": "shard_sequence", "gather": "gather_sequence", "packed": "shard_packed"}[name]
+            assert msg == f"{fn}: dim={dim} is out of range for a 3-D tensor (expected -3 <= dim < 3)", (name, dim, msg)

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from .groups import GroupInfo, group_info
 from .ledger import record
+from .timeout import current_context, wait_bounded
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,20 +36,36 @@ def comm_stream(device: torch.device) -> torch.cuda.Stream | None:
 
 
 class CommHandle:
-    """A posted communication. ``wait()`` returns ``result`` once it is safe to use."""
+    """A posted communication. ``wait()`` returns ``result`` once it is safe to use.
 
-    __slots__ = ("_works", "_keep", "result", "_done")
+    On a CPU (gloo) group ``wait()`` blocks the host for at most the bound of
+    :func:`~odysseus_kernels.comm.timeout.comm_timeout` and raises a ``TimeoutError`` naming the op,
+    step and peer past it; on NCCL it only orders the current stream (see :mod:`.timeout`)."""
 
-    def __init__(self, works, keep=(), result=None):
-        self._works = [w for w in works if w is not None]
+    __slots__ = ("_works", "_keep", "result", "_done", "_bound")
+
+    def __init__(self, works, keep=(), result=None, bound=None):
+        works = list(works)
+        peers = bound.get("peers") if bound else None
+        if peers is not None and len(peers) == len(works):  # keep the work -> peer pairing
+            kept = [(w, p) for w, p in zip(works, peers) if w is not None]
+            works = [w for w, _ in kept]
+            bound = dict(bound, peers=[p for _, p in kept])
+        else:
+            works = [w for w in works if w is not None]
+        self._works = works
         self._keep = keep
         self.result = result
         self._done = False
+        self._bound = bound
 
     def wait(self):
         if not self._done:
-            for w in self._works:
-                w.wait()  # on CUDA: makes the *current* stream wait for the NCCL stream
+            if self._bound is not None:
+                wait_bounded(self._works, **self._bound)
+            else:
+                for w in self._works:
+                    w.wait()  # on CUDA: makes the *current* stream wait for the NCCL stream
             self._works = []
             self._keep = ()
             self._done = True
@@ -59,6 +76,15 @@ class CommHandle:
         h = CommHandle((), result=result)
         h._done = True
         return h
+
+
+def bound_for(info: GroupInfo, device: torch.device, what: str, *, peers=None, step=None) -> dict | None:
+    """The arguments of the bounded wait of a call posted now (``None`` when its wait is
+    stream-ordered: CUDA tensors on an NCCL group). Also counts the call for the step numbering."""
+    op, step = current_context(step)
+    if device.type != "cpu" and "nccl" in info.backend:
+        return None
+    return {"what": what, "op": op, "step": step, "info": info, "peers": peers}
 
 
 def launch(device: torch.device, issue):
@@ -80,7 +106,7 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def all_gather_async(out: torch.Tensor, inp: torch.Tensor, *, group=None) -> CommHandle:
+def all_gather_async(out: torch.Tensor, inp: torch.Tensor, *, group=None, step=None) -> CommHandle:
     """``out`` (``[N * inp.shape[0], ...]``, rank-major) gathers every rank's ``inp``."""
     info = group_info(group)
     if info.size == 1:
@@ -89,11 +115,11 @@ def all_gather_async(out: torch.Tensor, inp: torch.Tensor, *, group=None) -> Com
     s = _nbytes(inp)
     record("all_gather", (info.size - 1) * s, (info.size - 1) * s)
     work = launch(inp.device, lambda: _all_gather_tensor(out, inp, group=info.group, async_op=True))
-    return CommHandle([work], (inp, out), out)
+    return CommHandle([work], (inp, out), out, bound_for(info, inp.device, "all_gather", step=step))
 
 
 def reduce_scatter_async(out: torch.Tensor, inp: torch.Tensor, *, group=None,
-                         op=dist.ReduceOp.SUM) -> CommHandle:
+                         op=dist.ReduceOp.SUM, step=None) -> CommHandle:
     """``out`` (``[inp.shape[0] / N, ...]``) receives this rank's slice of the sum of ``inp``."""
     info = group_info(group)
     if info.size == 1:
@@ -102,10 +128,10 @@ def reduce_scatter_async(out: torch.Tensor, inp: torch.Tensor, *, group=None,
     s = _nbytes(inp) * (info.size - 1) // info.size
     record("reduce_scatter", s, s)
     work = launch(inp.device, lambda: _reduce_scatter_tensor(out, inp, op=op, group=info.group, async_op=True))
-    return CommHandle([work], (inp, out), out)
+    return CommHandle([work], (inp, out), out, bound_for(info, inp.device, "reduce_scatter", step=step))
 
 
-def all_to_all_async(out: torch.Tensor, inp: torch.Tensor, *, group=None) -> CommHandle:
+def all_to_all_async(out: torch.Tensor, inp: torch.Tensor, *, group=None, step=None) -> CommHandle:
     """Equal-split all-to-all along dim 0: chunk j of ``inp`` goes to rank j; chunk j of ``out``
     comes from rank j."""
     info = group_info(group)
@@ -116,10 +142,10 @@ def all_to_all_async(out: torch.Tensor, inp: torch.Tensor, *, group=None) -> Com
     r = _nbytes(out) * (info.size - 1) // info.size
     record("all_to_all", s, r)
     work = launch(inp.device, lambda: dist.all_to_all_single(out, inp, group=info.group, async_op=True))
-    return CommHandle([work], (inp, out), out)
+    return CommHandle([work], (inp, out), out, bound_for(info, inp.device, "all_to_all", step=step))
 
 
-def all_reduce_async(t: torch.Tensor, *, group=None, op=dist.ReduceOp.SUM) -> CommHandle:
+def all_reduce_async(t: torch.Tensor, *, group=None, op=dist.ReduceOp.SUM, step=None) -> CommHandle:
     """In-place all-reduce of ``t``."""
     info = group_info(group)
     if info.size == 1:
@@ -127,12 +153,7 @@ def all_reduce_async(t: torch.Tensor, *, group=None, op=dist.ReduceOp.SUM) -> Co
     s = 2 * _nbytes(t) * (info.size - 1) // info.size
     record("all_reduce", s, s)
     work = launch(t.device, lambda: dist.all_reduce(t, op=op, group=info.group, async_op=True))
-    return CommHandle([work], (t,), t)
-
-
-def all_gather_tensor_sync(out: torch.Tensor, inp: torch.Tensor, group) -> None:
-    """Unrecorded blocking all-gather into ``out`` (for comm-internal control traffic)."""
-    _all_gather_tensor(out, inp, group=group)
+    return CommHandle([work], (t,), t, bound_for(info, t.device, "all_reduce", step=step))
 
 
 def all_gather(inp: torch.Tensor, *, group=None) -> torch.Tensor:
@@ -164,17 +185,17 @@ def all_reduce(t: torch.Tensor, *, group=None) -> torch.Tensor:
 
 def all_gather_objects(obj, *, group=None) -> list:
     """Every rank's picklable ``obj`` (for reports and control, not for tensors on the hot path)."""
+    from .validate import all_gather_bytes  # the CPU control group, bounded waits
+
     info = group_info(group)
     if info.size == 1:
         return [obj]
-    out: list = [None] * info.size
-    dist.all_gather_object(out, obj, group=info.group)
-    return out
+    return all_gather_bytes(obj, info, "all_gather_objects")
 
 
 __all__ = [
     "all_gather_objects",
-    "all_gather_tensor_sync",
+    "bound_for",
     "CommHandle", "GroupInfo", "comm_stream", "launch", "all_gather_async", "reduce_scatter_async",
     "all_to_all_async", "all_reduce_async", "all_gather", "reduce_scatter", "all_to_all", "all_reduce",
 ]

@@ -37,9 +37,24 @@ class GroupInfo:
 
     @property
     def backend(self) -> str:
-        if self.group is None:
-            return "none"
-        return str(dist.get_backend(self.group))
+        return backend_of(self.group)
+
+    def describe(self) -> str:
+        """Short text for messages: this rank's place in the group."""
+        return f"group rank {self.rank} of {self.size}, backend {self.backend}"
+
+
+_backends: dict = {}
+
+
+def backend_of(group) -> str:
+    """The backend name of ``group`` (``"none"`` for the implicit world of one), cached per group."""
+    if group is None:
+        return "none"
+    b = _backends.get(group)
+    if b is None:
+        b = _backends[group] = str(dist.get_backend(group))
+    return b
 
 
 def group_info(group=None) -> GroupInfo:
@@ -60,8 +75,41 @@ def new_group(ranks: list[int], backend: str | None = None):
     return dist.new_group(ranks, backend=backend)
 
 
+def _handles_cpu(backend: str) -> bool:
+    """Whether a group of this backend runs collectives on CPU tensors itself (gloo, or a mixed
+    ``"cpu:gloo,cuda:nccl"`` group)."""
+    b = backend.lower()
+    if b in ("gloo", "mpi"):
+        return True
+    return any(part.strip().startswith("cpu:") for part in b.split(","))
+
+
+_side_groups: dict = {}
+
+
+def control_group(group=None):
+    """The CPU process group that carries ``group``'s control traffic (the cross-rank check).
+
+    For a gloo (or mixed cpu:gloo) group this is the group itself; for any other backend (NCCL) a
+    gloo group over the same ranks, created on first use (only the group's members take part:
+    ``use_local_synchronization=True``) and cached for the life of the group. Its tensors live on
+    the CPU, so the check never touches a CUDA tensor nor waits on a CUDA stream. ``None`` for a
+    world of one. To create it at a known point (e.g. right after ``new_group``), call this once on
+    every member.
+    """
+    info = group_info(group)
+    if info.group is None:
+        return None
+    if _handles_cpu(info.backend):
+        return info.group
+    side = _side_groups.get(info.group)
+    if side is None:
+        ranks = [info.global_rank(r) for r in range(info.size)]
+        side = dist.new_group(ranks, backend="gloo", use_local_synchronization=True)
+        _side_groups[info.group] = side
+    return side
+
+
 def control_device(info: GroupInfo) -> torch.device:
-    """Device for small control tensors on ``info``'s backend (CUDA for NCCL, else CPU)."""
-    if info.backend == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
+    """Device of the control tensors: always the CPU (see :func:`control_group`)."""
     return torch.device("cpu")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from .collectives import CommHandle, launch
+from .collectives import CommHandle, bound_for, launch
 from .groups import group_info
 from .ledger import record
 
@@ -27,14 +27,15 @@ def _as_list(x) -> list[torch.Tensor]:
 
 
 def exchange(sends: Sequence[tuple[int, torch.Tensor, int]] = (),
-             recvs: Sequence[tuple[int, torch.Tensor, int]] = (), *, group=None) -> CommHandle:
+             recvs: Sequence[tuple[int, torch.Tensor, int]] = (), *, group=None, step=None) -> CommHandle:
     """Post point-to-point sends and receives with arbitrary peers as one ``batch_isend_irecv``.
 
     ``sends``/``recvs`` are ``(group_rank, tensor, tag)``. Between one pair of ranks, sends and
     receives are matched in posting order (and by tag on gloo), so every rank must list the
     transfers of a pair in the same order. A transfer to this rank itself is a local copy (it must
     appear in both lists with the same tag, in the same order). ``handle.wait()`` returns the
-    receive buffers.
+    receive buffers (bounded by :func:`~odysseus_kernels.comm.timeout.comm_timeout` on CPU groups;
+    ``step`` names this exchange in the timeout message, default: the count of calls of the op).
     """
     info = group_info(group)
     local_s = [(t, tag) for p, t, tag in sends if p == info.rank]
@@ -44,28 +45,33 @@ def exchange(sends: Sequence[tuple[int, torch.Tensor, int]] = (),
     for (s, _), (r, _) in zip(local_s, local_r):
         r.copy_(s)
     ops = []
+    peers = []
     sent = received = 0
     for p, t, tag in sends:
         if p != info.rank:
             ops.append(dist.P2POp(dist.isend, t, info.global_rank(p), info.group, tag))
+            peers.append(p)
             sent += t.numel() * t.element_size()
     for p, t, tag in recvs:
         if p != info.rank:
             ops.append(dist.P2POp(dist.irecv, t, info.global_rank(p), info.group, tag))
+            peers.append(p)
             received += t.numel() * t.element_size()
     bufs = [t for _, t, _ in recvs]
     if not ops:
         return CommHandle.done(bufs)
     record("p2p", sent, received)
-    works = launch(ops[0].tensor.device, lambda: dist.batch_isend_irecv(ops))
-    return CommHandle(works, tuple(t for _, t, _ in sends) + tuple(bufs), bufs)
+    dev = ops[0].tensor.device
+    works = launch(dev, lambda: dist.batch_isend_irecv(ops))
+    bound = bound_for(info, dev, "p2p exchange (send/receive)", peers=peers, step=step)
+    return CommHandle(works, tuple(t for _, t, _ in sends) + tuple(bufs), bufs, bound)
 
 
 def ring_exchange(send_next: torch.Tensor | Sequence[torch.Tensor] | None = None,
                   recv_prev: torch.Tensor | Sequence[torch.Tensor] | None = None,
                   send_prev: torch.Tensor | Sequence[torch.Tensor] | None = None,
                   recv_next: torch.Tensor | Sequence[torch.Tensor] | None = None,
-                  *, group=None) -> CommHandle:
+                  *, group=None, step=None) -> CommHandle:
     """Post a ring exchange and return a handle; ``handle.wait()`` returns
     ``(recv_prev, recv_next)`` as given.
 
@@ -83,6 +89,6 @@ def ring_exchange(send_next: torch.Tensor | Sequence[torch.Tensor] | None = None
     # the pairs still match in order.
     sends = [(info.next, t, _TAG_FORWARD) for t in fwd_s] + [(info.prev, t, _TAG_BACKWARD) for t in bwd_s]
     recvs = [(info.prev, t, _TAG_FORWARD) for t in fwd_r] + [(info.next, t, _TAG_BACKWARD) for t in bwd_r]
-    h = exchange(sends, recvs, group=info)
+    h = exchange(sends, recvs, group=info, step=step)
     h.result = (recv_prev, recv_next)
     return h

@@ -198,51 +198,121 @@ def format_plan(preds: list[Prediction], header: str = "") -> str:
 def sweep(model, seq_lens, gpus_list, strategies, **kw) -> dict:
     """Step times over a grid: ``{strategy: [(seq_len, gpus, step_time_s or None when infeasible / OOM)]}``;
     ``kw`` goes to :func:`predict`."""
+    return {s: [(L, g, t) for L, g, t, _ in pts] for s, pts in sweep_detail(model, seq_lens, gpus_list, strategies,
+                                                                               **kw).items()}
+
+
+def sweep_detail(model, seq_lens, gpus_list, strategies, **kw) -> dict:
+    """Like :func:`sweep` with the reason a point is missing:
+    ``{strategy: [(seq_len, gpus, step_time_s or None, reason)]}``; ``reason`` is ``""`` for a point
+    that is shown, the planner's own note for an infeasible configuration (e.g. heads not divisible
+    by the degree), or ``"out of memory (peak X GiB)"``."""
     out: dict = {s: [] for s in strategies}
     for L in seq_lens:
         for g in gpus_list:
             for s in strategies:
                 p = predict(s, model, L, world=g, **kw)
-                out[s].append((parse_tokens(L), g, p.step_time_s if p.feasible and p.fits else None))
+                if not p.feasible:
+                    reason = p.note or "infeasible"
+                elif not p.fits:
+                    reason = f"out of memory (peak {p.peak_gib:.1f} GiB)"
+                else:
+                    reason = ""
+                out[s].append((parse_tokens(L), g, None if reason else p.step_time_s, reason))
     return out
+
+
+def _fmt_tokens(n: int) -> str:
+    for suffix, size in (("M", 2**20), ("K", 2**10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{suffix}"
+    return f"{n:,}"
+
+
+def _missing_notes(detail: dict, axis: int, unit: str) -> list[str]:
+    """One line per strategy and kind of reason for the points left out of a panel, naming the x
+    values: ``"rsa: out of memory at 32K (peak 196 GiB), 64K (656 GiB)"`` or
+    ``"ulysses: infeasible at 64 GPUs: heads (32) must be divisible by ..."``."""
+    fmt = _fmt_tokens if unit == "tokens" else str
+    lines = []
+    for s, pts in detail.items():
+        oom = [(pt[axis], pt[3][len("out of memory (peak "):-1]) for pt in pts if pt[3].startswith("out of memory")]
+        other: dict = {}
+        for pt in pts:
+            if pt[3] and not pt[3].startswith("out of memory"):
+                other.setdefault(pt[3], []).append(pt[axis])
+        if oom:
+            lines.append(f"{s}: out of memory at " + ", ".join(
+                f"{fmt(x)} {unit} (peak {gib})" if i == 0 else f"{fmt(x)} ({gib})" for i, (x, gib) in enumerate(oom)))
+        for reason, xs in other.items():
+            reason = reason[len(s) + 2:] if reason.startswith(s + ": ") else reason
+            lines.append(f"{s}: infeasible at {', '.join(fmt(x) for x in xs)} {unit}: {reason}")
+    return lines
 
 
 def plot_plan(path: str, model, seq_len, gpus, strategies, **kw) -> str | None:
     """PNG of predicted step time vs sequence length (at ``gpus``) and vs GPU count (at ``seq_len``)
-    per strategy. Returns the path, or ``None`` with a message when matplotlib is missing."""
+    per strategy (a fixed colour, marker and line style each). Points left out are listed under the
+    plots with their true reason: an infeasible configuration (the planner's note, e.g. head
+    divisibility) or out of memory. Returns the path, or ``None`` with a message when matplotlib is
+    missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("(matplotlib not installed: no plot; pip install 'odysseus-kernels[bench]')")
         return None
+    from .plot_style import strategy_style
+
     L = parse_tokens(seq_len)
     per_node = kw.get("gpus_per_node") or load_hardware(kw.get("hardware", "a100-80gb-sxm")).default_gpus_per_node
     lens = [L // 2**k for k in range(4, -1, -1)] + [L * 2, L * 4]
     counts = sorted({max(1, gpus // 4), max(1, gpus // 2), gpus, gpus * 2, gpus * 4})
     counts = [c for c in counts if c <= per_node or c % per_node == 0]
-    by_len = sweep(model, lens, [gpus], strategies, **kw)
-    by_gpu = sweep(model, [L], counts, strategies, **kw)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    by_len = sweep_detail(model, lens, [gpus], strategies, **kw)
+    by_gpu = sweep_detail(model, [L], counts, strategies, **kw)
+    n1, n2 = _missing_notes(by_len, 0, "tokens"), _missing_notes(by_gpu, 1, "GPUs")
+    notes = ([f"left panel ({gpus} GPUs):"] + ["  " + n for n in n1] if n1 else []) + (
+        [f"right panel ({L:,} tokens):"] + ["  " + n for n in n2] if n2 else [])
+    line_in, plot_in, head_in = 0.15, 4.0, 0.7
+    notes_in = (0.35 + line_in * len(notes)) if notes else 0.0
+    fig_h = head_in + plot_in + 0.8 + notes_in
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, fig_h))
     for s in strategies:
-        pts = [(x, t) for x, _, t in by_len[s] if t is not None]
+        st = strategy_style(s)
+        pts = [(x, t) for x, _, t, _ in by_len[s] if t is not None]
         if pts:
-            a1.plot(*zip(*pts), marker="o", label=s)
-        pts = [(g, t) for _, g, t in by_gpu[s] if t is not None]
+            a1.plot(*zip(*pts), label=s, **st)
+        pts = [(g, t) for _, g, t, _ in by_gpu[s] if t is not None]
         if pts:
-            a2.plot(*zip(*pts), marker="o", label=s)
+            a2.plot(*zip(*pts), label=s, **st)
     a1.set(xscale="log", yscale="log", xlabel="global sequence length (tokens)", ylabel="predicted step time (s)",
            title=f"{gpus} GPUs")
     a2.set(xscale="log", yscale="log", xlabel="GPUs (sequence-parallel degree)", ylabel="predicted step time (s)",
            title=f"{L:,} tokens")
-    a1.legend(fontsize=7)
-    fig.suptitle(f"{_as_model(model).name}: points that do not fit in memory are left out")
-    fig.tight_layout()
+    a1.set_xticks(lens, [_fmt_tokens(x) for x in lens])  # one label per swept length: no overlap
+    a2.set_xticks(counts, [str(c) for c in counts])
+    for a in (a1, a2):
+        a.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    handles, labels = a1.get_legend_handles_labels()
+    h2, l2 = a2.get_legend_handles_labels()
+    for h, lab in zip(h2, l2):
+        if lab not in labels:
+            handles.append(h)
+            labels.append(lab)
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.86, 0.93), fontsize=8, frameon=False)
+    fig.suptitle(f"{_as_model(model).name}: predicted step time"
+                 + ("; points left out are listed below with their reason" if notes else ""))
+    if notes:
+        fig.text(0.01, 0.1 / fig_h, "Not shown (the true reason for each missing point):\n" + "\n".join(notes),
+                 fontsize=7, va="bottom", family="monospace")
+    fig.subplots_adjust(left=0.07, right=0.85, top=1 - head_in / fig_h, bottom=(notes_in + 0.8) / fig_h, wspace=0.28)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-__all__ = ["Prediction", "predict", "plan", "format_plan", "sweep", "plot_plan", "BASELINES"]
+__all__ = ["Prediction", "predict", "plan", "format_plan", "sweep", "sweep_detail", "plot_plan", "BASELINES"]

@@ -20,7 +20,20 @@ import torch
 from ..comm import all_gather, group_info, rank_consistent, reduce_scatter
 
 LAYOUTS = ("contiguous", "zigzag", "doc_contiguous", "doc_zigzag")
+#: The one package-wide default layout: every helper and every op that takes ``layout=`` defaults to
+#: it, so ``gather(op(shard(q), shard(k), shard(v)))`` with all defaults is the single-device result.
+DEFAULT_LAYOUT = "contiguous"
 Span = tuple[int, int]
+
+
+def check_dim(dim, ndim: int, what: str) -> int:
+    """``dim`` normalised to ``[0, ndim)``; ``ValueError`` when out of range (no modulo wrap)."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"{what}: dim must be an int, got {type(dim).__name__}")
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"{what}: dim={dim} is out of range for a {ndim}-D tensor "
+                         f"(expected {-ndim} <= dim < {ndim})")
+    return dim + ndim if dim < 0 else dim
 
 
 def _check_layout(layout: str) -> None:
@@ -109,7 +122,7 @@ def _check_divisible(length: int, layout: str, n: int, what: str) -> None:
         )
 
 
-def shard_sequence(x: torch.Tensor, *, group=None, layout: str = "contiguous", dim: int = 1,
+def shard_sequence(x: torch.Tensor, *, group=None, layout: str = DEFAULT_LAYOUT, dim: int = 1,
                    cu_seqlens=None) -> torch.Tensor:
     """This rank's shard of the full sequence ``x`` (no communication).
 
@@ -117,8 +130,9 @@ def shard_sequence(x: torch.Tensor, *, group=None, layout: str = "contiguous", d
         x: the full tensor, identical on every rank, with the sequence along ``dim``
             (e.g. ``[batch, seq, heads, head_dim]``).
         group: the sequence-parallel group (``None`` = default group).
-        layout: ``"contiguous"``, ``"zigzag"``, ``"doc_contiguous"`` or ``"doc_zigzag"``.
-        dim: the sequence dimension.
+        layout: ``"contiguous"`` (:data:`DEFAULT_LAYOUT`, the default of every op too), ``"zigzag"``,
+            ``"doc_contiguous"`` or ``"doc_zigzag"``.
+        dim: the sequence dimension (``-x.dim() <= dim < x.dim()``; out of range raises ``ValueError``).
         cu_seqlens: document boundaries of a packed stream (needed by the ``doc_*`` layouts).
     Returns:
         ``x`` restricted to this rank's tokens along ``dim`` (``seq / N`` of them), a view when it
@@ -127,8 +141,10 @@ def shard_sequence(x: torch.Tensor, *, group=None, layout: str = "contiguous", d
         >>> q_local = ok.shard_sequence(q, layout="zigzag")
     """
     _check_layout(layout)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"shard_sequence: x must be a torch.Tensor, got {type(x).__name__}")
     info = group_info(group)
-    dim = dim % x.dim()
+    dim = check_dim(dim, x.dim(), "shard_sequence")
     _check_divisible(x.shape[dim], layout, info.size, "shard_sequence")
     spans = layout_spans(layout, info.size, x.shape[dim], cu_seqlens)[info.rank]
     parts = [x.narrow(dim, s, m) for s, m in spans]
@@ -145,7 +161,10 @@ class _GatherSequence(torch.autograd.Function):
     def forward(ctx, x, info, layout, dim, cu_seqlens):
         n = info.size
         xs = x.movedim(dim, 0).contiguous()
-        full = all_gather(xs, group=info)  # [N * seq_local, ...] in rank order
+        if xs.numel() == 0:  # same shape on every rank (checked): nothing to communicate anywhere
+            full = xs.new_empty((n * xs.shape[0],) + tuple(xs.shape[1:]))
+        else:
+            full = all_gather(xs, group=info)  # [N * seq_local, ...] in rank order
         pos = _rank_major_positions(layout, n, full.shape[0], cu_seqlens).to(full.device)
         ctx.info, ctx.dim, ctx.pos = info, dim, pos
         if layout != "contiguous":
@@ -156,10 +175,13 @@ class _GatherSequence(torch.autograd.Function):
     def backward(ctx, g):
         # every rank's loss depends on every shard: the shard's gradient is the sum over ranks.
         rank_major = g.movedim(ctx.dim, 0).index_select(0, ctx.pos).contiguous()
+        if rank_major.numel() == 0:
+            local = rank_major.new_zeros((rank_major.shape[0] // ctx.info.size,) + tuple(rank_major.shape[1:]))
+            return local.movedim(0, ctx.dim), None, None, None, None
         return reduce_scatter(rank_major, group=ctx.info).movedim(0, ctx.dim), None, None, None, None
 
 
-def gather_sequence(x_local: torch.Tensor, *, group=None, layout: str = "contiguous", dim: int = 1,
+def gather_sequence(x_local: torch.Tensor, *, group=None, layout: str = DEFAULT_LAYOUT, dim: int = 1,
                     cu_seqlens=None) -> torch.Tensor:
     """Inverse of :func:`shard_sequence`: the full sequence in its original token order, on every
     rank (one AllGather). Differentiable: the backward reduce-scatters the gradient to the owners
@@ -176,7 +198,7 @@ def gather_sequence(x_local: torch.Tensor, *, group=None, layout: str = "contigu
         _check_layout(layout)
         if not isinstance(x_local, torch.Tensor):
             raise TypeError(f"gather_sequence: x_local must be a torch.Tensor, got {type(x_local).__name__}")
-        d = dim % x_local.dim()
+        d = check_dim(dim, x_local.dim(), "gather_sequence")
         check.meta(shape=x_local.shape, dtype=x_local.dtype, layout=layout, dim=d,
                    cu_seqlens=None if cu_seqlens is None else normalize_cu_seqlens(
                        cu_seqlens, x_local.shape[d] * info.size, "gather_sequence"))
@@ -224,7 +246,9 @@ def shard_packed(x: torch.Tensor, cu_seqlens, *, group=None, layout: str = "doc_
         out = ok.ring_attention(q, k, v, causal=True, layout=meta.layout, cu_seqlens=meta.cu_seqlens)
     """
     info = group_info(group)
-    dim = dim % x.dim()
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"shard_packed: x must be a torch.Tensor, got {type(x).__name__}")
+    dim = check_dim(dim, x.dim(), "shard_packed")
     cu = normalize_cu_seqlens(cu_seqlens, x.shape[dim], "shard_packed")
     x_local = shard_sequence(x, group=info, layout=layout, dim=dim, cu_seqlens=cu)
     pos = local_positions(x_local.shape[dim], rank=info.rank, world_size=info.size, layout=layout, cu_seqlens=cu,

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from .runner import STRATEGIES, RunConfig, blockwise_memory, check_config, run_all
+from .runner import STRATEGIES, RunConfig, blockwise_report, check_config, run_all
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mlp-chunk-size", type=int, default=None,
                    help="blockwise (LWM/BPT) MLP over blocks of this many tokens")
     p.add_argument("--blockwise-report", action="store_true",
-                   help="also measure activation memory with/without the blockwise MLP at two sequence lengths")
+                   help="also measure activation memory with/without the blockwise MLP at two sequence lengths, "
+                        "for every selected strategy where the MLP chunking matters (not tp_sp/odysseus)")
     p.add_argument("--out", default=None, help="directory for JSON/CSV results and PNG plots")
     return p
 
@@ -97,7 +98,8 @@ def main(argv=None) -> int:
         from ..comm import all_gather_objects
 
         per_rank = all_gather_objects(mine)
-        blockwise = all_gather_objects(blockwise_memory(rc, rc.strategies[0], _chunk(a, world))) if a.blockwise_report else None
+        blockwise = (all_gather_objects(blockwise_report(rc, rc.strategies, _chunk(a, world)))
+                     if a.blockwise_report else None)
         if dist.get_rank() != 0:
             dist.destroy_process_group()
             return 0
@@ -107,7 +109,8 @@ def main(argv=None) -> int:
 
         with LocalWorld(world, threads=max(1, (os.cpu_count() or 2) // world)) as w:
             per_rank = w.run(run_all, rc, True, timeout=1800)
-            blockwise = w.run(blockwise_memory, rc, rc.strategies[0], _chunk(a, world), timeout=1800) if a.blockwise_report else None
+            blockwise = (w.run(blockwise_report, rc, rc.strategies, _chunk(a, world), timeout=1800)
+                         if a.blockwise_report else None)
     from .report import format_blockwise, format_table, plot_results, summarize, write_results
 
     try:
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
         expected, curves = {}, {}
     rows = summarize(per_rank, rc, expected)
     print(format_table(rows, rc, world, rc.device))
-    if blockwise:
+    if blockwise is not None:
         print(format_blockwise(blockwise[0], rc))
     if a.out:
         meta = {"world": world, "device": rc.device, "torch": torch.__version__, "python": platform.python_version(),

@@ -19,6 +19,10 @@ from ..ops import local_positions, shard_sequence
 SOFTMAX_STRATEGIES = ("tp_sp", "odysseus", "ulysses", "ring", "zigzag", "token_ring", "usp", "allgather_kv", "rsa")
 LINEAR_STRATEGIES = ("lasp2", "lasp2h")
 STRATEGIES = SOFTMAX_STRATEGIES + LINEAR_STRATEGIES
+# Strategies that keep the model's own MLP on the local tokens, so the blockwise (chunked) MLP
+# changes their memory; tp_sp and odysseus replace it by a TP / ZeRO MLP that has no chunked mode.
+NO_MLP_CHUNKING = ("tp_sp", "odysseus")
+MLP_CHUNKING_STRATEGIES = tuple(s for s in STRATEGIES if s not in NO_MLP_CHUNKING)
 
 
 @dataclass
@@ -230,3 +234,9 @@ def blockwise_memory(rc: RunConfig, strategy: str, chunk: int, group=None) -> li
             out.append({"seq_len": seq, "mlp_chunk_size": c, "saved_activation_bytes": r["saved_activation_bytes"],
                         "peak_memory_bytes": r["peak_memory_bytes"], "grad_max_rel_err": r["grad_max_rel_err"]})
     return out
+
+
+def blockwise_report(rc: RunConfig, strategies, chunk: int, group=None) -> dict:
+    """:func:`blockwise_memory` for every strategy of ``strategies`` where the MLP chunking matters
+    (:data:`MLP_CHUNKING_STRATEGIES`); ``{strategy: rows}`` in the given order."""
+    return {s: blockwise_memory(rc, s, chunk, group) for s in strategies if s in MLP_CHUNKING_STRATEGIES}
