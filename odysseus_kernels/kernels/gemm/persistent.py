@@ -201,6 +201,16 @@ def persistent_gemm(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None 
         raise RuntimeError("persistent_gemm: CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before "
                            "triton is imported)")
     dname = dtype_name(a.dtype)
+    # unit strides along K for a (and along K or N for w) are what the compiled variants assume
+    if a.stride(1) != 1 and a.shape[1] > 1:
+        a = a.contiguous()
+    if w.stride(1) != 1 and w.stride(0) != 1:
+        w = w.contiguous()
+    if out is not None and out.stride(1) != 1 and out.shape[1] > 1:
+        if rows is not None:
+            raise ValueError("persistent_gemm: with rows, out must have unit stride along its last dim")
+        tmp = persistent_gemm(a, w, bias, margin=margin, config=config)
+        return out.copy_(tmp)
     n, k = w.shape
     m = a.shape[0] if rows is None else rows.a_rows.numel()
     if out is None:
