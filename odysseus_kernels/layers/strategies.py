@@ -171,7 +171,7 @@ class TPSPAttention(nn.Module):
         cfg, n = self.cfg, self.info.size
         hd = cfg.head_dim
         b, c, _ = x.shape
-        qkv = all_gather_linear(x, self.qkv_weight, group=self.info)  # [B, L, (H + 2Hkv)/N * hd]
+        qkv = all_gather_linear(x, self.qkv_weight, group=self.info, impl="auto")  # [B, L, (H + 2Hkv)/N * hd]
         hq, hk = cfg.heads // n, cfg.kv_heads // n
         q, k, v = qkv.split([hq * hd, hk * hd, hk * hd], dim=-1)
         full_pos = torch.cat([local_positions(c, rank=j, world_size=n, layout="contiguous", device=x.device)
@@ -179,7 +179,7 @@ class TPSPAttention(nn.Module):
         q = rope(q.reshape(b, n * c, hq, hd), full_pos, cfg.rope_theta)
         k = rope(k.reshape(b, n * c, hk, hd), full_pos, cfg.rope_theta)
         o = local_attention(q, k, v.reshape(b, n * c, hk, hd), causal=True)
-        return linear_reduce_scatter(o.reshape(b, n * c, hq * hd), self.o_weight, group=self.info)
+        return linear_reduce_scatter(o.reshape(b, n * c, hq * hd), self.o_weight, group=self.info, impl="auto")
 
 
 class TPSPMLP(nn.Module):
@@ -200,9 +200,9 @@ class TPSPMLP(nn.Module):
     def forward(self, x):
         from ..ops.tp_gemm import all_gather_linear, linear_reduce_scatter
 
-        gu = all_gather_linear(x, self.gate_up, group=self.info)
+        gu = all_gather_linear(x, self.gate_up, group=self.info, impl="auto")
         g, u = gu.chunk(2, dim=-1)
-        return linear_reduce_scatter(torch.nn.functional.silu(g) * u, self.down, group=self.info)
+        return linear_reduce_scatter(torch.nn.functional.silu(g) * u, self.down, group=self.info, impl="auto")
 
 
 class ZeroMLP(nn.Module):

@@ -28,8 +28,8 @@ class GemmConfig:
 
 
 _H16 = (GemmConfig(128, 256, 64, 8, 8, 3), GemmConfig(128, 128, 64, 8, 8, 3))
-_A16 = (GemmConfig(128, 128, 64, 8, 8, 3), GemmConfig(64, 128, 64, 8, 4, 4))
-_F32 = (GemmConfig(64, 128, 32, 8, 8, 3), GemmConfig(64, 64, 32, 8, 4, 3))
+_A16 = (GemmConfig(128, 128, 64, 8, 8, 3), GemmConfig(64, 128, 32, 8, 4, 4))
+_F32 = (GemmConfig(64, 64, 32, 8, 4, 2), GemmConfig(32, 64, 32, 8, 4, 2))
 
 TABLE: dict[tuple[int, str], tuple[GemmConfig, GemmConfig]] = {
     (90, "bf16"): _H16, (90, "fp16"): _H16, (90, "fp32"): _F32,
