@@ -24,7 +24,8 @@ The kernel never communicates: flags are written by the communication stream (``
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -35,7 +36,9 @@ from .configs import GemmConfig, pick
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@triton.jit
+# The epoch changes every launch and the spin bound / program count are not shape properties: never
+# specialized (a value of 1 or a multiple of 16 would otherwise compile another variant mid-run).
+@triton.jit(do_not_specialize=["epoch", "spin_limit", "num_progs"])
 def _gemm_kernel(a_ptr, w_ptr, bias_ptr, c_ptr, a_rows, c_rows, piece_of, flags, counters, expected, errors,
                  M, N, K, stride_am, stride_ak, stride_wn, stride_wk, stride_cm, stride_cn,
                  epoch, spin_limit, num_progs,
@@ -115,9 +118,16 @@ class RowMap:
     c_rows: torch.Tensor
     piece_of: torch.Tensor
     num_pieces: int
+    _expected: dict = field(default_factory=dict, repr=False)
 
     def expected_tiles(self, block_m: int, block_n_tiles: int) -> torch.Tensor:
-        """Tiles touching each piece (``SIGNAL``'s targets), int32 ``[num_pieces]``."""
+        """Tiles touching each piece (``SIGNAL``'s targets), int32 ``[num_pieces]`` (cached)."""
+        key = (block_m, block_n_tiles)
+        if key not in self._expected:
+            self._expected[key] = self._expected_tiles(block_m, block_n_tiles)
+        return self._expected[key]
+
+    def _expected_tiles(self, block_m: int, block_n_tiles: int) -> torch.Tensor:
         m = self.piece_of.numel()
         starts = torch.arange(0, m, block_m, device=self.piece_of.device)
         first = self.piece_of[starts].long()
@@ -148,6 +158,12 @@ class Signal:
     counters: torch.Tensor
     epoch: int
     expected: torch.Tensor | None = None
+
+
+@functools.lru_cache(maxsize=None)
+def _dummy(device: torch.device) -> torch.Tensor:
+    """An int32 placeholder for the pointer arguments a launch mode does not use (never read)."""
+    return torch.zeros(1, dtype=torch.int32, device=device)
 
 
 _DT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -223,7 +239,7 @@ def persistent_gemm(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None 
         return out
     if wait is not None and signal is not None:
         raise ValueError("persistent_gemm: wait and signal are exclusive (one flags vector per launch)")
-    dummy = torch.zeros(1, dtype=torch.int32, device=a.device)
+    dummy = _dummy(a.device)
     if signal is not None and signal.expected is None:
         signal.expected = rows.expected_tiles(cfg.block_m, triton.cdiv(n, cfg.block_n))
     if k == 0:  # no K tiles: the product is zero (plus bias); a finished chunk is still flagged
