@@ -301,3 +301,59 @@ def test_cuda_world_of_one_and_fp32_accumulation(dtype):
     a, bt = torch.randn(3, 64, 32, device="cuda").to(dtype)[:, 1:], torch.randn(32, 48, device="cuda").to(dtype)
     r = gemm(a, bt, out_dtype=torch.float32)  # cuBLAS writes the fp32 accumulator
     assert r.dtype == torch.float32 and _err(r, a.double() @ bt.double()) <= tol / 4
+
+
+def _check_empty():
+    """Zero rows, zero input features, zero output features: right (empty or bias) outputs and
+    gradients on every rank, every impl, without communicating (the group stays in step)."""
+    info = comm.group_info()
+    n = info.size
+    out = {}
+    for impl in ("auto", "plain", "ring", "chunked", "fused"):
+        for name, (b, s, d_in, d_out) in {"batch0": (0, 2, 8, 5), "seq0": (2, 0, 8, 5), "din0": (2, 2, 0, 5),
+                                          "dout0": (2, 2, 8, 0)}.items():
+            x = torch.randn(b, s, d_in, requires_grad=True)
+            w = torch.randn(d_out, d_in, requires_grad=True)
+            bias = torch.randn(d_out, requires_grad=True)
+            y = all_gather_linear(x, w, bias, impl=impl)
+            dy = torch.randn(y.shape)
+            y.backward(dy)
+            ok_ag = (y.shape == (b, n * s, d_out) and torch.equal(y, bias.detach().expand(y.shape))
+                     and torch.equal(x.grad, torch.zeros_like(x)) and torch.equal(w.grad, torch.zeros_like(w))
+                     and torch.allclose(bias.grad, dy.sum((0, 1))))
+            xr = torch.randn(b, n * s, d_in, requires_grad=True)
+            wr = torch.randn(d_out, d_in, requires_grad=True)
+            br = torch.randn(d_out, requires_grad=True)
+            z = linear_reduce_scatter(xr, wr, br, impl=impl)
+            dz = torch.randn(z.shape)
+            z.backward(dz)
+            ok_rs = (z.shape == (b, s, d_out) and torch.equal(z, br.detach().expand(z.shape))
+                     and torch.equal(xr.grad, torch.zeros_like(xr)) and torch.equal(wr.grad, torch.zeros_like(wr))
+                     and torch.allclose(br.grad, dz.sum((0, 1))))
+            out[(impl, name)] = (ok_ag, ok_rs)
+    out["after"] = all_gather_linear(torch.full((1, 2, 8), float(info.rank)), torch.ones(3, 8), impl="ring")[0, :, 0].tolist()
+    return out
+
+
+@pytest.mark.parametrize("n", [pytest.param(n, id=f"N{n}") for n in (1, 2, 3)])
+def test_empty_tensors(n):
+    res = run_world(_check_empty, n, timeout=300)
+    for rr in res:
+        assert all(v == (True, True) for k, v in rr.items() if k != "after"), rr
+        assert rr["after"] == [8.0 * k for k in range(n) for _ in range(2)]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
+def test_fused_on_cpu_needs_the_interpreter():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch, odysseus_kernels as ok\n"
+            "try:\n    ok.all_gather_linear(torch.randn(1, 2, 8), torch.randn(3, 8), impl='fused')\n"
+            "except ValueError as e:\n    print('ERR', e)\n"
+            "print('AUTO', tuple(ok.all_gather_linear(torch.randn(1, 2, 8), torch.randn(3, 8)).shape))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "ERR all_gather_linear: impl='fused' on CPU runs the Triton kernel in the interpreter" in r.stdout, r
+    assert "AUTO (1, 2, 3)" in r.stdout  # auto never needs it on CPU

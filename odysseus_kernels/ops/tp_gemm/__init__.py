@@ -194,6 +194,16 @@ class _LinearReduceScatter(torch.autograd.Function):
         return (dx4.view(xshape) if need_x else None), (wg.result() if need_w else None), db, None, None
 
 
+def _empty(x, weight, bias, dim: int, out_len: int) -> torch.Tensor:
+    """No rows, no input features or no output features (the same on every rank: validated): the
+    result needs no communication. It is ``bias`` (or 0) on ``out_len`` rows along ``dim``; gradients:
+    dX and dW are zero (or empty), db is this rank's rows' sum of dY, as on the communicating path."""
+    shape = list(x.shape)
+    shape[dim] = out_len
+    zeros = x.new_zeros(shape) + 0 * x.sum()  # dX = 0 (the shape of x), through autograd
+    return torch.nn.functional.linear(zeros, weight, bias).contiguous()
+
+
 def _validate(op: str, check, x, weight, bias, dim, info, impl, chunks, *, scatter: bool) -> int:
     """Local checks (raise inside ``rank_consistent``); returns the normalised sequence dim."""
     for name, t in (("x", x), ("weight", weight)) + ((("bias", bias),) if bias is not None else ()):
@@ -278,6 +288,8 @@ def all_gather_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     with rank_consistent("all_gather_linear", info) as check:
         d = _validate("all_gather_linear", check, x, weight, bias, gather_dim, info, impl, chunks, scatter=False)
         check.meta(save_gathered=bool(save_gathered))
+    if x.numel() == 0 or weight.numel() == 0:
+        return _empty(x, weight, bias, d, info.size * x.shape[d])
     p, s, q = _split(x.shape, d)
     plan = make_plan(info, impl, chunks, x.device.type, 2 * p * s * q * x.shape[-1] * weight.shape[0],
                      fused_ok=x.dtype in FUSED_DTYPES)
@@ -311,6 +323,8 @@ def linear_reduce_scatter(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     with rank_consistent("linear_reduce_scatter", info) as check:
         d = _validate("linear_reduce_scatter", check, x, weight, bias, scatter_dim, info, impl, chunks,
                       scatter=True)
+    if x.numel() == 0 or weight.numel() == 0:
+        return _empty(x, weight, bias, d, x.shape[d] // info.size)
     p, s, q = _split(x.shape, d)
     plan = make_plan(info, impl, chunks, x.device.type, 2 * p * (s // info.size) * q * x.shape[-1] * weight.shape[0],
                      fused_ok=x.dtype in FUSED_DTYPES)
