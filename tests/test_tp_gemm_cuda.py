@@ -123,9 +123,10 @@ def test_rs_flags_gate_a_consumer_stream(dtype):
     e = st.next_epoch(chunks)
     part = torch.full((m, n), float("nan"), device=dev, dtype=dtype)
     copy = torch.full_like(part, float("nan"))
-    consumer = torch.cuda.Stream(dev)
-    persistent_gemm(a, w, out=part, rows=rows, signal=Signal(st.rs, st.counters, e), margin=SM_MARGIN)
     bounds = [(int((piece == c).nonzero().min()), int((piece == c).nonzero().max()) + 1) for c in range(chunks)]
+    consumer = torch.cuda.Stream(dev)
+    consumer.wait_stream(torch.cuda.current_stream(dev))  # the buffers exist; nothing waits on the GEMM
+    persistent_gemm(a, w, out=part, rows=rows, signal=Signal(st.rs, st.counters, e), margin=SM_MARGIN)
     with torch.cuda.stream(consumer):
         for c in reversed(range(chunks)):  # out of order on purpose
             torch.ops.odysseus_kernels.stream_wait_value32(st.rs[c:c + 1], e, False)

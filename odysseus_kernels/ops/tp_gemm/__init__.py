@@ -1,6 +1,8 @@
 """AllGather-GEMM and GEMM-ReduceScatter: the two GEMMs of Megatron sequence parallelism (TP-SP)
 and of Odysseus attention, differentiable, with the communication overlapped with the GEMMs.
 
+Both compute ``F.linear`` (``x @ W.T + b``, nn.Linear's weight layout), hence the names.
+
 ``all_gather_linear(x, W)`` = ``all_gather(x, gather_dim) @ W.T``: each rank multiplies its own
 sequence shard first and every peer's shard as it arrives (ring P2P, double-buffered), each product
 landing in its rows of the output. ``linear_reduce_scatter(x, W)`` = ``reduce_scatter(x @ W.T,
@@ -19,13 +21,16 @@ Backward (each op's input gradient is the other op, run with the same plan):
   ``(N-1)/N`` of the gathered x again, hidden behind the GEMMs, for the memory Megatron-LM saves.
 - GEMM-RS: ``dX = AG-GEMM(dY, W^T)``; ``dW = AG(dY)^T @ x``, accumulated piece by piece as the
   shards of dY arrive (nothing gathered is kept).
+- ``impl="fused"``: the same decomposition with the fused ops (dX of AG-GEMM is the fused GEMM-RS
+  with ``W^T`` as its weight, dX of GEMM-RS the fused AG-GEMM, whose gathered dY also gives dW);
+  ``save_gathered=False`` re-gathers x with one all-gather posted before the fused GEMM-RS.
 - Bias: added once. AG-GEMM's bias is column-sharded like its weight (its gradient is complete on
   each rank). GEMM-RS's bias is replicated and added after the reduction; as for a LayerNorm weight
   in Megatron-SP its gradient on each rank is that rank's rows' share: sum it over the group
   (``ParallelPlan.finish_backward`` does).
 
-Bytes received per rank (:func:`tp_gemm_comm_bytes`; ledger kind ``p2p`` on the ring, else
-``all_gather`` / ``reduce_scatter``): AG-GEMM forward ``(N-1)/N`` of the gathered input; GEMM-RS
+Bytes received per rank (:func:`tp_gemm_comm_bytes`; ledger kind ``p2p`` on the ring and on the
+fused AG side, else ``all_gather`` / ``reduce_scatter``): AG-GEMM forward ``(N-1)/N`` of the gathered input; GEMM-RS
 forward ``(N-1)/N`` of the full output, in the output dtype (fp32 only in the local accumulator).
 Backward: the conjugate volumes (plus ``(N-1)/N`` of the gathered x for AG-GEMM when it re-gathers).
 """

@@ -23,6 +23,8 @@ Modes (:class:`Plan`), all issuing the same calls in the same order on every ran
   the input dtype inside the collective.
 - ``"plain"``: ``chunks`` with c = 1 (one collective, one GEMM); ``"local"``: one rank, no
   communication.
+- ``"fused"``: one persistent Triton GEMM per op, fed (AG) or drained (RS) by the communication
+  stream through device flags: see :mod:`.fused`.
 
 Design choices against the known pitfalls:
 - Launch order is rank-independent: the plan depends only on metadata that validation has checked
