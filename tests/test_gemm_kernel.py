@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from odysseus_kernels.kernels.gemm import RowMap, Signal, Wait, gate_cases, persistent_gemm, pick
-from odysseus_kernels.kernels.gemm.configs import INTERPRETER, MODES, TABLE
+from odysseus_kernels.kernels.gemm.configs import INTERPRETER, MODES, TABLE, TABLE_N_MAJOR
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="interpreter tests (CPU, TRITON_INTERPRET=1)")
@@ -132,6 +132,7 @@ def test_config_table_and_gate_cases():
             assert c.num_warps in (4, 8) and c.block_k >= 16
         big = pick(arch, dt, 8192, 8192, 8192)
         assert big == cfgs[0] and pick(arch, dt, 64, 64, 64) == cfgs[1]
+        assert pick(arch, dt, 8192, 8192, 8192, "n_major") == TABLE_N_MAJOR[(arch, dt)][0]
     assert pick(0, "fp16", 10 ** 6, 10 ** 6, 10) == INTERPRETER
     cases = gate_cases()
     labels = {c.label + str(c.archs) + str(c.tags) for c in cases}
@@ -139,3 +140,12 @@ def test_config_table_and_gate_cases():
     per = {(c.archs, c.dtype) for c in cases}
     assert per == {((a,), d) for a in (90, 80) for d in ("bf16", "fp16", "fp32")}
     assert {c.tags["mode"] for c in cases} == set(MODES)
+    # every (layout, arch, dtype) config the dispatch can pick is a gate case, in every mode, with and without bias
+    got = {(c.tags["w"], c.archs[0], c.dtype, c.constexprs["BLOCK_M"], c.constexprs["BLOCK_N"], c.constexprs["BLOCK_K"],
+            c.tags["mode"], c.tags["bias"]) for c in cases}
+    for layout, table in (("k_major", TABLE), ("n_major", TABLE_N_MAJOR)):
+        for (arch, dt), cfgs in table.items():
+            for c in cfgs:
+                for mode in MODES:
+                    for bias in (False, True):
+                        assert (layout, arch, dt, c.block_m, c.block_n, c.block_k, mode, bias) in got

@@ -35,6 +35,11 @@ TABLE: dict[tuple[int, str], tuple[GemmConfig, GemmConfig]] = {
     (90, "bf16"): _H16, (90, "fp16"): _H16, (90, "fp32"): _F32,
     (80, "bf16"): _A16, (80, "fp16"): _A16, (80, "fp32"): _F32,
 }
+# The N-major weight (``W^T`` in the backward): 128x256 tiles spill under Triton 3.6 there (the
+# [64, 256] N-contiguous weight tile is only partly pipelined), so sm_90 16-bit uses 128x128 for both.
+TABLE_N_MAJOR: dict[tuple[int, str], tuple[GemmConfig, GemmConfig]] = {
+    **TABLE, (90, "bf16"): (_H16[1], _H16[1]), (90, "fp16"): (_H16[1], _H16[1]),
+}
 INTERPRETER = GemmConfig(16, 16, 16, 2, 1, 1)
 SMS = {90: 132, 80: 108}  # for the small/large choice only (deterministic without a GPU)
 # The three kernel modes the ops launch: plain GEMM, AG-GEMM (waits), GEMM-RS (signals).
@@ -43,11 +48,13 @@ MODES = {"plain": dict(INDEXED=False, WAIT=False, SIGNAL=False),
          "signal": dict(INDEXED=True, WAIT=False, SIGNAL=True)}
 
 
-def pick(arch: int, dtype: str, m: int, n: int, k: int) -> GemmConfig:
-    """The config for a ``[m, k] x [k, n]`` product on ``arch`` (90, 80; 0 = interpreter)."""
+def pick(arch: int, dtype: str, m: int, n: int, k: int, w_layout: str = "k_major") -> GemmConfig:
+    """The config for a ``[m, k] x [k, n]`` product on ``arch`` (90, 80; 0 = interpreter) with the
+    weight ``w [n, k]`` K-major (``"k_major"``, nn.Linear's weight) or N-major (``"n_major"``)."""
     if arch == 0:
         return INTERPRETER
-    large, small = TABLE[(90 if arch >= 90 else 80, dtype)]
+    table = TABLE if w_layout == "k_major" else TABLE_N_MAJOR
+    large, small = table[(90 if arch >= 90 else 80, dtype)]
     tiles = triton.cdiv(m, large.block_m) * triton.cdiv(n, large.block_n)
     return large if tiles * 2 >= SMS[90 if arch >= 90 else 80] else small
 
@@ -61,10 +68,10 @@ def gate_cases() -> list:
 
     can_align = "aligned" in {f.name for f in dataclasses.fields(GateCase)}
     cases = []
-    for (arch, dt), cfgs in TABLE.items():
-        for cfg in dict.fromkeys(cfgs):
-            for mode, flags in MODES.items():
-                for w_layout in W_LAYOUTS:
+    for w_layout, table in (("k_major", TABLE), ("n_major", TABLE_N_MAJOR)):
+        for (arch, dt), cfgs in table.items():
+            for cfg in dict.fromkeys(cfgs):
+                for mode, flags in MODES.items():
                     for bias in (False, True):
                         sig, cx, aligned = case_signature(dt, cfg, flags, w_layout, bias)
                         extra = {"aligned": aligned} if can_align else {}

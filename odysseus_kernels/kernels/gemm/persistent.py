@@ -233,7 +233,7 @@ def persistent_gemm(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None 
         if rows is not None:
             raise ValueError("persistent_gemm: out is required with rows")
         out = a.new_empty((m, n))
-    cfg = config or pick(device_arch(a.device), dname, m, n, k)
+    cfg = config or pick(device_arch(a.device), dname, m, n, k, "k_major" if w.stride(1) == 1 else "n_major")
     tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
     if m == 0 or n == 0:
         return out
