@@ -103,5 +103,6 @@ def case_signature(dt: str, cfg: GemmConfig, flags: dict, w_layout: str, bias: b
               HAS_BIAS=bias, PRECISION="ieee" if dt == "fp32" else "tf32", STAGES=cfg.num_stages, **flags)
     sig.update({name: "constexpr" for name in cx})
     row_stride = "stride_wn" if w_layout == "k_major" else "stride_wk"
-    aligned = _POINTERS + ("K", "stride_am", "stride_cm", row_stride)  # K % 16: the K-edge mask is per-vector
+    # K % 16 (and N % 16 for an N-major weight): the edge masks are constant per vector
+    aligned = _POINTERS + ("K", "N", "stride_am", "stride_cm", row_stride)
     return sig, cx, aligned

@@ -83,14 +83,15 @@ def _gemm_kernel(a_ptr, w_ptr, bias_ptr, c_ptr, a_rows, c_rows, piece_of, flags,
         else:
             ra = (offs_m % M).to(tl.int64)
             rc = offs_m.to(tl.int64)
-        rn = offs_n % N
+        # rows of a wrap (% M: in bounds, never stored); columns of w are masked instead, so an N-major
+        # weight (unit stride along N) keeps its vectorized, pipelined loads when N % 16 == 0
         a_p = a_ptr + ra[:, None] * stride_am + offs_k[None, :] * stride_ak
-        w_p = w_ptr + offs_k[:, None] * stride_wk + rn[None, :] * stride_wn
+        w_p = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k in tl.range(0, tl.cdiv(K, BLOCK_K), num_stages=STAGES):
             k_left = K - k * BLOCK_K
             a = tl.load(a_p, mask=offs_k[None, :] < k_left, other=0.0)
-            b = tl.load(w_p, mask=offs_k[:, None] < k_left, other=0.0)
+            b = tl.load(w_p, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
             a_p += BLOCK_K * stride_ak
             w_p += BLOCK_K * stride_wk
