@@ -1,222 +1,220 @@
-"""AllGather-GEMM / GEMM-ReduceScatter: what decomposing the GEMM costs, and what overlapping buys.
+"""AllGather-GEMM / GEMM-ReduceScatter: the fused persistent GEMM against cuBLAS, the overlap it buys
+against a simulated producer, and (under torchrun) the fused ops against the decomposed schedules,
+NCCL + cuBLAS and PyTorch's symmetric-memory fused ops.
 
-One GPU (all a lent machine has; the ops' own communication needs several):
+One GPU:
 
-    python benchmarks/tp_gemm.py --out benchmarks/results/tp_gemm-<date>-<gpu>
+    python benchmarks/tp_gemm.py [--quick] --out benchmarks/results/tp_gemm-<date>-<gpu>
 
-1. ``decomposition``: the ring's compute alone at N = 2, 4, 8, against one GEMM of the same total
-   size (the baseline; ``overhead_%`` is the ratio minus one, target <= 5%):
-   ``ag``: N GEMMs each writing its rows of the output in place (``ok.ops.tp_gemm.pipeline.gemm``,
-   exactly what the ring runs); ``ag+streams``: the same plus each step's stream hand-offs (comm
-   stream waits for compute, compute waits for comm) and a device copy of the next shard on the
-   high-priority comm stream, a local stand-in for the P2P receive that also competes for SMs;
-   ``rs``: the GEMM-RS ring's step (GEMM into fp32, add the incoming accumulator, cast to ship).
-2. ``threshold``: per-step rows swept at two (K, N) shapes with N = 4 steps; the smallest per-step
-   GEMM (FLOPs) whose ``ag+streams`` decomposition stays within 5% is printed next to
-   ``MIN_OVERLAP_FLOPS`` (the constant the auto mode uses: update it from this).
-3. ``world1``: the ops in a world of one (validation and bookkeeping, no communication) against
-   ``torch.matmul`` / autograd, forward and forward+backward.
+1. ``gemm``: ``persistent_gemm`` alone (no flags, grid = all SMs) vs ``torch.matmul`` (cuBLAS) at
+   M=N=K=8192 and the Llama-3-8B / 70B tensor-parallel (TP=8) GEMM shapes, bf16. ``ratio`` =
+   cuBLAS ms / ours (target >= 0.9).
+2. ``simulated_ag``: the fused AG-GEMM with a producer stream standing in for the ring: the pieces of
+   the gathered input are copied (device to device) one by one on a second stream, each followed by
+   its flag, while the persistent GEMM (grid capped at SMs - margin) waits per tile; baseline: the
+   same copies, then one cuBLAS GEMM. ``hidden_%``: how much of the copy time the fused run hides,
+   ``100 * (baseline - fused) / copy``.
 
-Several GPUs (the overlap itself; NCCL):
+Several GPUs (NCCL):
 
-    torchrun --nproc-per-node 8 benchmarks/tp_gemm.py --out benchmarks/results/tp_gemm-8gpu
-    torchrun --nproc-per-node 8 benchmarks/tp_gemm.py --sweep    # per-rank tokens 256 .. 16384
+    torchrun --nproc-per-node 8 benchmarks/tp_gemm.py [--quick] --out benchmarks/results/tp_gemm-8gpu
 
-Per rank ``[1, S_local, d]`` into a ``[3d/N, d]`` column shard (QKV-like AG-GEMM) and ``[1, N*S_local,
-d/N]`` into a ``[d, d/N]`` row shard (O-proj-like GEMM-RS): ``plain`` (one collective, one GEMM),
-``ring``, ``chunks=2``, ``chunks=4``, forward and forward+backward, with the speed-up over plain.
-With ``--sweep`` the per-step size where the ring starts to beat plain is the measured threshold.
-Every rank calls each op the same fixed number of times (``bench(..., iters=)``); rank 0 reports.
-Prints tables and writes JSON (device, versions, commit) and CSV into ``--out``.
+3. ``distributed``: per rank ``[1, S_local, d]`` into a QKV-like column shard (AG-GEMM) and ``[1, N*S_local,
+   d/N]`` into an O-like row shard (GEMM-RS): ``impl="fused"`` vs ``"ring"`` (decomposed) vs
+   ``"chunked"`` vs ``"plain"`` (NCCL + cuBLAS, the baseline) vs ``torch.ops.symm_mem.fused_all_gather_matmul``
+   / ``fused_matmul_reduce_scatter`` when this torch has them (forward only). Target: fused faster than
+   plain and not slower than symm_mem. Every rank calls each op the same number of times.
 
-Without a GPU both commands run at toy sizes on CPU (gloo under torchrun): a check that the script
-works, not a measurement.
+Without CUDA it prints "skipped: no CUDA" and exits 0.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import os
+import sys
 
 import torch
-from _common import bench, print_table, write_results
+from _common import add_run_args, bench, print_table, write_results
 
-TARGET = 5.0  # % overhead of the decomposition that still counts as free
-
-
-def _fwd_bwd(fwd, dy):
-    return lambda: fwd().backward(dy)
-
-
-def _decomposed(m, k, n_out, steps, dtype, variant, device="cuda"):
-    """A closure running one ring pass's compute (``variant``) on an ``[m, k] x [k, n_out]`` problem."""
-    from odysseus_kernels.ops.tp_gemm.pipeline import gemm
-
-    x = torch.randn(steps, 1, m // steps, k, device=device, dtype=dtype)
-    wt = torch.randn(n_out, k, device=device, dtype=dtype).t()
-    out = torch.empty(1, steps, m // steps, n_out, device=device, dtype=dtype)
-    cs = torch.cuda.Stream(priority=torch.cuda.Stream.priority_range()[1]) if device == "cuda" else None
-    scratch = torch.empty_like(x[0])
-    incoming = torch.randn(1, m // steps, n_out, device=device, dtype=dtype)
-
-    def ag():
-        for s in range(steps):
-            gemm(x[s], wt, out=out[:, s])
-
-    def ag_streams():
-        cur = torch.cuda.current_stream()
-        for s in range(steps):
-            cs.wait_stream(cur)
-            with torch.cuda.stream(cs):
-                if s + 1 < steps:
-                    scratch.copy_(x[s + 1])  # stands in for receiving the next shard
-            gemm(x[s], wt, out=out[:, s])
-            cur.wait_stream(cs)
-
-    def rs():
-        for s in range(steps):
-            part = gemm(x[s], wt, out_dtype=torch.float32)
-            part.add_(incoming)
-            part.to(dtype)
-
-    return {"ag": ag, "ag+streams": ag_streams, "rs": rs}[variant]
+# (name, M, N, K) of y[M, N] = x[M, K] @ w[N, K]^T; TP = 8, 8192 tokens per GEMM
+LLAMA_SHAPES = [
+    ("square-8192", 8192, 8192, 8192),
+    ("pytorch-asynctp", 2048, 3584, 8192),
+    ("llama3-8b-qkv", 8192, (4096 + 2 * 1024) // 8, 4096),
+    ("llama3-8b-o", 8192, 4096, 4096 // 8),
+    ("llama3-8b-gate_up", 8192, 2 * 14336 // 8, 4096),
+    ("llama3-8b-down", 8192, 4096, 14336 // 8),
+    ("llama3-70b-qkv", 8192, (8192 + 2 * 1024) // 8, 8192),
+    ("llama3-70b-o", 8192, 8192, 8192 // 8),
+    ("llama3-70b-gate_up", 8192, 2 * 28672 // 8, 8192),
+    ("llama3-70b-down", 8192, 8192, 28672 // 8),
+]
+QUICK = {"square-8192", "llama3-8b-gate_up", "llama3-70b-down"}
 
 
-def decomposition(dtype, shapes, device="cuda") -> list[dict]:
+def gemm_alone(dtype, quick: bool) -> list[dict]:
+    from odysseus_kernels.kernels.gemm import persistent_gemm
+
     rows = []
-    for m, k, n_out in shapes:
-        x = torch.randn(m, k, device=device, dtype=dtype)
-        wt = torch.randn(n_out, k, device=device, dtype=dtype).t()
-        one = bench(functools.partial(torch.matmul, x, wt))
-        for steps in (2, 4, 8):
-            for variant in ("ag", "ag+streams", "rs") if device == "cuda" else ("ag", "rs"):
-                t = bench(_decomposed(m, k, n_out, steps, dtype, variant, device))
-                rows.append({"M": m, "K": k, "N": n_out, "steps": steps, "variant": variant, "one_gemm_ms": one,
-                             "decomposed_ms": t, "overhead_%": 100 * (t / one - 1),
-                             "one_gemm_tflops": 2 * m * k * n_out / one / 1e9})
+    for name, m, n, k in LLAMA_SHAPES:
+        if quick and name not in QUICK:
+            continue
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        w = torch.randn(n, k, device="cuda", dtype=dtype)
+        out = torch.empty(m, n, device="cuda", dtype=dtype)
+        base = bench(lambda: torch.matmul(x, w.t(), out=out))
+        ours = bench(lambda: persistent_gemm(x, w, out=out))
+        rows.append({"shape": name, "M": m, "N": n, "K": k, "cublas_ms": base, "fused_gemm_ms": ours,
+                     "ratio": base / ours, "fused_tflops": 2 * m * n * k / ours / 1e9})
     return rows
 
 
-def threshold(dtype, steps=4) -> tuple[list[dict], dict]:
-    from odysseus_kernels.ops.tp_gemm.pipeline import MIN_OVERLAP_FLOPS
-
-    rows, found = [], {}
-    for k, n_out in ((4096, 4096), (8192, 1024)):
-        for r in (128, 256, 512, 1024, 2048, 4096, 8192, 16384):
-            m = r * steps
-            x = torch.randn(m, k, device="cuda", dtype=dtype)
-            wt = torch.randn(n_out, k, device="cuda", dtype=dtype).t()
-            one = bench(functools.partial(torch.matmul, x, wt))
-            t = bench(_decomposed(m, k, n_out, steps, dtype, "ag+streams"))
-            flops = 2 * r * k * n_out
-            rows.append({"rows_per_step": r, "K": k, "N": n_out, "step_gflop": flops / 1e9, "one_gemm_ms": one,
-                         "decomposed_ms": t, "overhead_%": 100 * (t / one - 1)})
-            if 100 * (t / one - 1) <= TARGET and (k, n_out) not in found:
-                found[(k, n_out)] = flops
-    summary = {"target_overhead_%": TARGET, "MIN_OVERLAP_FLOPS": MIN_OVERLAP_FLOPS,
-               "measured_min_step_flops": {f"K{k}-N{n}": v for (k, n), v in found.items()}}
-    return rows, summary
-
-
-def world_of_one(dtype, shapes, device="cuda") -> list[dict]:
-    import odysseus_kernels as ok
+def simulated_ag(dtype, quick: bool, pieces: int = 8) -> list[dict]:
+    from odysseus_kernels.kernels.gemm import RowMap, Wait, persistent_gemm
+    from odysseus_kernels.ops.tp_gemm.fused import SM_MARGIN, _signal, flags_for
 
     rows = []
-    for m, k, n_out in shapes:
-        x = torch.randn(1, m, k, device=device, dtype=dtype, requires_grad=True)
-        w = torch.randn(n_out, k, device=device, dtype=dtype, requires_grad=True)
-        dy = torch.randn(1, m, n_out, device=device, dtype=dtype)
-        for name, op in (("all_gather_matmul", ok.all_gather_matmul), ("matmul_reduce_scatter", ok.matmul_reduce_scatter)):
-            base_f, ours_f = functools.partial(torch.matmul, x, w.t()), functools.partial(op, x, w)
-            with torch.no_grad():
-                base, ours = bench(base_f), bench(ours_f)
-            base_b, ours_b = bench(_fwd_bwd(base_f, dy)), bench(_fwd_bwd(ours_f, dy))
-            rows.append({"op": name, "M": m, "K": k, "N": n_out, "matmul_ms": base, "op_ms": ours,
-                         "ratio": ours / base, "matmul_fwd_bwd_ms": base_b, "op_fwd_bwd_ms": ours_b,
-                         "ratio_fwd_bwd": ours_b / base_b})
+    for name, m, n, k in LLAMA_SHAPES:
+        if quick and name not in QUICK:
+            continue
+        rpp = m // pieces
+        m = rpp * pieces
+        src = torch.randn(m, k, device="cuda", dtype=dtype)
+        gathered = torch.empty_like(src)
+        w = torch.randn(n, k, device="cuda", dtype=dtype)
+        out = torch.empty(m, n, device="cuda", dtype=dtype)
+        v = torch.arange(m, device="cuda")
+        rowmap = RowMap(v.int(), v.int(), (v // rpp).int(), pieces)
+        st = flags_for(torch.device("cuda"))
+        prod = torch.cuda.Stream(priority=torch.cuda.Stream.priority_range()[1])
+
+        def copies(flag_epoch=None):
+            cur = torch.cuda.current_stream()
+            prod.wait_stream(cur)
+            with torch.cuda.stream(prod):
+                for j in range(1, pieces):
+                    gathered[j * rpp:(j + 1) * rpp].copy_(src[j * rpp:(j + 1) * rpp])
+                    if flag_epoch is not None:
+                        _signal(st.ag[j:j + 1], flag_epoch)
+
+        def copy_only():
+            copies()
+            torch.cuda.current_stream().wait_stream(prod)
+
+        def copy_then_gemm():
+            copies()
+            torch.cuda.current_stream().wait_stream(prod)
+            torch.matmul(gathered, w.t(), out=out)
+
+        def fused():
+            e = st.next_epoch(pieces)
+            copies(e)
+            persistent_gemm(gathered, w, out=out, rows=rowmap, wait=Wait(st.ag, e), margin=SM_MARGIN)
+            torch.cuda.current_stream().wait_stream(prod)
+
+        t_copy, t_gemm = bench(copy_only), bench(lambda: torch.matmul(src, w.t(), out=out))
+        t_base, t_fused = bench(copy_then_gemm), bench(fused)
+        rows.append({"shape": name, "M": m, "N": n, "K": k, "pieces": pieces, "copy_ms": t_copy, "cublas_ms": t_gemm,
+                     "copy_then_gemm_ms": t_base, "fused_ms": t_fused, "ratio": t_base / t_fused,
+                     "hidden_%": 100 * (t_base - t_fused) / t_copy})
     return rows
 
 
-def distributed(dtype, hidden, tokens, device="cuda") -> list[dict]:
+def _symm_mem_ops(group):
+    """``(ag, rs)`` closures over ``torch.ops.symm_mem``'s fused ops, or ``None`` if unavailable."""
+    try:
+        from torch.distributed import _symmetric_memory as symm
+
+        ops = torch.ops.symm_mem
+        ops.fused_all_gather_matmul, ops.fused_matmul_reduce_scatter  # noqa: B018
+        name = group.group_name
+        symm.enable_symm_mem_for_group(name)
+    except Exception as e:  # noqa: BLE001 - any failure means "not available here"
+        print(f"symm_mem fused ops unavailable: {type(e).__name__}: {e}")
+        return None
+    ag = lambda x, w: ops.fused_all_gather_matmul(x, [w.t()], 0, name)[1][0]
+    rs = lambda h, w: ops.fused_matmul_reduce_scatter(h, w.t(), "sum", 0, name)
+    return ag, rs
+
+
+def distributed(dtype, hidden: int, tokens: list[int]) -> list[dict]:
     import torch.distributed as dist
 
     import odysseus_kernels as ok
 
-    n = dist.get_world_size()
-    rows = []
-    modes = {"plain": {"overlap": False}, "ring": {"overlap": True}, "chunks2": {"chunks": 2}, "chunks4": {"chunks": 4}}
+    n, rows = dist.get_world_size(), []
+    symm = _symm_mem_ops(dist.group.WORLD)
+    impls = {"plain": {"impl": "plain"}, "ring": {"impl": "ring"}, "chunked4": {"impl": "chunked", "chunks": 4},
+             "fused": {"impl": "fused"}}
     for s_local in tokens:
-        x = torch.randn(1, s_local, hidden, device=device, dtype=dtype, requires_grad=True)
-        w_ag = torch.randn(3 * hidden // n, hidden, device=device, dtype=dtype, requires_grad=True)
-        h = torch.randn(1, n * s_local, hidden // n, device=device, dtype=dtype, requires_grad=True)
-        w_rs = torch.randn(hidden, hidden // n, device=device, dtype=dtype, requires_grad=True)
-        dy_ag = torch.randn(1, n * s_local, 3 * hidden // n, device=device, dtype=dtype)
-        dy_rs = torch.randn(1, s_local, hidden, device=device, dtype=dtype)
-        ops = {"all_gather_matmul": (functools.partial(ok.all_gather_matmul, x, w_ag), dy_ag, 3 * hidden // n),
-               "matmul_reduce_scatter": (functools.partial(ok.matmul_reduce_scatter, h, w_rs), dy_rs, hidden)}
-        for name, (op, dy, n_out) in ops.items():
+        x = torch.randn(1, s_local, hidden, device="cuda", dtype=dtype, requires_grad=True)
+        w_ag = torch.randn(3 * hidden // n, hidden, device="cuda", dtype=dtype, requires_grad=True)
+        h = torch.randn(1, n * s_local, hidden // n, device="cuda", dtype=dtype, requires_grad=True)
+        w_rs = torch.randn(hidden, hidden // n, device="cuda", dtype=dtype, requires_grad=True)
+        dy = {"all_gather_linear": torch.randn(1, n * s_local, 3 * hidden // n, device="cuda", dtype=dtype),
+              "linear_reduce_scatter": torch.randn(1, s_local, hidden, device="cuda", dtype=dtype)}
+        ops = {"all_gather_linear": functools.partial(ok.all_gather_linear, x, w_ag),
+               "linear_reduce_scatter": functools.partial(ok.linear_reduce_scatter, h, w_rs)}
+        for name, op in ops.items():
             times = {}
-            for mode, kw in modes.items():
+            for impl, kw in impls.items():
                 fwd = functools.partial(op, **kw)
                 dist.barrier()
                 with torch.no_grad():
-                    times[mode] = bench(fwd, warmup=5, iters=20)
+                    times[impl] = bench(fwd, warmup=5, iters=20)
                 dist.barrier()
-                times[mode + "_bwd"] = bench(_fwd_bwd(fwd, dy), warmup=3, iters=10)
-            k_local = hidden if name == "all_gather_matmul" else hidden // n
-            step_flops = 2 * s_local * k_local * n_out
-            for mode in modes:
-                rows.append({"op": name, "world": n, "S_local": s_local, "hidden": hidden, "mode": mode,
-                             "step_gflop": step_flops / 1e9, "fwd_ms": times[mode],
-                             "fwd_speedup": times["plain"] / times[mode], "fwd_bwd_ms": times[mode + "_bwd"],
-                             "fwd_bwd_speedup": times["plain_bwd"] / times[mode + "_bwd"]})
+                times[impl + "_bwd"] = bench(lambda: fwd().backward(dy[name]), warmup=3, iters=10)
+            if symm is not None:
+                try:
+                    with torch.no_grad():
+                        f = (lambda: symm[0](x[0], w_ag)) if name == "all_gather_linear" else \
+                            (lambda: symm[1](h[0], w_rs))
+                        dist.barrier()
+                        times["symm_mem"] = bench(f, warmup=5, iters=20)
+                except Exception as e:  # noqa: BLE001
+                    print(f"symm_mem {name} failed: {type(e).__name__}: {e}")
+            for impl in list(impls) + (["symm_mem"] if "symm_mem" in times else []):
+                rows.append({"op": name, "world": n, "S_local": s_local, "hidden": hidden, "impl": impl,
+                             "fwd_ms": times[impl], "fwd_ratio_vs_plain": times["plain"] / times[impl],
+                             "fwd_bwd_ms": times.get(impl + "_bwd"),
+                             "fwd_bwd_ratio_vs_plain": (times["plain_bwd"] / times[impl + "_bwd"]
+                                                        if impl + "_bwd" in times else None)})
     return rows
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_args(p)
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--out", default=None, help="directory for JSON + CSV results")
     p.add_argument("--hidden", type=int, default=8192, help="model width for the multi-GPU run")
     p.add_argument("--tokens", type=int, default=4096, help="tokens per rank for the multi-GPU run")
-    p.add_argument("--sweep", action="store_true", help="multi-GPU: sweep tokens per rank 256 .. 16384")
     a = p.parse_args()
+    if not torch.cuda.is_available():
+        print("tp_gemm: skipped: no CUDA")
+        return 0
     dtype = getattr(torch, a.dtype)
-    # Without a GPU the script still runs end to end on CPU (gloo under torchrun) at toy sizes: a
-    # check of the script itself, its numbers say nothing about GPUs.
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        print("no CUDA GPU: toy-sized CPU run (checks the script; the timings mean nothing)")
     if "WORLD_SIZE" in os.environ:
         import torch.distributed as dist
 
-        if device == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-        hidden = a.hidden if device == "cuda" else 64
-        tokens = [256 * 2 ** i for i in range(7)] if a.sweep else [a.tokens]
-        rows = distributed(dtype, hidden, tokens if device == "cuda" else [16, 32], device)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+        tokens = [a.tokens] if a.quick else [1024, 4096, 16384]
+        rows = distributed(dtype, a.hidden, tokens)
         if dist.get_rank() == 0:
             print_table(rows)
             write_results(a.out, f"tp_gemm_world{dist.get_world_size()}", rows, {"dtype": a.dtype})
         dist.destroy_process_group()
-        return
-    if device == "cpu":
-        rows = decomposition(dtype, [(256, 128, 128)], device)
-        print_table(rows)
-        wrows = world_of_one(dtype, [(64, 64, 64)], device)
-        print_table(wrows)
-        return
-    rows = decomposition(dtype, [(8192, 8192, 8192), (16384, 4096, 14336 // 8), (32768, 8192, 3 * 8192 // 8)])
+        return 0
+    rows = gemm_alone(dtype, a.quick)
     print_table(rows)
-    trows, summary = threshold(dtype)
-    print_table(trows)
-    print("threshold:", summary)
-    wrows = world_of_one(dtype, [(256, 256, 256), (8192, 4096, 4096)])
-    print_table(wrows)
-    write_results(a.out, "tp_gemm_decomposition", rows, {"dtype": a.dtype, "target_overhead_%": TARGET})
-    write_results(a.out, "tp_gemm_threshold", trows, {"dtype": a.dtype, **summary})
-    write_results(a.out, "tp_gemm_world1", wrows, {"dtype": a.dtype})
+    write_results(a.out, "tp_gemm_fused_gemm", rows, {"dtype": a.dtype, "baseline": "cuBLAS (torch.matmul)",
+                                                      "target_ratio": 0.9})
+    srows = simulated_ag(dtype, a.quick)
+    print_table(srows)
+    write_results(a.out, "tp_gemm_simulated_ag", srows, {"dtype": a.dtype, "baseline": "copies then cuBLAS"})
+    return 0
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

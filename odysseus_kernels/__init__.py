@@ -10,7 +10,7 @@ from .extension import extension_available
 from .ops import (DEFAULT_LAYOUT, PackedShard, gather_packed, gather_sequence, local_attention, local_positions, shard_packed,
                   shard_sequence)
 from .ops.lasp2 import lasp2_linear_attention
-from .ops.tp_gemm import all_gather_matmul, matmul_reduce_scatter
+from .ops.tp_gemm import all_gather_linear, linear_reduce_scatter
 from .ops.attention import (
     USPGroups,
     allgather_kv_attention,
@@ -25,7 +25,7 @@ from .ops.attention import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_LAYOUT", "CommLedger", "PackedShard", "all_gather_matmul", "costmodel", "lasp2_linear_attention", "layers", "matmul_reduce_scatter", "models", "USPGroups", "gather_packed", "shard_packed", "allgather_kv_attention", "comm_ledger", "extension_available", "gather_sequence",
+    "DEFAULT_LAYOUT", "CommLedger", "PackedShard", "all_gather_linear", "costmodel", "lasp2_linear_attention", "layers", "linear_reduce_scatter", "models", "USPGroups", "gather_packed", "shard_packed", "allgather_kv_attention", "comm_ledger", "extension_available", "gather_sequence",
     "group_info", "local_attention", "local_positions", "ring_attention", "ring_self_attention", "shard_sequence",
     "skip_cross_rank_checks", "token_ring_attention", "ulysses_attention", "usp_attention", "usp_groups",
     "CommTimeout", "comm_timeout", "get_comm_timeout", "get_validation", "set_comm_timeout", "set_validation",

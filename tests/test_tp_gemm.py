@@ -11,8 +11,8 @@ import torch
 import odysseus_kernels as ok
 from odysseus_kernels import comm
 from odysseus_kernels.ops.tp_gemm import (
-    all_gather_matmul,
-    matmul_reduce_scatter,
+    all_gather_linear,
+    linear_reduce_scatter,
     tp_gemm_comm_bytes,
 )
 from odysseus_kernels.ops.tp_gemm.pipeline import (
@@ -25,16 +25,19 @@ from odysseus_kernels.ops.tp_gemm.pipeline import (
 from tests.distributed import run_world
 
 # max |err| / max |ref| against float64 on the same (rounded) inputs
-TOL = {torch.float32: 5e-6, torch.bfloat16: 2e-2}
+TOL = {torch.float32: 5e-6, torch.bfloat16: 2e-2, torch.float16: 4e-3}
 # name: (dims before the sequence dim, dims between it and the features, the dim argument)
 LAYOUTS = {"B2-S-D": ((2,), (), 1), "S-B3-D": ((), (3,), 0), "B2-S-H3-D": ((2,), (3,), -3), "S-D": ((), (), 0)}
-MODES = {"plain": {"overlap": False}, "ring": {"overlap": True}, "chunks2": {"chunks": 2}, "chunks5": {"chunks": 5}}
+MODES = {"plain": {"impl": "plain"}, "ring": {"impl": "ring"}, "chunks2": {"impl": "chunked", "chunks": 2},
+         "chunks5": {"impl": "chunked", "chunks": 5}, "fused": {"impl": "fused"}, "fused3": {"impl": "fused", "chunks": 3}}
+UNFUSED = ("plain", "ring", "chunks2", "chunks5")
 S_LOCAL, D_IN, D_OUT_AG, D_OUT_RS = 3, 24, 5, 7  # D_IN divisible by 1..4 (GEMM-RS shards it)
 
 
 def _cases():
     cases = []
-    for (lname, mode, dtype, bias) in itertools.product(LAYOUTS, MODES, TOL, (True, False)):
+    for (lname, mode, dtype, bias) in itertools.product(LAYOUTS, UNFUSED, (torch.float32, torch.bfloat16),
+                                                        (True, False)):
         # save_gathered alternates so every mode meets both values, in both dtypes
         cases.append((lname, mode, dtype, bias, bias != (dtype == torch.float32), "all"))
     for mode, grads in itertools.product(("plain", "ring", "chunks2"), ("x", "w")):
@@ -45,6 +48,8 @@ def _cases():
 def _kinds(mode, n):
     if n == 1:
         return set()
+    if mode.startswith("fused"):  # AG side on the ring, RS side in chunked reduce-scatters (+ re-gather)
+        return {"p2p", "reduce_scatter", "all_gather"}
     return {"p2p"} if mode == "ring" else {"all_gather", "reduce_scatter"}
 
 
@@ -74,7 +79,7 @@ def _one_case(g, n, r, lname, mode, dtype, bias, save, grads):
     wl = _leaf(w.chunk(n, 0)[r], dtype, gw)
     bl = _leaf(b.chunk(n, 0)[r], dtype, gw) if bias else None
     with ok.comm_ledger() as fwd:
-        out = all_gather_matmul(xl, wl, bl, gather_dim=dim, save_gathered=save, **MODES[mode])
+        out = all_gather_linear(xl, wl, bl, gather_dim=dim, save_gathered=save, **MODES[mode])
     with ok.comm_ledger() as bwd:
         out.backward(dy.chunk(n, -1)[r].to(dtype))
     got = [(out, y.detach().chunk(n, -1)[r])]
@@ -83,9 +88,9 @@ def _one_case(g, n, r, lname, mode, dtype, bias, save, grads):
         if gw else []
     errs["ag"] = max(_err(a, e) for a, e in got)
     vol = tp_gemm_comm_bytes(n, xl.numel() // D_IN, D_IN, D_OUT_AG, xl.element_size(), save_gathered=save)
-    bwd_expected = {"all": vol["all_gather_matmul_backward"], "x": vol["all_gather_matmul"],
-                    "w": 0 if save else vol["all_gather_matmul"]}[grads]
-    for name, led, expected in (("ag-fwd", fwd, vol["all_gather_matmul"]), ("ag-bwd", bwd, bwd_expected)):
+    bwd_expected = {"all": vol["all_gather_linear_backward"], "x": vol["all_gather_linear"],
+                    "w": 0 if save else vol["all_gather_linear"]}[grads]
+    for name, led, expected in (("ag-fwd", fwd, vol["all_gather_linear"]), ("ag-bwd", bwd, bwd_expected)):
         kinds = {k for k, v in led.by_kind.items() if k != "metadata" and v.received}
         if led.payload_received() != expected or not kinds <= _kinds(mode, n):
             ledger_bad.append((name, led.as_dict(), expected))
@@ -101,7 +106,7 @@ def _one_case(g, n, r, lname, mode, dtype, bias, save, grads):
     wl = _leaf(w.chunk(n, 1)[r], dtype, gw)
     bl = _leaf(b, dtype, gw) if bias else None
     with ok.comm_ledger() as fwd:
-        out = matmul_reduce_scatter(xl, wl, bl, scatter_dim=dim, **MODES[mode])
+        out = linear_reduce_scatter(xl, wl, bl, scatter_dim=dim, **MODES[mode])
     with ok.comm_ledger() as bwd:
         out.backward(dy.chunk(n, sdim)[r].to(dtype))
     got = [(out, y.detach().chunk(n, sdim)[r])]
@@ -112,19 +117,30 @@ def _one_case(g, n, r, lname, mode, dtype, bias, save, grads):
             got += [(comm.all_reduce(bl.grad.double()), ref[2].grad)]
     errs["rs"] = max(_err(a, e) for a, e in got)
     vol = tp_gemm_comm_bytes(n, out.numel() // D_OUT_RS, D_IN // n, D_OUT_RS, xl.element_size())
-    for name, led, expected in (("rs-fwd", fwd, vol["matmul_reduce_scatter"]),
-                                ("rs-bwd", bwd, vol["matmul_reduce_scatter_backward"])):
+    for name, led, expected in (("rs-fwd", fwd, vol["linear_reduce_scatter"]),
+                                ("rs-bwd", bwd, vol["linear_reduce_scatter_backward"])):
         kinds = {k for k, v in led.by_kind.items() if k != "metadata" and v.received}
         if led.payload_received() != expected or not kinds <= _kinds(mode, n):
             ledger_bad.append((name, led.as_dict(), expected))
     return errs, ledger_bad
 
 
-def _check_all(seed):
+def _fused_cases():
+    """The fused impl (the persistent Triton GEMM in the interpreter: fp32 and fp16, whose dot the
+    interpreter computes right; bf16's it does not)."""
+    cases = []
+    for i, (lname, bias) in enumerate(itertools.product(LAYOUTS, (True, False))):
+        cases.append((lname, "fused" if i % 2 else "fused3", torch.float32, bias, i % 3 != 0, "all"))
+    cases += [("B2-S-H3-D", "fused", torch.float16, True, True, "all"), ("S-D", "fused3", torch.float16, False, False, "all")]
+    cases += [("B2-S-D", "fused", torch.float32, True, False, "x"), ("B2-S-D", "fused", torch.float32, True, False, "w")]
+    return cases
+
+
+def _check_all(seed, fused_only=False):
     info = comm.group_info()
     g = torch.Generator().manual_seed(seed)  # same stream on every rank: the same full tensors
     results = {}
-    for case in _cases():
+    for case in (_fused_cases() if fused_only else _cases()):
         errs, ledger_bad = _one_case(g, info.size, info.rank, *case)
         results["-".join(map(str, case))] = (errs, ledger_bad, case[2])
     return results
@@ -134,6 +150,21 @@ def _check_all(seed):
 def test_values_gradients_and_ledger(n):
     per_rank = run_world(_check_all, n, 1000 + n, timeout=600)
     assert len(per_rank[0]) == len(_cases())
+    bad = {}
+    for rank, res in enumerate(per_rank):
+        for key, (errs, ledger_bad, dtype) in res.items():
+            for op, e in errs.items():
+                if not e <= TOL[dtype]:
+                    bad[(rank, key, op)] = e
+            if ledger_bad:
+                bad[(rank, key, "ledger")] = ledger_bad
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("n", [pytest.param(n, id=f"N{n}") for n in (1, 2, 3, 4)])
+def test_fused_values_gradients_and_ledger(n):
+    per_rank = run_world(_check_all, n, 2000 + n, True, timeout=900)
+    assert len(per_rank[0]) == len(_fused_cases())
     bad = {}
     for rank, res in enumerate(per_rank):
         for key, (errs, ledger_bad, dtype) in res.items():
@@ -158,20 +189,22 @@ def _check_bad():
             out[key] = (type(e).__name__, str(e))
 
     x, w = torch.randn(2, 4, 8), torch.randn(5, 8)
-    attempt("seq", matmul_reduce_scatter, torch.randn(2, 4 * n + 1, 8), w)
-    attempt("wshape", all_gather_matmul, x, torch.randn(5, 7))
-    attempt("wshape_rs", matmul_reduce_scatter, torch.randn(2, 4 * n, 8), torch.randn(5, 9))
-    attempt("ranks", all_gather_matmul, torch.randn(2, 4 + (r == n - 1), 8), w)
-    attempt("dtype", all_gather_matmul, x, w.double())
-    attempt("dtype_one_rank", matmul_reduce_scatter, torch.randn(2, 4 * n, 8), w.double() if r == 0 else w)
-    attempt("bias", all_gather_matmul, x, w, torch.randn(4))
-    attempt("dim", all_gather_matmul, x, w, gather_dim=3)
-    attempt("feature_dim", matmul_reduce_scatter, torch.randn(2, 4 * n, 8), w, scatter_dim=-1)
-    attempt("chunks", all_gather_matmul, x, w, chunks=0)
-    attempt("overlap", all_gather_matmul, x, w, overlap="yes")
-    attempt("int", all_gather_matmul, x.long(), w.long())
+    attempt("seq", linear_reduce_scatter, torch.randn(2, 4 * n + 1, 8), w)
+    attempt("wshape", all_gather_linear, x, torch.randn(5, 7))
+    attempt("wshape_rs", linear_reduce_scatter, torch.randn(2, 4 * n, 8), torch.randn(5, 9))
+    attempt("ranks", all_gather_linear, torch.randn(2, 4 + (r == n - 1), 8), w)
+    attempt("dtype", all_gather_linear, x, w.double())
+    attempt("dtype_one_rank", linear_reduce_scatter, torch.randn(2, 4 * n, 8), w.double() if r == 0 else w)
+    attempt("bias", all_gather_linear, x, w, torch.randn(4))
+    attempt("dim", all_gather_linear, x, w, gather_dim=3)
+    attempt("feature_dim", linear_reduce_scatter, torch.randn(2, 4 * n, 8), w, scatter_dim=-1)
+    attempt("chunks", all_gather_linear, x, w, impl="chunked", chunks=0)
+    attempt("chunks_impl", all_gather_linear, x, w, chunks=2)
+    attempt("impl", all_gather_linear, x, w, impl="yes")
+    attempt("fused_dtype", linear_reduce_scatter, torch.randn(2, 4 * n, 8).double(), w.double(), impl="fused")
+    attempt("int", all_gather_linear, x.long(), w.long())
     # the group is still in step after all that
-    out["after"] = all_gather_matmul(torch.full((1, 2, 8), float(r)), torch.ones(3, 8), overlap=True)[0, :, 0].tolist()
+    out["after"] = all_gather_linear(torch.full((1, 2, 8), float(r)), torch.ones(3, 8), impl="ring")[0, :, 0].tolist()
     return out
 
 
@@ -183,18 +216,20 @@ def test_bad_inputs_raise_on_every_rank(n):
         if key != "after":  # the same error on every rank
             assert all(strip(rr[key]) == strip(res[0][key]) for rr in res), (key, [rr[key] for rr in res])
     e = res[0]
-    assert e["wshape"] == ("ValueError", ("all_gather_matmul: weight must be [d_out, 8] (nn.Linear layout, d_in = "
+    assert e["wshape"] == ("ValueError", ("all_gather_linear: weight must be [d_out, 8] (nn.Linear layout, d_in = "
                                           "x.shape[-1]) for x of shape (2, 4, 8), got (5, 7)"))
     assert "weight must be [d_out, 8]" in e["wshape_rs"][1] and "got (5, 9)" in e["wshape_rs"][1]
     assert e["dtype"][0] == "TypeError" and "weight torch.float64" in e["dtype"][1]
     assert e["bias"][1].endswith("bias must be [5] (weight.shape[0]), got (4,)")
     assert "gather_dim must be in [-3, 1]" in e["dim"][1] and e["dim"][1].endswith("got 3")
     assert "cannot be the feature (last) dim" in e["feature_dim"][1]
-    assert e["chunks"] == ("ValueError", "all_gather_matmul: chunks must be None or an int >= 1, got 0")
-    assert e["overlap"][0] == "TypeError" and "got 'yes'" in e["overlap"][1]
+    assert e["chunks"] == ("ValueError", "all_gather_linear: chunks must be None or an int >= 1, got 0")
+    assert e["chunks_impl"][0] == "ValueError" and "chunks applies to impl='chunked'" in e["chunks_impl"][1]
+    assert e["impl"][0] == "ValueError" and "impl must be one of 'auto', 'fused'" in e["impl"][1]
+    assert e["fused_dtype"][0] == "TypeError" and "impl='fused' supports" in e["fused_dtype"][1]
     assert e["int"][0] == "TypeError" and "floating-point" in e["int"][1]
     if n > 1:
-        assert e["seq"][1] == (f"matmul_reduce_scatter: sequence length {4 * n + 1} (x.shape[1]) must be divisible "
+        assert e["seq"][1] == (f"linear_reduce_scatter: sequence length {4 * n + 1} (x.shape[1]) must be divisible "
                                f"by the group size {n}")
         assert "x must be the same on every rank" in e["ranks"][1] and f"rank {n - 1}: (2, 5, 8)" in e["ranks"][1]
         assert e["dtype_one_rank"][0] == "TypeError" and "(raised on rank 0)" in res[1]["dtype_one_rank"][1]
@@ -205,14 +240,17 @@ def test_bad_inputs_raise_on_every_rank(n):
 
 def test_plan_modes_and_threshold():
     one, two = comm.GroupInfo(None, 0, 1), comm.GroupInfo(None, 0, 2)
-    assert make_plan(one, True, 4, "cuda", 1 << 40).mode == "local"
-    assert make_plan(two, False, 4, "cuda", 1 << 40).mode == "plain"
-    assert make_plan(two, None, 1, "cuda", 1 << 40).mode == "plain"
-    assert (make_plan(two, None, 3, "cpu", 0).mode, make_plan(two, True, 3, "cpu", 0).chunks) == ("chunks", 3)
-    assert make_plan(two, True, None, "cpu", 0).mode == "ring"
-    assert make_plan(two, None, None, "cpu", 1 << 40).mode == "plain"  # CPU: never decomposed unless asked
-    assert make_plan(two, None, None, "cuda", MIN_OVERLAP_FLOPS).mode == "ring"
-    assert make_plan(two, None, None, "cuda", MIN_OVERLAP_FLOPS - 1).mode == "plain"
+    assert make_plan(one, "ring", None, "cuda", 1 << 40).mode == "local"
+    assert make_plan(one, "auto", None, "cuda", 1 << 40).mode == "local"
+    assert (make_plan(one, "fused", None, "cpu", 0).mode, make_plan(one, "fused", 3, "cpu", 0).chunks) == ("fused", 3)
+    assert make_plan(two, "plain", None, "cuda", 1 << 40).mode == "plain"
+    assert (make_plan(two, "chunked", 3, "cpu", 0).mode, make_plan(two, "chunked", 3, "cpu", 0).chunks) == ("chunks", 3)
+    assert make_plan(two, "chunked", None, "cpu", 0).chunks == 4
+    assert make_plan(two, "ring", None, "cpu", 0).mode == "ring"
+    assert make_plan(two, "auto", None, "cpu", 1 << 40).mode == "plain"  # CPU: never decomposed unless asked
+    assert make_plan(two, "auto", None, "cuda", 0).mode == "fused"  # CUDA: the fused GEMM
+    assert make_plan(two, "auto", None, "cuda", MIN_OVERLAP_FLOPS, fused_ok=False).mode == "ring"
+    assert make_plan(two, "auto", None, "cuda", MIN_OVERLAP_FLOPS - 1, fused_ok=False).mode == "plain"
     assert row_slices(9, 5) == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8), slice(8, 9)]
     assert row_slices(3, 5) == [slice(0, 1), slice(1, 2), slice(2, 3)] and row_slices(0, 2) == [slice(0, 0)]
 
@@ -250,7 +288,7 @@ def test_cuda_world_of_one_and_fp32_accumulation(dtype):
     w = torch.randn(40, 24, device="cuda", generator=g).to(dtype).requires_grad_()
     b = torch.randn(40, device="cuda", generator=g).to(dtype).requires_grad_()
     tol = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 2e-5}[dtype]
-    for fn in (lambda: all_gather_matmul(x, w, b, overlap=True), lambda: matmul_reduce_scatter(x, w, b)):
+    for fn in (lambda: all_gather_linear(x, w, b, impl="ring"), lambda: linear_reduce_scatter(x, w, b)):
         x.grad = w.grad = b.grad = None
         y = fn()
         dy = torch.randn_like(y)
@@ -263,3 +301,59 @@ def test_cuda_world_of_one_and_fp32_accumulation(dtype):
     a, bt = torch.randn(3, 64, 32, device="cuda").to(dtype)[:, 1:], torch.randn(32, 48, device="cuda").to(dtype)
     r = gemm(a, bt, out_dtype=torch.float32)  # cuBLAS writes the fp32 accumulator
     assert r.dtype == torch.float32 and _err(r, a.double() @ bt.double()) <= tol / 4
+
+
+def _check_empty():
+    """Zero rows, zero input features, zero output features: right (empty or bias) outputs and
+    gradients on every rank, every impl, without communicating (the group stays in step)."""
+    info = comm.group_info()
+    n = info.size
+    out = {}
+    for impl in ("auto", "plain", "ring", "chunked", "fused"):
+        for name, (b, s, d_in, d_out) in {"batch0": (0, 2, 8, 5), "seq0": (2, 0, 8, 5), "din0": (2, 2, 0, 5),
+                                          "dout0": (2, 2, 8, 0)}.items():
+            x = torch.randn(b, s, d_in, requires_grad=True)
+            w = torch.randn(d_out, d_in, requires_grad=True)
+            bias = torch.randn(d_out, requires_grad=True)
+            y = all_gather_linear(x, w, bias, impl=impl)
+            dy = torch.randn(y.shape)
+            y.backward(dy)
+            ok_ag = (y.shape == (b, n * s, d_out) and torch.equal(y, bias.detach().expand(y.shape))
+                     and torch.equal(x.grad, torch.zeros_like(x)) and torch.equal(w.grad, torch.zeros_like(w))
+                     and torch.allclose(bias.grad, dy.sum((0, 1))))
+            xr = torch.randn(b, n * s, d_in, requires_grad=True)
+            wr = torch.randn(d_out, d_in, requires_grad=True)
+            br = torch.randn(d_out, requires_grad=True)
+            z = linear_reduce_scatter(xr, wr, br, impl=impl)
+            dz = torch.randn(z.shape)
+            z.backward(dz)
+            ok_rs = (z.shape == (b, s, d_out) and torch.equal(z, br.detach().expand(z.shape))
+                     and torch.equal(xr.grad, torch.zeros_like(xr)) and torch.equal(wr.grad, torch.zeros_like(wr))
+                     and torch.allclose(br.grad, dz.sum((0, 1))))
+            out[(impl, name)] = (ok_ag, ok_rs)
+    out["after"] = all_gather_linear(torch.full((1, 2, 8), float(info.rank)), torch.ones(3, 8), impl="ring")[0, :, 0].tolist()
+    return out
+
+
+@pytest.mark.parametrize("n", [pytest.param(n, id=f"N{n}") for n in (1, 2, 3)])
+def test_empty_tensors(n):
+    res = run_world(_check_empty, n, timeout=300)
+    for rr in res:
+        assert all(v == (True, True) for k, v in rr.items() if k != "after"), rr
+        assert rr["after"] == [8.0 * k for k in range(n) for _ in range(2)]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
+def test_fused_on_cpu_needs_the_interpreter():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch, odysseus_kernels as ok\n"
+            "try:\n    ok.all_gather_linear(torch.randn(1, 2, 8), torch.randn(3, 8), impl='fused')\n"
+            "except ValueError as e:\n    print('ERR', e)\n"
+            "print('AUTO', tuple(ok.all_gather_linear(torch.randn(1, 2, 8), torch.randn(3, 8)).shape))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "ERR all_gather_linear: impl='fused' on CPU runs the Triton kernel in the interpreter" in r.stdout, r
+    assert "AUTO (1, 2, 3)" in r.stdout  # auto never needs it on CPU

@@ -166,12 +166,12 @@ class TPSPAttention(nn.Module):
     def forward(self, x, positions):
         from ..models.llama import rope
         from ..ops import local_attention, local_positions
-        from ..ops.tp_gemm import all_gather_matmul, matmul_reduce_scatter
+        from ..ops.tp_gemm import all_gather_linear, linear_reduce_scatter
 
         cfg, n = self.cfg, self.info.size
         hd = cfg.head_dim
         b, c, _ = x.shape
-        qkv = all_gather_matmul(x, self.qkv_weight, group=self.info)  # [B, L, (H + 2Hkv)/N * hd]
+        qkv = all_gather_linear(x, self.qkv_weight, group=self.info, impl="auto")  # [B, L, (H + 2Hkv)/N * hd]
         hq, hk = cfg.heads // n, cfg.kv_heads // n
         q, k, v = qkv.split([hq * hd, hk * hd, hk * hd], dim=-1)
         full_pos = torch.cat([local_positions(c, rank=j, world_size=n, layout="contiguous", device=x.device)
@@ -179,7 +179,7 @@ class TPSPAttention(nn.Module):
         q = rope(q.reshape(b, n * c, hq, hd), full_pos, cfg.rope_theta)
         k = rope(k.reshape(b, n * c, hk, hd), full_pos, cfg.rope_theta)
         o = local_attention(q, k, v.reshape(b, n * c, hk, hd), causal=True)
-        return matmul_reduce_scatter(o.reshape(b, n * c, hq * hd), self.o_weight, group=self.info)
+        return linear_reduce_scatter(o.reshape(b, n * c, hq * hd), self.o_weight, group=self.info, impl="auto")
 
 
 class TPSPMLP(nn.Module):
@@ -198,11 +198,11 @@ class TPSPMLP(nn.Module):
         self.down = nn.Parameter(mlp.down_proj.weight.detach().t().chunk(n)[r].t().contiguous().clone())
 
     def forward(self, x):
-        from ..ops.tp_gemm import all_gather_matmul, matmul_reduce_scatter
+        from ..ops.tp_gemm import all_gather_linear, linear_reduce_scatter
 
-        gu = all_gather_matmul(x, self.gate_up, group=self.info)
+        gu = all_gather_linear(x, self.gate_up, group=self.info, impl="auto")
         g, u = gu.chunk(2, dim=-1)
-        return matmul_reduce_scatter(torch.nn.functional.silu(g) * u, self.down, group=self.info)
+        return linear_reduce_scatter(torch.nn.functional.silu(g) * u, self.down, group=self.info, impl="auto")
 
 
 class ZeroMLP(nn.Module):

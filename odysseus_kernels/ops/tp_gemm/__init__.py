@@ -1,13 +1,16 @@
 """AllGather-GEMM and GEMM-ReduceScatter: the two GEMMs of Megatron sequence parallelism (TP-SP)
 and of Odysseus attention, differentiable, with the communication overlapped with the GEMMs.
 
-``all_gather_matmul(x, W)`` = ``all_gather(x, gather_dim) @ W.T``: each rank multiplies its own
+Both compute ``F.linear`` (``x @ W.T + b``, nn.Linear's weight layout), hence the names.
+
+``all_gather_linear(x, W)`` = ``all_gather(x, gather_dim) @ W.T``: each rank multiplies its own
 sequence shard first and every peer's shard as it arrives (ring P2P, double-buffered), each product
-landing in its rows of the output. ``matmul_reduce_scatter(x, W)`` = ``reduce_scatter(x @ W.T,
+landing in its rows of the output. ``linear_reduce_scatter(x, W)`` = ``reduce_scatter(x @ W.T,
 scatter_dim)``: each rank computes the partial product destined for each rank in turn and ships it
 while computing the next (ring reduce-scatter, fp32 accumulation, shipped in the input dtype). The
-schedules live in :mod:`.pipeline`; ``chunks=c`` swaps the ring for c pipelined collectives and
-``overlap=False`` for one collective and one GEMM.
+schedules live in :mod:`.pipeline`; ``impl=`` picks the schedule: ``"fused"`` (one
+persistent Triton GEMM fed / drained through device flags, :mod:`.fused`), ``"ring"``, ``"chunked"``
+(``chunks=c`` pipelined collectives), ``"plain"`` (one collective, one GEMM) or ``"auto"``.
 
 Backward (each op's input gradient is the other op, run with the same plan):
 
@@ -18,13 +21,16 @@ Backward (each op's input gradient is the other op, run with the same plan):
   ``(N-1)/N`` of the gathered x again, hidden behind the GEMMs, for the memory Megatron-LM saves.
 - GEMM-RS: ``dX = AG-GEMM(dY, W^T)``; ``dW = AG(dY)^T @ x``, accumulated piece by piece as the
   shards of dY arrive (nothing gathered is kept).
+- ``impl="fused"``: the same decomposition with the fused ops (dX of AG-GEMM is the fused GEMM-RS
+  with ``W^T`` as its weight, dX of GEMM-RS the fused AG-GEMM, whose gathered dY also gives dW);
+  ``save_gathered=False`` re-gathers x with one all-gather posted before the fused GEMM-RS.
 - Bias: added once. AG-GEMM's bias is column-sharded like its weight (its gradient is complete on
   each rank). GEMM-RS's bias is replicated and added after the reduction; as for a LayerNorm weight
   in Megatron-SP its gradient on each rank is that rank's rows' share: sum it over the group
   (``ParallelPlan.finish_backward`` does).
 
-Bytes received per rank (:func:`tp_gemm_comm_bytes`; ledger kind ``p2p`` on the ring, else
-``all_gather`` / ``reduce_scatter``): AG-GEMM forward ``(N-1)/N`` of the gathered input; GEMM-RS
+Bytes received per rank (:func:`tp_gemm_comm_bytes`; ledger kind ``p2p`` on the ring and on the
+fused AG side, else ``all_gather`` / ``reduce_scatter``): AG-GEMM forward ``(N-1)/N`` of the gathered input; GEMM-RS
 forward ``(N-1)/N`` of the full output, in the output dtype (fp32 only in the local accumulator).
 Backward: the conjugate volumes (plus ``(N-1)/N`` of the gathered x for AG-GEMM when it re-gathers).
 """
@@ -37,7 +43,10 @@ from torch.autograd.function import once_differentiable
 
 from ...comm import group_info, rank_consistent
 from ..attention.driver import run_schedule
+from . import fused
+from .fused import FUSED_DTYPES, fused_supported
 from .pipeline import (
+    IMPLS,
     MIN_OVERLAP_FLOPS,
     Plan,
     Ring,
@@ -57,7 +66,7 @@ def _split(shape, dim: int) -> tuple[int, int, int]:
     return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:-1])
 
 
-class _AllGatherMatmul(torch.autograd.Function):
+class _AllGatherLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, plan: Plan, dim: int, save_gathered: bool):
         p, s, q = _split(x.shape, dim)
@@ -70,7 +79,11 @@ class _AllGatherMatmul(torch.autograd.Function):
             gemm(piece, wt, bias=bias, out=y4[:, ranks, rows].transpose(0, 1))
 
         need_x, need_w = ctx.needs_input_grad[:2]
-        pieces = gather_each(xv, plan, visit, keep=need_w and (save_gathered or plan.mode == "local"))
+        if plan.mode == "fused":  # one persistent GEMM fed by the ring through flags
+            g = fused.all_gather_gemm(xv, weight, bias, plan.info, y4)
+            pieces = [(slice(0, r), g)] if need_w and save_gathered else None
+        else:
+            pieces = gather_each(xv, plan, visit, keep=need_w and (save_gathered or plan.mode == "local"))
         # backward needs: W for dX; for dW the gathered pieces, or the shard to gather again
         ctx.save_for_backward(xv if need_w and not pieces else None, weight if need_x else None,
                               *(g for _, g in pieces or ()))
@@ -103,7 +116,17 @@ class _AllGatherMatmul(torch.autograd.Function):
             return gemm(dy4[:, ranks, rows].transpose(0, 1), w, out_dtype=dt)
 
         dx = None
-        if need_x:
+        if need_x and plan.mode == "fused":  # dX = fused GEMM-RS(dY, W): the kernel's w is W^T [d_in, d_out]
+            h, g = (None, None) if (not need_w or pieces) else post_gather(xv, plan)
+            dx = fused.gemm_reduce_scatter(dy4, w.t(), plan.info, dtype, chunks=plan.chunks)
+            if need_w:
+                if pieces:
+                    dw_saved(None)
+                else:
+                    h.wait()
+                    wg.add(dy4.transpose(0, 1), g)
+            dx = dx.view(xshape)
+        elif need_x:
             if not need_w or pieces:
                 dx = reduce_each(partial, plan, (p, r, d_in), dtype, side=dw_saved if need_w else None)
             elif plan.mode == "ring":  # one ring: x rotates (dW) while dX's partials accumulate
@@ -125,7 +148,7 @@ class _AllGatherMatmul(torch.autograd.Function):
         return dx, (wg.result() if need_w else None), db, None, None, None
 
 
-class _MatmulReduceScatter(torch.autograd.Function):
+class _LinearReduceScatter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, plan: Plan, dim: int):
         p, s, q = _split(x.shape, dim)
@@ -137,7 +160,10 @@ class _MatmulReduceScatter(torch.autograd.Function):
         def partial(ranks, rows, dt):
             return gemm(x4[:, ranks, rows].transpose(0, 1), wt, out_dtype=dt)
 
-        res = reduce_each(partial, plan, (p, r, weight.shape[0]), x.dtype)
+        if plan.mode == "fused":  # one persistent GEMM; chunks reduce-scattered as the GEMM flags them
+            res = fused.gemm_reduce_scatter(x4, weight, plan.info, x.dtype, chunks=plan.chunks)
+        else:
+            res = reduce_each(partial, plan, (p, r, weight.shape[0]), x.dtype)
         if bias is not None:
             res = res.add_(bias)  # once, after the reduction (in fp32 on the ring)
         need_x, need_w = ctx.needs_input_grad[:2]
@@ -163,25 +189,42 @@ class _MatmulReduceScatter(torch.autograd.Function):
             if need_w:
                 wg.add(g, x4[:, ranks, rows].transpose(0, 1))
 
-        if need_x or need_w:
+        if plan.mode == "fused" and need_x:  # dX = fused AG-GEMM(dY, W^T); dW from the gathered dY
+            g = fused.all_gather_gemm(dyv, w.t(), None, plan.info, dx4)
+            if need_w:
+                wg.add(g.transpose(0, 1), x4)
+        elif need_x or need_w:
             gather_each(dyv, plan, visit, keep=False)
         db = dyv.sum((0, 1)) if has_b and need_b else None  # this rank's share (see module docstring)
         return (dx4.view(xshape) if need_x else None), (wg.result() if need_w else None), db, None, None
 
 
-def _validate(op: str, check, x, weight, bias, dim, info, overlap, chunks, *, scatter: bool) -> int:
+def _empty(x, weight, bias, dim: int, out_len: int) -> torch.Tensor:
+    """No rows, no input features or no output features (the same on every rank: validated): the
+    result needs no communication. It is ``bias`` (or 0) on ``out_len`` rows along ``dim``; gradients:
+    dX and dW are zero (or empty), db is this rank's rows' sum of dY, as on the communicating path."""
+    shape = list(x.shape)
+    shape[dim] = out_len
+    zeros = x.new_zeros(shape) + 0 * x.sum()  # dX = 0 (the shape of x), through autograd
+    return torch.nn.functional.linear(zeros, weight, bias).contiguous()
+
+
+def _validate(op: str, check, x, weight, bias, dim, info, impl, chunks, *, scatter: bool) -> int:
     """Local checks (raise inside ``rank_consistent``); returns the normalised sequence dim."""
     for name, t in (("x", x), ("weight", weight)) + ((("bias", bias),) if bias is not None else ()):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     check.meta(x=tuple(x.shape), weight=tuple(weight.shape), bias=None if bias is None else tuple(bias.shape),
-               dtype=str(x.dtype), device=x.device.type, dim=dim, overlap=overlap, chunks=chunks, grad=grad,
+               dtype=str(x.dtype), device=x.device.type, dim=dim, impl=impl, chunks=chunks, grad=grad,
                needs=tuple(t is not None and t.requires_grad for t in (x, weight, bias)))
-    if overlap is not None and not isinstance(overlap, bool):
-        raise TypeError(f"{op}: overlap must be None, True or False, got {overlap!r}")
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ValueError(f"{op}: impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
     if chunks is not None and (isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1):
         raise ValueError(f"{op}: chunks must be None or an int >= 1, got {chunks!r}")
+    if chunks is not None and impl not in ("chunked", "fused"):
+        raise ValueError(f"{op}: chunks applies to impl='chunked' (pieces per shard) or 'fused' (reduce-scatter "
+                         f"chunks), got impl={impl!r}")
     if x.dim() < 2:
         raise ValueError(f"{op}: x must be [..., seq, ..., features] (at least 2-D), got shape {tuple(x.shape)}")
     if not -x.dim() <= dim < x.dim():
@@ -204,14 +247,20 @@ def _validate(op: str, check, x, weight, bias, dim, info, overlap, chunks, *, sc
                          f"of shape {tuple(x.shape)}, got {tuple(weight.shape)}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"{op}: bias must be [{weight.shape[0]}] (weight.shape[0]), got {tuple(bias.shape)}")
+    if impl == "fused":
+        why = fused_supported(x.device)
+        if why is not None:
+            raise ValueError(f"{op}: {why}")
+        if x.dtype not in FUSED_DTYPES:
+            raise TypeError(f"{op}: impl='fused' supports float16, bfloat16 and float32, got {x.dtype}")
     if scatter and x.shape[d] % info.size:
         raise ValueError(f"{op}: sequence length {x.shape[d]} (x.shape[{d}]) must be divisible by the group size "
                          f"{info.size}")
     return d
 
 
-def all_gather_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, group=None,
-                      gather_dim: int = 1, overlap: bool | None = None, chunks: int | None = None,
+def all_gather_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, group=None,
+                      gather_dim: int = 1, impl: str = "auto", chunks: int | None = None,
                       save_gathered: bool = True) -> torch.Tensor:
     """``all_gather(x, gather_dim) @ weight.T + bias``, the gather overlapped with the GEMM.
 
@@ -222,11 +271,14 @@ def all_gather_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         bias: ``[d_out_local]`` or ``None`` (column-sharded like the weight).
         group: process group (``None``: the default group).
         gather_dim: the sequence dim of ``x`` (not the last).
-        overlap: ``None`` (auto): the ring on CUDA when one step's GEMM reaches
-            :data:`MIN_OVERLAP_FLOPS`, else one all-gather then one GEMM; ``True``: the ring;
-            ``False``: the plain path.
-        chunks: ``c`` > 1 pipelines ``c`` all-gathers of row pieces of the shards with the GEMMs
-            instead of the ring (``1``: the plain path); at most the rows of a shard.
+        impl: ``"fused"``: one persistent Triton GEMM whose tiles wait on per-piece flags written by
+            the communication stream as the ring delivers each shard (see :mod:`.fused`; on CPU the
+            kernel runs in the Triton interpreter); ``"ring"``: a GEMM per ring step; ``"chunked"``:
+            ``chunks`` pipelined all-gathers of row pieces with a GEMM each; ``"plain"``: one
+            all-gather then one GEMM; ``"auto"`` (default): ``"fused"`` on CUDA (fp16/bf16/fp32),
+            else the ring on CUDA when one step's GEMM reaches :data:`MIN_OVERLAP_FLOPS`, else plain.
+        chunks: row pieces per shard for ``"chunked"`` (default 4), reduce-scatter chunks of the
+            fused backward (GEMM-RS) for ``"fused"``; not allowed with the other impls.
         save_gathered: keep the gathered input for the weight gradient (default; memory: ``N x`` the
             shard) or re-gather it inside backward's ring (``False``; communication, overlapped).
     Returns:
@@ -235,19 +287,22 @@ def all_gather_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
         x = torch.randn(2, 1024, 4096, device="cuda", dtype=torch.bfloat16)     # [B, L/N, d]
         w = torch.randn(3 * 4096 // n, 4096, device="cuda", dtype=torch.bfloat16)
-        qkv = ok.all_gather_matmul(x, w)                                         # [B, L, 3d/N]
+        qkv = ok.all_gather_linear(x, w)                                         # [B, L, 3d/N]
     """
     info = group_info(group)
-    with rank_consistent("all_gather_matmul", info) as check:
-        d = _validate("all_gather_matmul", check, x, weight, bias, gather_dim, info, overlap, chunks, scatter=False)
+    with rank_consistent("all_gather_linear", info) as check:
+        d = _validate("all_gather_linear", check, x, weight, bias, gather_dim, info, impl, chunks, scatter=False)
         check.meta(save_gathered=bool(save_gathered))
+    if x.numel() == 0 or weight.numel() == 0:
+        return _empty(x, weight, bias, d, info.size * x.shape[d])
     p, s, q = _split(x.shape, d)
-    plan = make_plan(info, overlap, chunks, x.device.type, 2 * p * s * q * x.shape[-1] * weight.shape[0])
-    return _AllGatherMatmul.apply(x, weight, bias, plan, d, bool(save_gathered))
+    plan = make_plan(info, impl, chunks, x.device.type, 2 * p * s * q * x.shape[-1] * weight.shape[0],
+                     fused_ok=x.dtype in FUSED_DTYPES)
+    return _AllGatherLinear.apply(x, weight, bias, plan, d, bool(save_gathered))
 
 
-def matmul_reduce_scatter(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, group=None,
-                          scatter_dim: int = 1, overlap: bool | None = None, chunks: int | None = None) -> torch.Tensor:
+def linear_reduce_scatter(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, group=None,
+                          scatter_dim: int = 1, impl: str = "auto", chunks: int | None = None) -> torch.Tensor:
     """``reduce_scatter(x @ weight.T, scatter_dim) + bias``, the reduction overlapped with the GEMM.
 
     Args:
@@ -256,8 +311,9 @@ def matmul_reduce_scatter(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         weight: the local row shard ``[d_out, d_in_local]`` (nn.Linear layout).
         bias: ``[d_out]`` or ``None``: replicated, added once after the reduction; its gradient is
             this rank's rows' share (sum it over the group).
-        group, overlap, chunks: as in :func:`all_gather_matmul` (``chunks``: pipelined
-            reduce-scatters of row pieces; they reduce in the input dtype, the ring in fp32).
+        group, impl, chunks: as in :func:`all_gather_linear` (``chunks``: pipelined reduce-scatters
+            of row pieces for ``"chunked"``, chunks the fused GEMM flags one by one for ``"fused"``;
+            both reduce in the input dtype, the ring in fp32).
         scatter_dim: the sequence dim of ``x`` (not the last).
     Returns:
         ``[..., S / N, ..., d_out]`` (contiguous): this rank's rows (contiguous layout) of the sum over
@@ -266,15 +322,18 @@ def matmul_reduce_scatter(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
         h = torch.randn(2, 8192, 11008 // n, device="cuda", dtype=torch.bfloat16)  # [B, L, i/N]
         w = torch.randn(4096, 11008 // n, device="cuda", dtype=torch.bfloat16)
-        out = ok.matmul_reduce_scatter(h, w)                                       # [B, L/N, d]
+        out = ok.linear_reduce_scatter(h, w)                                       # [B, L/N, d]
     """
     info = group_info(group)
-    with rank_consistent("matmul_reduce_scatter", info) as check:
-        d = _validate("matmul_reduce_scatter", check, x, weight, bias, scatter_dim, info, overlap, chunks,
+    with rank_consistent("linear_reduce_scatter", info) as check:
+        d = _validate("linear_reduce_scatter", check, x, weight, bias, scatter_dim, info, impl, chunks,
                       scatter=True)
+    if x.numel() == 0 or weight.numel() == 0:
+        return _empty(x, weight, bias, d, x.shape[d] // info.size)
     p, s, q = _split(x.shape, d)
-    plan = make_plan(info, overlap, chunks, x.device.type, 2 * p * (s // info.size) * q * x.shape[-1] * weight.shape[0])
-    return _MatmulReduceScatter.apply(x, weight, bias, plan, d)
+    plan = make_plan(info, impl, chunks, x.device.type, 2 * p * (s // info.size) * q * x.shape[-1] * weight.shape[0],
+                     fused_ok=x.dtype in FUSED_DTYPES)
+    return _LinearReduceScatter.apply(x, weight, bias, plan, d)
 
 
 def tp_gemm_comm_bytes(world: int, rows_local: int, d_in: int, d_out: int, elem_bytes: int, *,
@@ -282,13 +341,13 @@ def tp_gemm_comm_bytes(world: int, rows_local: int, d_in: int, d_out: int, elem_
     """Closed-form bytes received per rank, for ``rows_local`` rows per rank's shard (all dims but
     the feature dim), ``d_in``/``d_out`` the op's local weight shape ``[d_out, d_in]``.
 
-    Returns ``{"all_gather_matmul": fwd, "all_gather_matmul_backward": bwd, "matmul_reduce_scatter":
-    fwd, "matmul_reduce_scatter_backward": bwd}`` (all with x, weight and bias needing gradients)."""
+    Returns ``{"all_gather_linear": fwd, "all_gather_linear_backward": bwd, "linear_reduce_scatter":
+    fwd, "linear_reduce_scatter_backward": bwd}`` (all with x, weight and bias needing gradients)."""
     hop = (world - 1) * rows_local * elem_bytes
-    return {"all_gather_matmul": hop * d_in,
-            "all_gather_matmul_backward": hop * d_in * (1 if save_gathered else 2),
-            "matmul_reduce_scatter": hop * d_out,
-            "matmul_reduce_scatter_backward": hop * d_out}
+    return {"all_gather_linear": hop * d_in,
+            "all_gather_linear_backward": hop * d_in * (1 if save_gathered else 2),
+            "linear_reduce_scatter": hop * d_out,
+            "linear_reduce_scatter_backward": hop * d_out}
 
 
-__all__ = ["MIN_OVERLAP_FLOPS", "all_gather_matmul", "matmul_reduce_scatter", "tp_gemm_comm_bytes"]
+__all__ = ["IMPLS", "MIN_OVERLAP_FLOPS", "all_gather_linear", "linear_reduce_scatter", "tp_gemm_comm_bytes"]

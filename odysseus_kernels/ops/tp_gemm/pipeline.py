@@ -23,6 +23,8 @@ Modes (:class:`Plan`), all issuing the same calls in the same order on every ran
   the input dtype inside the collective.
 - ``"plain"``: ``chunks`` with c = 1 (one collective, one GEMM); ``"local"``: one rank, no
   communication.
+- ``"fused"``: one persistent Triton GEMM per op, fed (AG) or drained (RS) by the communication
+  stream through device flags: see :mod:`.fused`.
 
 Design choices against the known pitfalls:
 - Launch order is rank-independent: the plan depends only on metadata that validation has checked
@@ -53,29 +55,39 @@ from ..attention.driver import NOTHING, Schedule, run_schedule
 # the per-step FLOPs it suggests; multi-GPU runs (see its docstring) measure the overlap itself.
 MIN_OVERLAP_FLOPS = 2 ** 34
 
+IMPLS = ("auto", "fused", "ring", "chunked", "plain")
+DEFAULT_CHUNKS = 4
+
+
 @dataclass(frozen=True)
 class Plan:
     """How one op (and its backward, with the same plan) communicates."""
 
     info: GroupInfo
-    mode: str
-    chunks: int = 1  # row pieces per shard in "chunks" mode (clamped to the rows a shard has)
+    mode: str  # "local" | "plain" | "ring" | "chunks" | "fused"
+    chunks: int = 1  # row pieces per shard in "chunks" mode, reduce-scatter chunks in "fused" (clamped)
 
 
-def make_plan(info: GroupInfo, overlap: bool | None, chunks: int | None, device_type: str,
-              flops_per_step: int) -> Plan:
-    """Pick the mode: one rank -> local; ``overlap=False`` or ``chunks=1`` -> plain; ``chunks=c`` ->
-    chunked collectives; ``overlap=True`` -> ring; ``None`` -> ring on CUDA when a step's GEMM reaches
-    :data:`MIN_OVERLAP_FLOPS`, else plain."""
+def make_plan(info: GroupInfo, impl: str, chunks: int | None, device_type: str, flops_per_step: int,
+              fused_ok: bool = True) -> Plan:
+    """Pick the mode for ``impl``: ``"fused"`` -> the persistent Triton GEMM fed/drained by flags (also
+    on one rank, so the kernel path is the same); ``"ring"`` / ``"chunked"`` (``chunks`` pieces,
+    default :data:`DEFAULT_CHUNKS`) / ``"plain"`` -> those schedules (one rank: local); ``"auto"`` -> one
+    rank: local; CUDA: fused; else the ring when a step's GEMM reaches :data:`MIN_OVERLAP_FLOPS`
+    (CUDA only), else plain. ``fused_ok``: the dtype has a fused kernel (fp16/bf16/fp32)."""
+    if impl == "fused":
+        return Plan(info, "fused", chunks or DEFAULT_CHUNKS)
     if info.size == 1:
         return Plan(info, "local")
-    if overlap is False or chunks == 1:
+    if impl == "plain":
         return Plan(info, "plain")
-    if chunks is not None:
-        return Plan(info, "chunks", chunks)
-    if overlap or (device_type == "cuda" and flops_per_step >= MIN_OVERLAP_FLOPS):
+    if impl == "chunked":
+        return Plan(info, "chunks", chunks or DEFAULT_CHUNKS)
+    if impl == "ring":
         return Plan(info, "ring")
-    return Plan(info, "plain")
+    if device_type == "cuda" and fused_ok:
+        return Plan(info, "fused", chunks or DEFAULT_CHUNKS)
+    return Plan(info, "ring" if device_type == "cuda" and flops_per_step >= MIN_OVERLAP_FLOPS else "plain")
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

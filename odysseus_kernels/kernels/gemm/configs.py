@@ -1,0 +1,108 @@
+"""Launch configurations of the persistent GEMM (:mod:`.persistent`): one table, read by the dispatch
+(:func:`pick`) and by the ahead-of-time compile gate (:func:`gate_cases`).
+
+Rows: ``(arch, dtype) -> (large, small)``. ``large`` is the tile for big problems (sm_90 16-bit:
+128x256x64, 8 warps, 3 stages, the shape Triton's Hopper matmul uses, wgmma); ``small`` when the
+large tiles would fill less than half of the SMs (more, smaller tiles keep the SMs busy). fp32 runs
+IEEE fp32 dots (exact like cuBLAS without TF32), no tensor cores. ``arch == 0`` is the interpreter:
+16x16x16 tiles so the tests' small shapes walk several tiles in every direction.
+
+Every config is compiled ahead of time for sm_90 and sm_80 by ``gate_cases()`` in the three modes the
+ops launch (plain, ``WAIT`` = AG-GEMM, ``SIGNAL`` = GEMM-RS) with and without bias.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import triton
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    num_warps: int
+    num_stages: int
+
+
+_H16 = (GemmConfig(128, 256, 64, 8, 8, 3), GemmConfig(128, 128, 64, 8, 8, 3))
+_A16 = (GemmConfig(128, 128, 64, 8, 8, 3), GemmConfig(64, 128, 32, 8, 4, 4))
+_F32 = (GemmConfig(64, 64, 32, 8, 4, 2), GemmConfig(32, 64, 32, 8, 4, 2))
+
+TABLE: dict[tuple[int, str], tuple[GemmConfig, GemmConfig]] = {
+    (90, "bf16"): _H16, (90, "fp16"): _H16, (90, "fp32"): _F32,
+    (80, "bf16"): _A16, (80, "fp16"): _A16, (80, "fp32"): _F32,
+}
+# The N-major weight (``W^T`` in the backward): 128x256 tiles spill under Triton 3.6 there (the
+# [64, 256] N-contiguous weight tile is only partly pipelined), so sm_90 16-bit uses 128x128 for both.
+TABLE_N_MAJOR: dict[tuple[int, str], tuple[GemmConfig, GemmConfig]] = {
+    **TABLE, (90, "bf16"): (_H16[1], _H16[1]), (90, "fp16"): (_H16[1], _H16[1]),
+}
+INTERPRETER = GemmConfig(16, 16, 16, 2, 1, 1)
+SMS = {90: 132, 80: 108}  # for the small/large choice only (deterministic without a GPU)
+# The three kernel modes the ops launch: plain GEMM, AG-GEMM (waits), GEMM-RS (signals).
+MODES = {"plain": dict(INDEXED=False, WAIT=False, SIGNAL=False),
+         "wait": dict(INDEXED=True, WAIT=True, SIGNAL=False),
+         "signal": dict(INDEXED=True, WAIT=False, SIGNAL=True)}
+
+
+def pick(arch: int, dtype: str, m: int, n: int, k: int, w_layout: str = "k_major") -> GemmConfig:
+    """The config for a ``[m, k] x [k, n]`` product on ``arch`` (90, 80; 0 = interpreter) with the
+    weight ``w [n, k]`` K-major (``"k_major"``, nn.Linear's weight) or N-major (``"n_major"``)."""
+    if arch == 0:
+        return INTERPRETER
+    table = TABLE if w_layout == "k_major" else TABLE_N_MAJOR
+    large, small = table[(90 if arch >= 90 else 80, dtype)]
+    tiles = triton.cdiv(m, large.block_m) * triton.cdiv(n, large.block_n)
+    return large if tiles * 2 >= SMS[90 if arch >= 90 else 80] else small
+
+
+def gate_cases() -> list:
+    """Every (mode, bias, config) the dispatch can launch, for the compile gate."""
+    from ..aot import GateCase
+    from .persistent import _gemm_kernel
+
+    import dataclasses
+
+    can_align = "aligned" in {f.name for f in dataclasses.fields(GateCase)}
+    cases = []
+    for w_layout, table in (("k_major", TABLE), ("n_major", TABLE_N_MAJOR)):
+        for (arch, dt), cfgs in table.items():
+            for cfg in dict.fromkeys(cfgs):
+                for mode, flags in MODES.items():
+                    for bias in (False, True):
+                        sig, cx, aligned = case_signature(dt, cfg, flags, w_layout, bias)
+                        extra = {"aligned": aligned} if can_align else {}
+                        cases.append(GateCase(kernel="gemm._gemm_kernel", fn=_gemm_kernel, signature=sig,
+                                              constexprs=cx, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                                              dtype=dt, head_dim=0, archs=(arch,),
+                                              tags={"mode": mode, "w": w_layout, "bias": bias}, **extra))
+    return cases
+
+
+# The weight operand ``w [N, K]`` is either the nn.Linear weight (K contiguous: ``stride_wk == 1``) or
+# the transpose of one (``W^T`` in the backward: ``stride_wn == 1``); ``a`` and ``c`` always have unit
+# stride along their last dim (the wrapper guarantees it). Unit strides are what Triton's JIT
+# specializes into constants, so the gate compiles exactly these variants.
+W_LAYOUTS = ("k_major", "n_major")
+_POINTERS = ("a_ptr", "w_ptr", "bias_ptr", "c_ptr", "a_rows", "c_rows", "piece_of", "flags", "counters", "expected",
+             "errors")
+_INTS = ("M", "N", "K", "stride_am", "stride_ak", "stride_wn", "stride_wk", "stride_cm", "stride_cn", "epoch",
+         "spin_limit", "num_progs")
+
+
+def case_signature(dt: str, cfg: GemmConfig, flags: dict, w_layout: str, bias: bool):
+    """``(signature, constexprs, aligned)`` of one launch: the unit strides as constexprs; pointers and
+    the row strides (multiples of 16 at the model dims the gate stands for) as 16-divisible."""
+    sig = {name: (f"*{dt}" if name.endswith("_ptr") else "*i32") for name in _POINTERS}
+    sig.update({name: "i32" for name in _INTS})
+    unit = {"stride_ak": 1, "stride_cn": 1, ("stride_wk" if w_layout == "k_major" else "stride_wn"): 1}
+    cx = dict(unit, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+              HAS_BIAS=bias, PRECISION="ieee" if dt == "fp32" else "tf32", STAGES=cfg.num_stages, **flags)
+    sig.update({name: "constexpr" for name in cx})
+    row_stride = "stride_wn" if w_layout == "k_major" else "stride_wk"
+    # K % 16 (and N % 16 for an N-major weight): the edge masks are constant per vector
+    aligned = _POINTERS + ("K", "N", "stride_am", "stride_cm", row_stride)
+    return sig, cx, aligned
