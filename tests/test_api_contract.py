@@ -37,8 +37,8 @@ NAMES = {
     "ring_self_attention": "ring_self_attention",
     "usp_attention": "usp_attention",
     "lasp2": "lasp2_linear_attention",
-    "tp_gather": "all_gather_matmul",
-    "tp_scatter": "matmul_reduce_scatter",
+    "tp_gather": "all_gather_linear",
+    "tp_scatter": "linear_reduce_scatter",
 }
 KW = {
     "softmax_scale": "softmax_scale",
