@@ -382,3 +382,54 @@ def test_comm_timeout_setting():
         with ok.comm_timeout("3"):
             pass
     assert issubclass(ok.CommTimeout, TimeoutError)
+
+
+def _op_timeout(where: str):
+    """A real op (ring attention) with rank 1 failing: ``forward`` (its first exchange raises) or
+    ``backward`` (it skips the backward). The others must raise CommTimeout naming the op."""
+    import time
+
+    import torch.distributed as dist
+
+    n, r = comm.group_info().size, comm.group_info().rank
+    g = dist.new_group(list(range(n)))
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 4, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    real = dist.batch_isend_irecv
+    calls = [0]
+
+    def failing(ops):
+        calls[0] += 1
+        if calls[0] == 1:  # after the check, at its first exchange
+            raise RuntimeError("injected failure mid-op")
+        return real(ops)
+
+    t0 = time.monotonic()
+    try:
+        with ok.comm_timeout(BOUND):
+            if where == "forward" and r == 1:
+                dist.batch_isend_irecv = failing
+            out = ok.ring_attention(q, k, v, group=g, causal=True)
+            if where == "backward" and r == 1:
+                raise RuntimeError("skipped the backward")
+            out.sum().backward()
+        return ("ok", "", time.monotonic() - t0, None)
+    except TimeoutError as e:
+        return (type(e).__name__, str(e), time.monotonic() - t0, e.op)
+    except RuntimeError as e:
+        return ("RuntimeError", str(e), time.monotonic() - t0, None)
+    finally:
+        dist.batch_isend_irecv = real
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_a_real_op_names_itself_in_the_timeout(where):
+    res = run_world(_op_timeout, 2, where, timeout=60)
+    assert res[1][0] == "RuntimeError"
+    kind, msg, elapsed, op = res[0]
+    assert kind == "CommTimeout" and elapsed < BOUND + 2.0, (kind, msg, elapsed)
+    if where == "forward":
+        assert op == "ring_attention (forward)", op
+    else:  # the autograd node of the op (its backward), e.g. "ScheduledAttentionBackward (backward)"
+        assert op.endswith("Backward (backward)"), op
+    assert "with rank 1" in msg
