@@ -73,7 +73,6 @@ _ATTN_USP_META = ("helper attn: usp_attention must put softmax_scale/window/cu_s
                   "check too (#19.2)")
 _ATTN_EMPTY = "helper attn: empty tensors in the attention ops (#19.3)"
 _LASP_EMPTY = "helper lasp: empty tensors in lasp2 (#19.3)"
-_GEMM_EMPTY = "helper gemm: empty tensors in the TP GEMMs (#19.3)"
 PENDING: dict[tuple[str, str], str] = {}  # filled below from the run on this branch
 
 
@@ -327,10 +326,6 @@ def _pending():
     for case in ("mismatch_softmax_scale", "mismatch_window", "mismatch_cu_seqlens"):
         p[("usp_attention", case, 3)] = _ATTN_USP_META
     p[("lasp2", "empty_seq")] = _LASP_EMPTY + ": seq_local 0 raises 'seq_local must be >= 1'"
-    # ops/tp_gemm/pipeline.py gemm(): reshape(-1, ...) of 0 elements, forward and backward
-    for case in ("empty_batch", "empty_seq"):
-        p[("tp_gather", case)] = _GEMM_EMPTY
-        p[("tp_scatter", case)] = _GEMM_EMPTY
     return p
 
 
