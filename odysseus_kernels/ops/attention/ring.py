@@ -20,32 +20,60 @@ import torch
 
 from ...comm import group_info, rank_consistent
 from .blocks import plan_blocks, ring_steps
-from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulators, resolve_layout, row_delta, scale_of,
-                     validate_qkv)
+from .common import (acc_dtype, blocks_backward, blocks_forward, fused_steps, new_accumulators, resolve_layout,
+                     row_delta, scale_of, shard_positions, validate_qkv)
 from .driver import NOTHING, Rotation, ScheduledAttention
 
 _TAG_DKV = 22
 
 
 class RingForward(Rotation):
-    """Forward schedule: K/V packed as one ``[2, B, C, H_kv, D]`` payload rotating forward."""
+    """Forward schedule: K/V packed as one ``[2, B, C, H_kv, D]`` payload rotating forward.
+
+    With the Triton backend a step is one kernel launch: the whole local shard of queries against
+    the visiting shard of keys (span positions as runtime data, tiles the mask hides skipped), merged
+    into the fp32 ``(out, lse)`` inside the kernel (step 0 writes them: no fill). Other backends run
+    the planned blocks of the step (:func:`~.blocks.plan_blocks`) and merge each."""
 
     def __init__(self, info, spans, q, k, v, *, mask, scale, backend):
         super().__init__(info, torch.stack([k, v]))
         self.spans, self.mask = spans, mask
         self.q, self.scale, self.backend = q, scale, backend
         self.acc_dtype = acc_dtype(q.dtype)
+        self.fused = fused_steps(backend, q)
         # a window that fits in fewer ranks stops the rotation early: fewer steps, fewer transfers
         self.steps = ring_steps(spans, mask)
-        self.out, self.lse = new_accumulators(q, q.shape[1], v.shape[-1])
+        if self.fused:
+            b, c, h, _ = q.shape
+            self.out = torch.empty(b, c, h, v.shape[-1], dtype=self.acc_dtype, device=q.device)
+            self.lse = torch.empty(b, h, c, dtype=self.acc_dtype, device=q.device)
+        else:
+            self.out, self.lse = new_accumulators(q, q.shape[1], v.shape[-1])
 
     def blocks(self, t):
         return plan_blocks(self.spans[self.info.rank], self.spans[self.src(t)], self.mask)
 
+    def positions(self, t):
+        """Span positions of my queries and of the keys visiting at step ``t`` (cached)."""
+        dev = self.q.device
+        return shard_positions(self.spans[self.info.rank], self.mask, dev), \
+            shard_positions(self.spans[self.src(t)], self.mask, dev)
+
+    def visible(self, t) -> bool:
+        return t == 0 or bool(self.blocks(t))
+
     def compute(self, t, handle):
         k, v = self.payload(t)
-        blocks_forward(self.q, k, v, self.blocks(t), self.out, self.lse, scale=self.scale, backend=self.backend,
-                       mask=self.mask)
+        if not self.fused:
+            blocks_forward(self.q, k, v, self.blocks(t), self.out, self.lse, scale=self.scale, backend=self.backend,
+                           mask=self.mask)
+        elif self.visible(t):
+            from ...kernels.attention.triton_attention import attention_block_fwd_triton
+
+            qp, kp = self.positions(t)
+            attention_block_fwd_triton(self.q, k, v, softmax_scale=self.scale, causal=self.mask.causal,
+                                       window=self.mask.window, out=self.out, lse=self.lse, accumulate=t > 0,
+                                       q_pos=qp, k_pos=kp)
 
 
 class RingBackward(RingForward):
@@ -55,8 +83,14 @@ class RingBackward(RingForward):
         super().__init__(info, spans, q, k, v, mask=mask, scale=scale, backend=backend)
         del self.out, self.lse
         self.o, self.lse_final, self.dout = out, lse, dout
-        self.delta = row_delta(dout, out, self.acc_dtype)  # [B, H, C]
-        self.dq = torch.zeros(q.shape, dtype=self.acc_dtype, device=q.device)
+        if self.fused:  # one preprocess launch; dQ written by step 0, accumulated in-kernel after
+            from ...kernels.attention.triton_attention import attention_delta_triton
+
+            self.delta = attention_delta_triton(out, dout)  # [B, H, C] fp32
+            self.dq = torch.empty(q.shape, dtype=self.acc_dtype, device=q.device)
+        else:
+            self.delta = row_delta(dout, out, self.acc_dtype)  # [B, H, C]
+            self.dq = torch.zeros(q.shape, dtype=self.acc_dtype, device=q.device)
         self.acc = {}      # step -> accumulator [2, B, C, H_kv, D] leaving after that step
         self.incoming = {}  # step -> receive buffer of the accumulator arriving for that step
         self.own = None
@@ -72,6 +106,8 @@ class RingBackward(RingForward):
         return ([(self.info.next, self.acc.pop(t), _TAG_DKV)], [(self.info.prev, buf, _TAG_DKV)])
 
     def compute(self, t, handle):
+        if self.fused:
+            return self._compute_fused(t, handle)
         k, v = self.payload(t)
         part = torch.zeros((2,) + tuple(k.shape), dtype=self.acc_dtype, device=k.device)
         blocks_backward(self.dout, self.q, k, v, self.o, self.lse_final, self.delta, self.blocks(t), self.dq,
@@ -83,6 +119,34 @@ class RingBackward(RingForward):
         else:
             handle.wait()  # the accumulator for this shard, sent by the previous rank
             self.acc[t] = self.incoming.pop(t).add_(part)
+
+    def _compute_fused(self, t, handle):
+        """Two launches: dQ (accumulated in-kernel) first, then, once the travelling dK/dV accumulator
+        of this shard has arrived, dK/dV added into it in-kernel (step 0: my own shard's; step 1: a
+        fresh accumulator, written, not added)."""
+        from ...kernels.attention.triton_attention import attention_block_bwd_triton
+
+        k, v = self.payload(t)
+        visible = self.visible(t)
+        qp, kp = self.positions(t) if visible else (None, None)
+        kw = dict(softmax_scale=self.scale, causal=self.mask.causal, window=self.mask.window, delta=self.delta,
+                  q_pos=qp, k_pos=kp)
+        if visible:
+            attention_block_bwd_triton(self.dout, self.q, k, v, self.o, self.lse_final, dq=self.dq, accumulate=t > 0,
+                                       which="dq", **kw)
+        if t <= 1:
+            new = torch.empty if visible else torch.zeros
+            part = new((2,) + tuple(k.shape), dtype=self.acc_dtype, device=k.device)
+            if t == 0:
+                self.own = part
+            else:
+                self.acc[t] = part
+        else:
+            handle.wait()  # the accumulator for this shard, sent by the previous rank
+            part = self.acc[t] = self.incoming.pop(t)
+        if visible:
+            attention_block_bwd_triton(self.dout, self.q, k, v, self.o, self.lse_final, dk=part[0], dv=part[1],
+                                       accumulate=t > 1, which="dkdv", **kw)
 
     def finish(self):
         if self.steps > 1:
