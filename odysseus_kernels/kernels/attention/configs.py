@@ -56,12 +56,17 @@ _TILES = {
 }
 
 
+# (arch, kernel, dtype class, bucket) entries that differ from _TILES: on sm_80 (no wgmma, mma.sync
+# accumulators in registers) the 128-row forward tile spills at d <= 64 once documents/positions are on
+_ARCH_OVERRIDES = {(80, "fwd", "16", b): (64, 64, 8, 2) for b in (16, 32, 64)}
+
+
 def _table() -> dict:
     t = {}
     for arch in ARCHS:
         for (dc, bucket), kernels in _TILES.items():
             for kernel, cfg in kernels.items():
-                t[(arch, kernel, dc, bucket)] = LaunchConfig(*cfg)
+                t[(arch, kernel, dc, bucket)] = LaunchConfig(*_ARCH_OVERRIDES.get((arch, kernel, dc, bucket), cfg))
             # rows of out and dout in registers: fewer rows for wider heads
             t[(arch, "bwd_preprocess", dc, bucket)] = LaunchConfig(max(8, 2048 // bucket), 16, 4, 1)
     return t

@@ -11,6 +11,11 @@ from ...kernels.attention.api import resolve_backend
 from ..layout import LAYOUTS, layout_spans, normalize_cu_seqlens
 from .blocks import Mask
 
+try:  # the package-wide default layout (the same for shard_sequence / gather_sequence and every op)
+    from ..layout import DEFAULT_LAYOUT
+except ImportError:  # pragma: no cover - older layout module
+    DEFAULT_LAYOUT = "contiguous"
+
 FP32 = torch.float32
 
 
@@ -20,11 +25,26 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def validate_window(op: str, window) -> tuple[int, int]:
-    """``window=(left, right)`` in tokens, -1 = unbounded."""
+    """``window_size=(left, right)`` in tokens, -1 = unbounded."""
     if (not isinstance(window, (tuple, list)) or len(window) != 2
             or not all(isinstance(w, int) and not isinstance(w, bool) and w >= -1 for w in window)):
-        raise ValueError(f"{op}: window must be (left, right) with ints >= -1 (-1 = unbounded), got {window!r}")
+        raise ValueError(f"{op}: window_size must be (left, right) with ints >= -1 (-1 = unbounded), got {window!r}")
     return int(window[0]), int(window[1])
+
+
+def is_empty(q, k) -> bool:
+    """Batch 0 or zero-length shards (the same on every rank: shapes are checked across ranks)."""
+    return q.numel() == 0 or k.numel() == 0
+
+
+def empty_attention(q, k, v, return_lse: bool):
+    """The result of an attention op on empty inputs, without communicating: ``out`` (empty, connected to
+    ``q``, ``k``, ``v`` so that backward gives their (empty) zero gradients) and ``lse`` (-inf)."""
+    b, c, h, _ = q.shape
+    out = torch.zeros(b, c, h, v.shape[-1], dtype=q.dtype, device=q.device) + (q.sum() + k.sum() + v.sum()) * 0
+    if not return_lse:
+        return out
+    return out, torch.full((b, h, c), float("-inf"), dtype=acc_dtype(q.dtype), device=q.device)
 
 
 def validate_qkv(op: str, check, q, k, v, *, layout: str | None, causal: bool, softmax_scale, extra=None,

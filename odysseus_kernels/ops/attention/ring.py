@@ -20,8 +20,8 @@ import torch
 
 from ...comm import group_info, rank_consistent
 from .blocks import plan_blocks, ring_steps
-from .common import (acc_dtype, blocks_backward, blocks_forward, fused_steps, new_accumulators, resolve_layout,
-                     row_delta, scale_of, shard_positions, validate_qkv)
+from .common import (DEFAULT_LAYOUT, acc_dtype, blocks_backward, blocks_forward, empty_attention, fused_steps, is_empty,
+                     new_accumulators, resolve_layout, row_delta, scale_of, shard_positions, validate_qkv)
 from .driver import NOTHING, Rotation, ScheduledAttention
 
 _TAG_DKV = 22
@@ -169,13 +169,14 @@ def ring_comm_bytes(world: int, batch: int, seq_local: int, kv_heads: int, head_
 
 def ring_attention_spans(q, k, v, *, info, spans, mask, scale, backend="auto"):
     """Ring attention over arbitrary shards (``spans[r]``: rank r's ``(global_start, length)``
-    spans). Validation is the caller's; used by :func:`ring_attention` and USP."""
+    spans). Validation is the caller's; used by :func:`ring_attention` and USP. Returns ``(out, lse)``."""
     return ScheduledAttention.apply(q, k, v, RingForward, RingBackward, info, spans, mask, scale, backend)
 
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
-                   softmax_scale: float | None = None, layout: str = "zigzag", window: tuple[int, int] = (-1, -1),
-                   cu_seqlens=None, backend: str = "auto") -> torch.Tensor:
+                   softmax_scale: float | None = None, layout: str = DEFAULT_LAYOUT,
+                   window_size: tuple[int, int] = (-1, -1), cu_seqlens=None, return_lse: bool = False,
+                   backend: str = "auto"):
     """Ring attention: exact attention over the sequence sharded across ``group``, K/V circulating.
 
     Args:
@@ -184,18 +185,24 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=N
         group: the sequence-parallel group (``None`` = default).
         causal: causal over the global sequence in its original token order.
         softmax_scale: default ``1/sqrt(D)``.
-        layout: ``"zigzag"`` (balanced causal work) or ``"contiguous"`` split of the (packed) stream, or
+        layout: ``"contiguous"`` (the package default, :data:`~odysseus_kernels.ops.layout.DEFAULT_LAYOUT`,
+            as for ``shard_sequence``) or ``"zigzag"`` (balanced causal work: use it for causal
+            attention, and shard with the same layout) split of the (packed) stream, or
             ``"doc_zigzag"`` / ``"doc_contiguous"`` (every document split across the ranks; see
             :func:`~odysseus_kernels.ops.layout.layout_spans`).
-        window: ``(left, right)`` sliding window in tokens (-1 = unbounded), exact at every position.
+        window_size: ``(left, right)`` sliding window in tokens (-1 = unbounded), exact at every position.
             When it fits in fewer ranks than the ring (contiguous layout), the rotation stops early
             and moves only what those steps need.
         cu_seqlens: global cumulative document lengths of a packed stream (list or int tensor,
             identical on every rank): attention stays within each document; span pairs in
             different documents are skipped.
+        return_lse: also return the log-sum-exp of every row, ``[B, H, C]`` fp32 (fp64 for fp64 inputs;
+            -inf for rows that see no key), as flash-attn's ``return_attn_probs`` / ring-flash-attn.
         backend: block-kernel backend (``"auto"``: Triton on CUDA, torch elsewhere).
     Returns:
-        ``[B, C, H, D]`` in ``q.dtype``, this rank's rows of the global attention output.
+        ``[B, C, H, D]`` in ``q.dtype``, this rank's rows of the global attention output, or
+        ``(out, lse)`` with ``return_lse=True``. Empty inputs (batch 0, zero-length shards) give empty
+        outputs and gradients without communicating.
     Communication (per rank, received): forward ``2 (N-1)/N * B L H_kv D`` elements; backward
     the same again plus the fp32 dK/dV (see :func:`ring_comm_bytes`).
     Example::
@@ -207,10 +214,14 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=N
     info = group_info(group)
     with rank_consistent("ring_attention", info) as check:
         validate_qkv("ring_attention", check, q, k, v, layout=layout, causal=causal, softmax_scale=softmax_scale,
-                     extra={"window": window}, cu_seqlens=cu_seqlens)
+                     extra={"window_size": window_size}, cu_seqlens=cu_seqlens)
         if k.shape != v.shape:
             raise ValueError(f"ring_attention: k and v must have the same shape, got {tuple(k.shape)} and "
                              f"{tuple(v.shape)}")
-        spans, mask = resolve_layout("ring_attention", layout, info.size, q.shape[1], causal, window, cu_seqlens)
-    return ring_attention_spans(q, k, v, info=info, spans=spans, mask=mask, scale=scale_of(q, softmax_scale),
-                                backend=backend)
+        spans, mask = resolve_layout("ring_attention", layout, info.size, q.shape[1], causal, window_size,
+                                     cu_seqlens)
+    if is_empty(q, k):
+        return empty_attention(q, k, v, return_lse)
+    out, lse = ring_attention_spans(q, k, v, info=info, spans=spans, mask=mask, scale=scale_of(q, softmax_scale),
+                                    backend=backend)
+    return (out, lse) if return_lse else out
