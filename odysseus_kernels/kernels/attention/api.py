@@ -5,6 +5,7 @@ import torch
 
 from ...extension import use_extension
 
+from . import cpu_flash
 from .reference import attention_block_bwd_torch, attention_block_fwd_torch, merge_attention_torch
 
 BACKENDS = ("auto", "torch", "triton", "flash_attn")
@@ -31,8 +32,9 @@ def attention_block_fwd(q, k, v, *, softmax_scale=None, causal=False, q_offset=0
         out, lse: running fp32 accumulators ``[B, Sq, H, Dv]`` / ``[B, H, Sq]`` (unit last strides; views
             are fine): the block is merged into them in place (online softmax; rows with no visible key
             keep their values) and they are returned. The Triton backend merges inside the kernel.
-        backend: ``"auto"`` (Triton on CUDA, torch elsewhere) | ``"torch"`` | ``"triton"`` (also on CPU
-            under ``TRITON_INTERPRET=1``) | ``"flash_attn"`` (if installed, for masks it expresses exactly).
+        backend: ``"auto"`` (Triton on CUDA, torch elsewhere) | ``"torch"`` (on CPU PyTorch's flash
+            kernel where the mask allows, :mod:`.cpu_flash`; else the reference) | ``"triton"`` (also on
+            CPU under ``TRITON_INTERPRET=1``) | ``"flash_attn"`` (if installed, for masks it expresses exactly).
     Returns:
         ``(out [B, Sq, H, Dv], lse [B, H, Sq] fp32)``; rows with no visible key: out 0, lse -inf.
     """
@@ -57,6 +59,9 @@ def attention_block_fwd(q, k, v, *, softmax_scale=None, causal=False, q_offset=0
 
         return attention_block_fwd_triton(q, k, v, softmax_scale=softmax_scale, causal=causal, q_offset=q_offset,
                                           k_offset=k_offset, window=window, cu_seqlens=cu_seqlens, out_dtype=out_dtype)
+    if cpu_flash.eligible(q, k, v, causal=causal, q_offset=q_offset, k_offset=k_offset, window=window,
+                          cu_seqlens=cu_seqlens):
+        return cpu_flash.fwd(q, k, v, softmax_scale=softmax_scale, causal=causal, out_dtype=out_dtype)
     return attention_block_fwd_torch(q, k, v, softmax_scale=softmax_scale, causal=causal, q_offset=q_offset,
                                      k_offset=k_offset, window=window, cu_seqlens=cu_seqlens, out_dtype=out_dtype)
 
@@ -96,6 +101,9 @@ def attention_block_bwd(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
         return attention_block_bwd_triton(dout, q, k, v, out, lse, softmax_scale=softmax_scale, causal=causal,
                                           q_offset=q_offset, k_offset=k_offset, window=window, cu_seqlens=cu_seqlens,
                                           delta=delta, grad_dtype=grad_dtype)
+    if out is not None and cpu_flash.eligible(q, k, v, causal=causal, q_offset=q_offset,
+                                                                k_offset=k_offset, window=window, cu_seqlens=cu_seqlens):
+        return cpu_flash.bwd(dout, q, k, v, out, lse, softmax_scale=softmax_scale, causal=causal, grad_dtype=grad_dtype)
     return attention_block_bwd_torch(dout, q, k, v, out, lse, softmax_scale=softmax_scale, causal=causal,
                                      q_offset=q_offset, k_offset=k_offset, window=window, cu_seqlens=cu_seqlens,
                                      delta=delta, grad_dtype=grad_dtype)

@@ -57,8 +57,14 @@ _TILES = {
 
 
 # (arch, kernel, dtype class, bucket) entries that differ from _TILES: on sm_80 (no wgmma, mma.sync
-# accumulators in registers) the 128-row forward tile spills at d <= 64 once documents/positions are on
-_ARCH_OVERRIDES = {(80, "fwd", "16", b): (64, 64, 8, 2) for b in (16, 32, 64)}
+# accumulators in registers) the _TILES choices spill with documents/span positions on (forward d<=64:
+# 240 B, forward d128: 68 B, dK/dV d64: 712 B, dK/dV d128: 16 B); these do not
+_ARCH_OVERRIDES = {
+    **{(80, "fwd", "16", b): (64, 64, 8, 2) for b in (16, 32, 64)},
+    (80, "fwd", "16", 128): (64, 16, 8, 2),
+    (80, "bwd_dkdv", "16", 64): (64, 32, 8, 2),
+    (80, "bwd_dkdv", "16", 128): (32, 32, 8, 2),
+}
 
 
 def _table() -> dict:
