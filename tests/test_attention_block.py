@@ -139,3 +139,23 @@ def test_cuda_flash_attn_backend_matches_the_reference():
     torch.testing.assert_close(lse.double(), l_ref, atol=3e-2, rtol=3e-2)
     for got, want in zip(attention_block_bwd(db, qb, kb, vb, o, lse, causal=True, backend="flash_attn"), g_ref):
         torch.testing.assert_close(got.double(), want, atol=6e-2, rtol=6e-2)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_cpu_flash_path_of_the_torch_backend_matches_the_reference(causal, dtype):
+    from odysseus_kernels.kernels.attention import cpu_flash
+    from odysseus_kernels.kernels.attention.reference import attention_block_bwd_torch, attention_block_fwd_torch
+
+    q, k, v, do = (t.to(dtype) for t in _inputs((37, 37, 3, 3, 16), torch.float64, seed=4))
+    assert cpu_flash.eligible(q, k, v, causal=causal, q_offset=0, k_offset=0, window=(-1, -1), cu_seqlens=None)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    out, lse = attention_block_fwd(q, k, v, causal=causal, backend="torch")
+    o_ref, l_ref = attention_block_fwd_torch(q, k, v, causal=causal)
+    torch.testing.assert_close(out, o_ref, **tol)
+    torch.testing.assert_close(lse, l_ref, **tol)
+    # a block of the keys, given the rows' final out/lse (what the ring backward asks)
+    got = attention_block_bwd(do, q, k[:, :20], v[:, :20], out, lse, causal=causal, backend="torch")
+    want = attention_block_bwd_torch(do, q, k[:, :20], v[:, :20], o_ref, l_ref, causal=causal)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **tol)

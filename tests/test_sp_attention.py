@@ -8,7 +8,7 @@ import torch
 
 import odysseus_kernels as ok
 from odysseus_kernels import comm
-from odysseus_kernels.kernels.attention import attention_ref
+from odysseus_kernels.kernels.attention import attention_block_fwd, attention_ref
 from odysseus_kernels.ops.attention import (
     allgather_kv_attention,
     allgather_kv_comm_bytes,
@@ -234,7 +234,7 @@ def _check_windows(seed):
             ref.backward(do)
             sh = lambda t: ok.shard_sequence(t, layout=layout)  # noqa: E731
             ql, kl, vl = (sh(t).requires_grad_(True) for t in (q, k, v))
-            out = fn(ql, kl, vl, causal=causal, layout=layout, window=window)
+            out = fn(ql, kl, vl, causal=causal, layout=layout, window_size=window)
             out.backward(sh(do))
             worst = max((got - sh(want)).abs().max().item() for got, want in
                         ((out, ref.detach()), (ql.grad, qr.grad), (kl.grad, kr.grad), (vl.grad, vr.grad)))
@@ -258,7 +258,7 @@ def _check_window_ledger():
     for window in [(3, -1), (4, -1), (5, -1), (-1, -1)]:
         ql, kl, vl = (t.clone().requires_grad_(True) for t in (q, k, v))
         with ok.comm_ledger() as fwd:
-            o = ring_attention(ql, kl, vl, causal=True, layout="contiguous", window=window)
+            o = ring_attention(ql, kl, vl, causal=True, layout="contiguous", window_size=window)
         with ok.comm_ledger() as bwd:
             o.backward(do)
         out[window] = (fwd.received("p2p"), bwd.received("p2p"))
@@ -299,7 +299,7 @@ def _check_bad_inputs():
     attempt("dtype", token_ring_attention, q, kv.double(), kv)
     attempt("not_tensor", allgather_kv_attention, q.tolist() if r == 0 else q, kv, kv)
     attempt("odd_zigzag", ring_attention, q[:, :3], kv[:, :3], kv[:, :3], layout="zigzag")
-    attempt("window", ulysses_attention, q, kv, kv, window=(2, -3))
+    attempt("window", ulysses_attention, q, kv, kv, window_size=(2, -3))
     return errors
 
 
@@ -310,7 +310,7 @@ def test_bad_inputs_raise_on_every_rank(n):
         assert e["dtype"].startswith("TypeError: token_ring_attention: q, k, v must share a dtype")
         assert e["not_tensor"].startswith("TypeError: allgather_kv_attention: q must be a torch.Tensor")
         assert "seq_local must be even, got 3" in e["odd_zigzag"]
-        assert "window must be (left, right) with ints >= -1 (-1 = unbounded), got (2, -3)" in e["window"]
+        assert "window_size must be (left, right) with ints >= -1 (-1 = unbounded), got (2, -3)" in e["window"]
         if n > 1:
             assert "ring_attention:" in e["short_k"] and ("same on every rank" in e["short_k"]
                                                           or "same local sequence length" in e["short_k"])
@@ -451,3 +451,53 @@ def _check_triton_backend():
 def test_ops_on_the_triton_block_kernels(n):
     for errs in run_world(_check_triton_backend, n, timeout=600):
         assert errs and all(e < 1e-4 for e in errs.values()), errs
+
+
+def _check_defaults_lse_and_empty():
+    """Every op with all defaults composes with shard/gather; return_lse gives the full-sequence lse;
+    batch 0 and zero-length shards give empty outputs and gradients (forward and backward)."""
+    n = comm.group_info().size
+    q, k, v, do = _inputs(31, 2, 4 * n, 4, 2, 8, None)
+    res = {}
+    for causal in (False, True):
+        qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+        ref = attention_ref(qr, kr, vr, causal=causal)
+        ref.backward(do)
+        _, ref_lse = attention_block_fwd(q, k, v, causal=causal)  # [B, H, L] float64
+        for name, fn, _ in _ops(n):
+            if name == "ulysses" and 4 % n:
+                continue
+            ql, kl, vl = (ok.shard_sequence(t).requires_grad_(True) for t in (q, k, v))  # all defaults
+            out = fn(ql, kl, vl, causal=causal)
+            out.backward(ok.shard_sequence(do))
+            got = ok.gather_sequence(out.detach())
+            err = max([(got - ref.detach()).abs().max().item()]
+                      + [(a.grad - ok.shard_sequence(b.grad)).abs().max().item()
+                         for a, b in ((ql, qr), (kl, kr), (vl, vr))])
+            o2, lse = fn(*(ok.shard_sequence(t) for t in (q, k, v)), causal=causal, return_lse=True)
+            want_lse = ok.shard_sequence(ref_lse, dim=2)
+            err = max(err, (o2 - out).abs().max().item(), (lse - want_lse).abs().max().item())
+            assert lse.shape == (2, 4, 4) and lse.dtype == torch.float64, (name, lse.shape, lse.dtype)
+            res[(name, causal)] = err
+    for case, shape in (("batch0", (0, 4, 4, 8)), ("seq0", (2, 0, 4, 8))):
+        for name, fn, _ in _ops(n):
+            if name == "ulysses" and 4 % n:
+                continue
+            qe = torch.randn(shape, dtype=torch.float32).requires_grad_(True)
+            ke, ve = (torch.randn(shape[:2] + (2, 8)).requires_grad_(True) for _ in range(2))
+            out, lse = fn(qe, ke, ve, causal=True, return_lse=True)
+            out.sum().backward()
+            assert out.shape == shape and lse.shape == (shape[0], 4, shape[1]), (name, case)
+            assert qe.grad.shape == qe.shape and ke.grad.shape == ke.shape and ve.grad.shape == ve.shape, (name, case)
+            res[(name, case)] = 0.0
+    # the group is still in step: a normal call after the empty ones
+    ql = ok.shard_sequence(q)
+    res["after"] = (ok.gather_sequence(ring_attention(ql, ql[..., :2, :], ql[..., :2, :], causal=True))
+                    - attention_ref(q, q[..., :2, :], q[..., :2, :], causal=True)).abs().max().item()
+    return res
+
+
+@pytest.mark.parametrize("n", [pytest.param(n, id=f"N{n}") for n in (2, 3)])
+def test_defaults_compose_return_lse_and_empty_tensors(n):
+    for res in run_world(_check_defaults_lse_and_empty, n, timeout=600):
+        assert res and all(e < 1e-10 for e in res.values()), res

@@ -82,7 +82,7 @@ def _make_attention(name):
                   backend=cfg.get("backend", "auto"))
         window = getattr(module, "sliding_window", None)
         if window:
-            kw["window"] = (int(window) - 1, 0 if kw["causal"] else int(window) - 1)
+            kw["window_size"] = (int(window) - 1, 0 if kw["causal"] else int(window) - 1)
         if kwargs.get("odysseus_cu_seqlens") is not None:  # a packed stream, sharded per document
             kw["cu_seqlens"] = kwargs["odysseus_cu_seqlens"]
             kw["layout"] = layout if layout.startswith("doc_") else "doc_" + layout

@@ -15,10 +15,11 @@ class _LocalAttention(torch.autograd.Function):
                                        cu_seqlens=cu_seqlens, backend=backend)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.opts = (scale, causal, window, cu_seqlens, backend)
-        return out
+        ctx.mark_non_differentiable(lse)
+        return out, lse
 
     @staticmethod
-    def backward(ctx, dout):
+    def backward(ctx, dout, _dlse=None):
         q, k, v, out, lse = ctx.saved_tensors
         scale, causal, window, cu_seqlens, backend = ctx.opts
         dq, dk, dv = attention_block_bwd(dout.contiguous(), q, k, v, out, lse, softmax_scale=scale,
@@ -27,18 +28,19 @@ class _LocalAttention(torch.autograd.Function):
 
 
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                    softmax_scale: float | None = None, window: tuple[int, int] = (-1, -1),
-                    cu_seqlens=None, backend: str = "auto") -> torch.Tensor:
+                    softmax_scale: float | None = None, window_size: tuple[int, int] = (-1, -1),
+                    cu_seqlens=None, return_lse: bool = False, backend: str = "auto"):
     """Attention over the whole local sequence (no communication), differentiable.
 
     Args:
         q: ``[B, S, H, D]``; k, v: ``[B, S_k, H_kv, D]`` (``H % H_kv == 0``, GQA without repeating K/V).
         causal: causal mask aligned at the start (query i sees keys ``<= i``).
-        softmax_scale: default ``1/sqrt(D)``. window: ``(left, right)`` sliding window, -1 = unbounded.
+        softmax_scale: default ``1/sqrt(D)``. window_size: ``(left, right)`` sliding window, -1 = unbounded.
         cu_seqlens: cumulative document lengths of a packed sequence (attend within documents).
         backend: ``"auto"`` (Triton on CUDA, torch elsewhere), or a backend of the block kernels.
+        return_lse: also return the log-sum-exp ``[B, H, S]`` (fp32; fp64 for fp64 inputs).
     Returns:
-        ``[B, S, H, D]`` in ``q.dtype``.
+        ``[B, S, H, D]`` in ``q.dtype``, or ``(out, lse)`` with ``return_lse=True``.
     Example:
         >>> out = ok.local_attention(q, k, v, causal=True)
     """
@@ -55,4 +57,10 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"local_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     cu = None if cu_seqlens is None else normalize_cu_seqlens(cu_seqlens, q.shape[1], "local_attention")
-    return _LocalAttention.apply(q, k, v, softmax_scale, causal, tuple(window), cu, backend)
+    if q.numel() == 0 or k.numel() == 0:
+        out = torch.zeros(q.shape[:3] + (v.shape[-1],), dtype=q.dtype, device=q.device) + (q.sum() + k.sum() + v.sum()) * 0
+        lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), device=q.device,
+                         dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+        return (out, lse) if return_lse else out
+    out, lse = _LocalAttention.apply(q, k, v, softmax_scale, causal, tuple(window_size), cu, backend)
+    return (out, lse) if return_lse else out

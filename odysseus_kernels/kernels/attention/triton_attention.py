@@ -1,13 +1,30 @@
-"""Triton block attention (FlashAttention-2 structure) with the package's mask algebra.
+"""Triton block attention (FlashAttention-2 structure) with the package's mask algebra, shaped for
+ring steps: one launch per (query shard, key shard) pair, merge and gradient accumulation in-kernel.
 
-Forward: one program per (query block, batch x head), online softmax over the key blocks the mask
-can reach (causal / window bounds skip the rest), fp32 accumulation, ``out`` in ``out_dtype`` and
-``lse`` in fp32 (natural log; -inf for rows that see no key, whose output is 0). Backward: a
-dK/dV kernel per (key block, batch x kv head) that loops over the G query heads sharing the kv head
-(GQA without atomics), and a dQ kernel per (query block, batch x head). Masks: ``causal`` and
-``window`` over global positions ``q_offset + i`` / ``k_offset + j``, and documents of a packed
-stream through per-row document ids. Head dims that are not powers of two are padded with masked
-lanes. Shapes and semantics are those of :mod:`.reference`.
+Kernels (launch configs from :mod:`.configs`, one table shared with the compile gate):
+
+- ``_fwd_kernel``: one program per (query tile, batch x head); online softmax over the key tiles,
+  fp32 accumulation. With ``first=0`` it reads the running fp32 ``(out, lse)`` of its rows and
+  writes the merged result (a ring step is one launch); rows that see no key of this block are left
+  untouched. With ``first=1`` it writes ``(out, lse)`` (rows with no visible key: out 0, lse -inf).
+- ``_bwd_preprocess_kernel``: ``delta = rowsum(dout * out)`` once per call.
+- ``_bwd_dq_kernel`` (per query tile) and ``_bwd_dkdv_kernel`` (per key tile, looping over the G
+  query heads of its kv head: GQA without atomics): with ``accumulate=1`` they add into the given
+  fp32 gradients (dQ across a ring's steps, dK/dV into the travelling accumulator).
+
+Mask: query row i sits at global position ``qpos[i]``, key j at ``kpos[j]``, either ``offset + index``
+(``POS=False``, a contiguous span) or read from int32 position arrays (``POS=True``: any list of
+spans, e.g. a zigzag or per-document shard, so a whole shard is one launch). ``causal`` keeps
+``kpos <= qpos``, the window ``(left, right)`` (runtime values, -1 = unbounded) keeps
+``qpos - left <= kpos <= qpos + right``, documents (per-row int32 ids) keep equal ids. Every tile pair
+is classified from its tiles' position and document ranges (per-tile ``[min, max]``, from the
+arrays ``QMETA``/``KMETA`` or computed for a contiguous span): invisible pairs are skipped, pairs
+that are entirely visible take the mask-free path, only boundary pairs evaluate the mask.
+Lengths, offsets, windows and flags that change between ring steps are runtime arguments, not
+specialized (``do_not_specialize``): a ring call compiles each kernel once.
+
+Head dims that are not powers of two are padded with masked lanes. fp32 inputs use IEEE fp32
+``tl.dot`` (no TF32). Shapes and semantics are those of :mod:`.reference`.
 """
 from __future__ import annotations
 
@@ -17,105 +34,254 @@ import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+from .configs import current_arch, pick
+
+_RUNTIME = ["Sq", "Sk", "q_offset", "k_offset", "left", "right", "first"]
 
 
 @triton.jit
-def _visible(qpos, kpos, qdoc, kdoc, k_valid, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
-             HAS_DOCS: tl.constexpr):
+def _classify(qlo, qhi, qdlo, qdhi, klo, khi, kdlo, kdhi, left, right, CAUSAL: tl.constexpr,
+              HAS_DOCS: tl.constexpr):
+    """(skip, full) for a query tile with positions in [qlo, qhi] and docs in [qdlo, qdhi] against a key
+    tile [klo, khi], [kdlo, kdhi]: skip = no pair visible, full = every pair visible."""
+    dmin = klo - qhi  # range of kpos - qpos
+    dmax = khi - qlo
+    skip = dmin > dmax  # False (an empty tile never reaches here)
+    full = dmin <= dmax  # True
+    if CAUSAL:
+        skip = skip | (dmin > 0)
+        full = full & (dmax <= 0)
+    skip = skip | ((right >= 0) & (dmin > right))
+    full = full & ((right < 0) | (dmax <= right))
+    skip = skip | ((left >= 0) & (dmax < -left))
+    full = full & ((left < 0) | (dmin >= -left))
+    if HAS_DOCS:
+        skip = skip | (qdhi < kdlo) | (kdhi < qdlo)
+        full = full & (qdlo == qdhi) & (kdlo == kdhi) & (qdlo == kdlo)
+    return skip, full
+
+
+@triton.jit
+def _visible(qpos, kpos, qdoc, kdoc, k_valid, left, right, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr):
     m = k_valid[None, :] & (qpos[:, None] == qpos[:, None])  # [BM, BN]
     if CAUSAL:
         m = m & (kpos[None, :] <= qpos[:, None])
-    if LEFT >= 0:
-        m = m & (kpos[None, :] >= qpos[:, None] - LEFT)
-    if RIGHT >= 0:
-        m = m & (kpos[None, :] <= qpos[:, None] + RIGHT)
+    m = m & ((left < 0) | (kpos[None, :] >= qpos[:, None] - left))
+    m = m & ((right < 0) | (kpos[None, :] <= qpos[:, None] + right))
     if HAS_DOCS:
         m = m & (kdoc[None, :] == qdoc[:, None])
     return m
 
 
 @triton.jit
-def _key_range(pid_m, Sk, q_offset, k_offset, BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr,
-               LEFT: tl.constexpr, RIGHT: tl.constexpr):
-    """Key rows ``[lo, hi)`` the mask can reach from query block ``pid_m`` (lo on a BN boundary)."""
-    lo = 0
-    hi = Sk
-    if CAUSAL:
-        hi = tl.minimum(Sk, q_offset + (pid_m + 1) * BM - k_offset)
-    if RIGHT >= 0:
-        hi = tl.minimum(hi, q_offset + (pid_m + 1) * BM + RIGHT - k_offset)
-    if LEFT >= 0:
-        lo = tl.maximum(0, q_offset + pid_m * BM - LEFT - k_offset)
-        lo = (lo // BN) * BN
-    return lo, hi
+def _tile_range(POS_, DOC, META, start, n, offset, B: tl.constexpr, POS: tl.constexpr, HAS_DOCS: tl.constexpr):
+    """(pos min, pos max, doc min, doc max) of rows [start, start + B) clipped to n."""
+    if POS:
+        p = META + (start // B) * 4
+        plo = tl.load(p)
+        phi = tl.load(p + 1)
+        dlo = tl.load(p + 2)
+        dhi = tl.load(p + 3)
+    else:
+        last = tl.minimum(start + B, n) - 1
+        plo = offset + start
+        phi = offset + last
+        dlo = plo * 0
+        dhi = plo * 0
+        if HAS_DOCS:
+            dlo = tl.load(DOC + start)
+            dhi = tl.load(DOC + last)
+    return plo, phi, dlo, dhi
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, QDOC, KDOC,
-                sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
-                H, G, Sq, Sk, q_offset, k_offset, scale,
+def _rows(POS_, DOC, o, valid, offset, POS: tl.constexpr, HAS_DOCS: tl.constexpr, OTHER: tl.constexpr):
+    """Global positions and document ids of rows ``o``."""
+    if POS:
+        pos = tl.load(POS_ + o, mask=valid, other=0)
+    else:
+        pos = offset + o
+    if HAS_DOCS:
+        doc = tl.load(DOC + o, mask=valid, other=OTHER)
+    else:
+        doc = o
+    return pos, doc
+
+
+@triton.jit
+def _key_span(q_lo, q_hi, Sk, k_offset, left, right, BN: tl.constexpr, CAUSAL: tl.constexpr, POS: tl.constexpr):
+    """Key rows ``[lo, hi)`` the mask can reach from query positions [q_lo, q_hi] (contiguous keys)."""
+    lo = Sk * 0
+    hi = Sk + 0
+    if not POS:
+        if CAUSAL:
+            hi = tl.minimum(hi, q_hi + 1 - k_offset)
+        if right >= 0:
+            hi = tl.minimum(hi, q_hi + right + 1 - k_offset)
+        if left >= 0:
+            lo = tl.maximum(lo, q_lo - left - k_offset)
+            lo = (lo // BN) * BN
+    return lo, hi
+
+
+@triton.jit(do_not_specialize=_RUNTIME)
+def _fwd_kernel(Q, K, V, O, LSE, QPOS, KPOS, QDOC, KDOC, QMETA, KMETA,
+                sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh, slb, slh,
+                H, G, Sq, Sk, q_offset, k_offset, left, right, scale, first,
                 D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, LEFT: tl.constexpr,
-                RIGHT: tl.constexpr, HAS_DOCS: tl.constexpr):
+                BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                POS: tl.constexpr, PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     hk = h // G
-    o_m = pid_m * BM + tl.arange(0, BM)  # [BM]
+    start_m = pid_m * BM
+    o_m = start_m + tl.arange(0, BM)  # [BM]
     o_d = tl.arange(0, BD)
     o_dv = tl.arange(0, BDV)
     m_valid = o_m < Sq
     p_q = Q + b.to(tl.int64) * sqb + h * sqh + o_m[:, None].to(tl.int64) * sqs + o_d[None, :]
     b_q = tl.load(p_q, mask=m_valid[:, None] & (o_d[None, :] < D), other=0.0)  # [BM, BD]
-    qpos = q_offset + o_m
-    qdoc = tl.load(QDOC + o_m, mask=m_valid, other=-1) if HAS_DOCS else o_m
-    lo, hi = _key_range(pid_m, Sk, q_offset, k_offset, BM, BN, CAUSAL, LEFT, RIGHT)
+    qpos, qdoc = _rows(QPOS, QDOC, o_m, m_valid, q_offset, POS, HAS_DOCS, -1)
+    qlo, qhi, qdlo, qdhi = _tile_range(QPOS, QDOC, QMETA, start_m, Sq, q_offset, BM, POS, HAS_DOCS)
+    lo, hi = _key_span(qlo, qhi, Sk, k_offset, left, right, BN, CAUSAL, POS)
+    p_o = O + b.to(tl.int64) * sob + h * soh + o_m[:, None].to(tl.int64) * sos + o_dv[None, :]
+    p_l = LSE + b.to(tl.int64) * slb + h * slh + o_m
+    o_mask = m_valid[:, None] & (o_dv[None, :] < DV)
+    # online-softmax state (running max m in log2 units, sum l, unnormalised acc); merging into the
+    # running (out, lse) = starting from the state (m = lse * log2(e), l = 1, acc = out)
     b_m = tl.full([BM], float("-inf"), tl.float32)
     b_l = tl.zeros([BM], tl.float32)
     b_acc = tl.zeros([BM, BDV], tl.float32)
+    l_old = b_m
+    if first == 0:
+        l_old = tl.load(p_l, mask=m_valid, other=float("-inf"))
+        b_m = l_old * 1.4426950408889634
+        b_l = tl.where(l_old == float("-inf"), 0.0, 1.0)
+        b_acc = tl.load(p_o, mask=o_mask, other=0.0).to(tl.float32)
+    l_start = b_l
     qk_scale = scale * 1.4426950408889634
     for start_n in range(lo, hi, BN):
-        o_n = start_n + tl.arange(0, BN)
-        n_valid = o_n < Sk
-        p_k = K + b.to(tl.int64) * skb + hk * skh + o_n[None, :].to(tl.int64) * sks + o_d[:, None]
-        b_kt = tl.load(p_k, mask=n_valid[None, :] & (o_d[:, None] < D), other=0.0)  # [BD, BN]
-        b_s = tl.dot(b_q, b_kt) * qk_scale  # [BM, BN], log2 units
-        kdoc = tl.load(KDOC + o_n, mask=n_valid, other=-2) if HAS_DOCS else o_n
-        vis = _visible(qpos, k_offset + o_n, qdoc, kdoc, n_valid, CAUSAL, LEFT, RIGHT, HAS_DOCS)
-        b_s = tl.where(vis, b_s, float("-inf"))
-        m_new = tl.maximum(b_m, tl.max(b_s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        b_p = tl.exp2(b_s - m_safe[:, None])
-        alpha = tl.exp2(b_m - m_safe)
-        b_l = b_l * alpha + tl.sum(b_p, 1)
-        p_v = V + b.to(tl.int64) * svb + hk * svh + o_n[:, None].to(tl.int64) * svs + o_dv[None, :]
-        b_v = tl.load(p_v, mask=n_valid[:, None] & (o_dv[None, :] < DV), other=0.0)  # [BN, BDV]
-        b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
-        b_m = m_new
+        klo, khi, kdlo, kdhi = _tile_range(KPOS, KDOC, KMETA, start_n, Sk, k_offset, BN, POS, HAS_DOCS)
+        skip, full = _classify(qlo, qhi, qdlo, qdhi, klo, khi, kdlo, kdhi, left, right, CAUSAL, HAS_DOCS)
+        if not skip:
+            o_n = start_n + tl.arange(0, BN)
+            n_valid = o_n < Sk
+            p_k = K + b.to(tl.int64) * skb + hk * skh + o_n[None, :].to(tl.int64) * sks + o_d[:, None]
+            b_kt = tl.load(p_k, mask=n_valid[None, :] & (o_d[:, None] < D), other=0.0)  # [BD, BN]
+            b_s = tl.dot(b_q, b_kt, input_precision=PREC) * qk_scale  # [BM, BN], log2 units
+            if (not full) | (start_n + BN > Sk):  # boundary tile: evaluate the mask
+                kpos, kdoc = _rows(KPOS, KDOC, o_n, n_valid, k_offset, POS, HAS_DOCS, -2)
+                vis = _visible(qpos, kpos, qdoc, kdoc, n_valid, left, right, CAUSAL, HAS_DOCS)
+                b_s = tl.where(vis, b_s, float("-inf"))
+            m_new = tl.maximum(b_m, tl.max(b_s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            b_p = tl.exp2(b_s - m_safe[:, None])  # [BM, BN]
+            alpha = tl.exp2(b_m - m_safe)
+            b_l = b_l * alpha + tl.sum(b_p, 1)
+            p_v = V + b.to(tl.int64) * svb + hk * svh + o_n[:, None].to(tl.int64) * svs + o_dv[None, :]
+            b_v = tl.load(p_v, mask=n_valid[:, None] & (o_dv[None, :] < DV), other=0.0)  # [BN, BDV]
+            b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PREC)
+            b_m = m_new
     empty = b_l == 0.0
-    b_out = b_acc / tl.where(empty, 1.0, b_l)[:, None]
-    lse = tl.where(empty, float("-inf"), (b_m + tl.log2(tl.where(empty, 1.0, b_l))) * 0.6931471805599453)
-    p_o = O + b.to(tl.int64) * sob + h * soh + o_m[:, None].to(tl.int64) * sos + o_dv[None, :]
-    tl.store(p_o, b_out.to(O.dtype.element_ty), mask=m_valid[:, None] & (o_dv[None, :] < DV))
-    tl.store(LSE + bh.to(tl.int64) * Sq + o_m, lse, mask=m_valid)
+    b_out = b_acc / tl.where(empty, 1.0, b_l)[:, None]  # [BM, BDV]
+    b_lse = tl.where(empty, float("-inf"), (b_m + tl.log2(tl.where(empty, 1.0, b_l))) * 0.6931471805599453)
+    b_lse = tl.where(b_l == l_start, l_old, b_lse)  # rows that saw no key of this block: lse unchanged
+    tl.store(p_o, b_out.to(O.dtype.element_ty), mask=o_mask)
+    tl.store(p_l, b_lse, mask=m_valid)
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV_, QDOC, KDOC,
+def _bwd_preprocess_kernel(O, DO, DELTA, sob, sos, soh, sdb, sds, sdh, H, S,
+                           DV: tl.constexpr, BDV: tl.constexpr, BM: tl.constexpr):
+    """``delta[b, h, i] = sum_d out[b, i, h, d] * dout[b, i, h, d]`` in fp32, ``DELTA`` ``[B, H, S]``."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    o_m = pid_m * BM + tl.arange(0, BM)
+    o_dv = tl.arange(0, BDV)
+    msk = (o_m[:, None] < S) & (o_dv[None, :] < DV)
+    b_o = tl.load(O + b.to(tl.int64) * sob + h * soh + o_m[:, None].to(tl.int64) * sos + o_dv[None, :],
+                  mask=msk, other=0.0).to(tl.float32)  # [BM, BDV]
+    b_do = tl.load(DO + b.to(tl.int64) * sdb + h * sdh + o_m[:, None].to(tl.int64) * sds + o_dv[None, :],
+                   mask=msk, other=0.0).to(tl.float32)  # [BM, BDV]
+    tl.store(DELTA + bh.to(tl.int64) * S + o_m, tl.sum(b_o * b_do, 1), mask=o_m < S)
+
+
+@triton.jit(do_not_specialize=_RUNTIME)
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, QPOS, KPOS, QDOC, KDOC, QMETA, KMETA,
+                   sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdb, sds, sdh, sgb, sgs, sgh, slb, slh, seb, seh,
+                   H, G, Sq, Sk, q_offset, k_offset, left, right, scale, first,
+                   D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                   POS: tl.constexpr, PREC: tl.constexpr):
+    """dQ of a query tile; ``first=0`` adds into ``DQ`` (fp32 accumulation across ring steps)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // G
+    start_m = pid_m * BM
+    o_m = start_m + tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    o_dv = tl.arange(0, BDV)
+    m_valid = o_m < Sq
+    b_q = tl.load(Q + b.to(tl.int64) * sqb + h * sqh + o_m[:, None].to(tl.int64) * sqs + o_d[None, :],
+                  mask=m_valid[:, None] & (o_d[None, :] < D), other=0.0)  # [BM, BD]
+    b_do = tl.load(DO + b.to(tl.int64) * sdb + h * sdh + o_m[:, None].to(tl.int64) * sds + o_dv[None, :],
+                   mask=m_valid[:, None] & (o_dv[None, :] < DV), other=0.0)  # [BM, BDV]
+    lse = tl.load(LSE + b.to(tl.int64) * slb + h * slh + o_m, mask=m_valid, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw no key: p = 0
+    delta = tl.load(DELTA + b.to(tl.int64) * seb + h * seh + o_m, mask=m_valid, other=0.0)
+    qpos, qdoc = _rows(QPOS, QDOC, o_m, m_valid, q_offset, POS, HAS_DOCS, -1)
+    qlo, qhi, qdlo, qdhi = _tile_range(QPOS, QDOC, QMETA, start_m, Sq, q_offset, BM, POS, HAS_DOCS)
+    lo, hi = _key_span(qlo, qhi, Sk, k_offset, left, right, BN, CAUSAL, POS)
+    b_dq = tl.zeros([BM, BD], tl.float32)
+    for start_n in range(lo, hi, BN):
+        klo, khi, kdlo, kdhi = _tile_range(KPOS, KDOC, KMETA, start_n, Sk, k_offset, BN, POS, HAS_DOCS)
+        skip, full = _classify(qlo, qhi, qdlo, qdhi, klo, khi, kdlo, kdhi, left, right, CAUSAL, HAS_DOCS)
+        if not skip:
+            o_n = start_n + tl.arange(0, BN)
+            n_valid = o_n < Sk
+            b_k = tl.load(K + b.to(tl.int64) * skb + hk * skh + o_n[:, None].to(tl.int64) * sks + o_d[None, :],
+                          mask=n_valid[:, None] & (o_d[None, :] < D), other=0.0)  # [BN, BD]
+            b_v = tl.load(V + b.to(tl.int64) * svb + hk * svh + o_n[:, None].to(tl.int64) * svs + o_dv[None, :],
+                          mask=n_valid[:, None] & (o_dv[None, :] < DV), other=0.0)  # [BN, BDV]
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale  # [BM, BN]
+            if (not full) | (start_n + BN > Sk):
+                kpos, kdoc = _rows(KPOS, KDOC, o_n, n_valid, k_offset, POS, HAS_DOCS, -2)
+                vis = _visible(qpos, kpos, qdoc, kdoc, n_valid, left, right, CAUSAL, HAS_DOCS)
+                b_s = tl.where(vis, b_s, float("-inf"))
+            b_p = tl.exp(b_s - lse[:, None])  # [BM, BN]
+            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)  # [BM, BN]
+            b_ds = b_p * (b_dp - delta[:, None])
+            b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=PREC)
+    b_dq = b_dq * scale
+    p_dq = DQ + b.to(tl.int64) * sgb + h * sgh + o_m[:, None].to(tl.int64) * sgs + o_d[None, :]
+    dq_mask = m_valid[:, None] & (o_d[None, :] < D)
+    if first == 0:
+        b_dq += tl.load(p_dq, mask=dq_mask, other=0.0).to(tl.float32)
+    tl.store(p_dq, b_dq.to(DQ.dtype.element_ty), mask=dq_mask)
+
+
+@triton.jit(do_not_specialize=_RUNTIME)
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV_, QPOS, KPOS, QDOC, KDOC, QMETA, KMETA,
                      sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdb, sds, sdh,
-                     H, G, Sq, Sk, q_offset, k_offset, scale,
+                     sgkb, sgks, sgkh, sgvb, sgvs, sgvh, slb, slh, seb, seh,
+                     H, G, Sq, Sk, q_offset, k_offset, left, right, scale, first,
                      D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                     BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, LEFT: tl.constexpr,
-                     RIGHT: tl.constexpr, HAS_DOCS: tl.constexpr):
+                     BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                     POS: tl.constexpr, PREC: tl.constexpr):
+    """dK, dV of a key tile over the G query heads of its kv head; ``first=0`` adds into ``DK``/``DV_``."""
     pid_n = tl.program_id(0)
     bhk = tl.program_id(1)
     HK = H // G
     b = bhk // HK
     hk = bhk % HK
-    o_n = pid_n * BN + tl.arange(0, BN)
+    start_n = pid_n * BN
+    o_n = start_n + tl.arange(0, BN)
     o_d = tl.arange(0, BD)
     o_dv = tl.arange(0, BDV)
     n_valid = o_n < Sk
@@ -123,153 +289,286 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV_, QDOC, KDOC,
                   mask=n_valid[:, None] & (o_d[None, :] < D), other=0.0)  # [BN, BD]
     b_v = tl.load(V + b.to(tl.int64) * svb + hk * svh + o_n[:, None].to(tl.int64) * svs + o_dv[None, :],
                   mask=n_valid[:, None] & (o_dv[None, :] < DV), other=0.0)  # [BN, BDV]
-    kpos = k_offset + o_n
-    kdoc = tl.load(KDOC + o_n, mask=n_valid, other=-2) if HAS_DOCS else o_n
-    lo = 0
-    hi = Sq
-    if CAUSAL:
-        lo = tl.maximum(0, k_offset + pid_n * BN - q_offset)
-    if RIGHT >= 0:
-        lo = tl.maximum(lo, k_offset + pid_n * BN - RIGHT - q_offset)
-    if LEFT >= 0:
-        hi = tl.minimum(Sq, k_offset + (pid_n + 1) * BN + LEFT - q_offset)
-    lo = (lo // BM) * BM
+    kpos, kdoc = _rows(KPOS, KDOC, o_n, n_valid, k_offset, POS, HAS_DOCS, -2)
+    klo, khi, kdlo, kdhi = _tile_range(KPOS, KDOC, KMETA, start_n, Sk, k_offset, BN, POS, HAS_DOCS)
+    lo = Sq * 0
+    hi = Sq + 0
+    if not POS:  # query rows the mask can reach (contiguous queries)
+        if CAUSAL:
+            lo = tl.maximum(lo, klo - q_offset)
+        if right >= 0:
+            lo = tl.maximum(lo, klo - right - q_offset)
+        if left >= 0:
+            hi = tl.minimum(hi, khi + left + 1 - q_offset)
+        lo = (lo // BM) * BM
     b_dk = tl.zeros([BN, BD], tl.float32)
     b_dv = tl.zeros([BN, BDV], tl.float32)
     for g in range(0, G):
         h = hk * G + g
         for start_m in range(lo, hi, BM):
-            o_m = start_m + tl.arange(0, BM)
-            m_valid = o_m < Sq
-            b_q = tl.load(Q + b.to(tl.int64) * sqb + h * sqh + o_m[:, None].to(tl.int64) * sqs + o_d[None, :],
-                          mask=m_valid[:, None] & (o_d[None, :] < D), other=0.0)  # [BM, BD]
-            b_do = tl.load(DO + b.to(tl.int64) * sdb + h * sdh + o_m[:, None].to(tl.int64) * sds + o_dv[None, :],
-                           mask=m_valid[:, None] & (o_dv[None, :] < DV), other=0.0)  # [BM, BDV]
-            lse = tl.load(LSE + (b * H + h).to(tl.int64) * Sq + o_m, mask=m_valid, other=float("inf"))
-            lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw no key: p = 0
-            delta = tl.load(DELTA + (b * H + h).to(tl.int64) * Sq + o_m, mask=m_valid, other=0.0)
-            qdoc = tl.load(QDOC + o_m, mask=m_valid, other=-1) if HAS_DOCS else o_m
-            b_s = tl.dot(b_q, tl.trans(b_k)) * scale  # [BM, BN]
-            vis = _visible(q_offset + o_m, kpos, qdoc, kdoc, n_valid, CAUSAL, LEFT, RIGHT, HAS_DOCS)
-            vis = vis & m_valid[:, None]
-            b_p = tl.where(vis, tl.exp(b_s - lse[:, None]), 0.0)  # [BM, BN]
-            b_dv += tl.dot(tl.trans(b_p).to(b_do.dtype), b_do)
-            b_dp = tl.dot(b_do, tl.trans(b_v))  # [BM, BN]
-            b_ds = b_p * (b_dp - delta[:, None])
-            b_dk += tl.dot(tl.trans(b_ds).to(b_q.dtype), b_q)
-    p_dk = DK + b.to(tl.int64) * skb + hk * skh + o_n[:, None].to(tl.int64) * sks + o_d[None, :]
-    tl.store(p_dk, (b_dk * scale).to(DK.dtype.element_ty), mask=n_valid[:, None] & (o_d[None, :] < D))
-    p_dv = DV_ + b.to(tl.int64) * svb + hk * svh + o_n[:, None].to(tl.int64) * svs + o_dv[None, :]
-    tl.store(p_dv, b_dv.to(DV_.dtype.element_ty), mask=n_valid[:, None] & (o_dv[None, :] < DV))
+            qlo, qhi, qdlo, qdhi = _tile_range(QPOS, QDOC, QMETA, start_m, Sq, q_offset, BM, POS, HAS_DOCS)
+            skip, full = _classify(qlo, qhi, qdlo, qdhi, klo, khi, kdlo, kdhi, left, right, CAUSAL, HAS_DOCS)
+            if not skip:
+                o_m = start_m + tl.arange(0, BM)
+                m_valid = o_m < Sq
+                b_q = tl.load(Q + b.to(tl.int64) * sqb + h * sqh + o_m[:, None].to(tl.int64) * sqs + o_d[None, :],
+                              mask=m_valid[:, None] & (o_d[None, :] < D), other=0.0)  # [BM, BD]
+                b_do = tl.load(DO + b.to(tl.int64) * sdb + h * sdh + o_m[:, None].to(tl.int64) * sds + o_dv[None, :],
+                               mask=m_valid[:, None] & (o_dv[None, :] < DV), other=0.0)  # [BM, BDV]
+                lse = tl.load(LSE + b.to(tl.int64) * slb + h * slh + o_m, mask=m_valid, other=float("inf"))
+                lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw no key: p = 0
+                delta = tl.load(DELTA + b.to(tl.int64) * seb + h * seh + o_m, mask=m_valid, other=0.0)
+                b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale  # [BM, BN]
+                if (not full) | (start_n + BN > Sk):
+                    qpos, qdoc = _rows(QPOS, QDOC, o_m, m_valid, q_offset, POS, HAS_DOCS, -1)
+                    vis = _visible(qpos, kpos, qdoc, kdoc, n_valid, left, right, CAUSAL, HAS_DOCS)
+                    b_s = tl.where(vis, b_s, float("-inf"))
+                b_p = tl.exp(b_s - lse[:, None])  # [BM, BN]; 0 on rows past Sq (lse = +inf)
+                b_dv += tl.dot(tl.trans(b_p).to(b_do.dtype), b_do, input_precision=PREC)
+                b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)  # [BM, BN]
+                b_ds = b_p * (b_dp - delta[:, None])
+                b_dk += tl.dot(tl.trans(b_ds).to(b_q.dtype), b_q, input_precision=PREC)
+    b_dk = b_dk * scale
+    p_dk = DK + b.to(tl.int64) * sgkb + hk * sgkh + o_n[:, None].to(tl.int64) * sgks + o_d[None, :]
+    p_dv = DV_ + b.to(tl.int64) * sgvb + hk * sgvh + o_n[:, None].to(tl.int64) * sgvs + o_dv[None, :]
+    dk_mask = n_valid[:, None] & (o_d[None, :] < D)
+    dv_mask = n_valid[:, None] & (o_dv[None, :] < DV)
+    if first == 0:
+        b_dk += tl.load(p_dk, mask=dk_mask, other=0.0).to(tl.float32)
+        b_dv += tl.load(p_dv, mask=dv_mask, other=0.0).to(tl.float32)
+    tl.store(p_dk, b_dk.to(DK.dtype.element_ty), mask=dk_mask)
+    tl.store(p_dv, b_dv.to(DV_.dtype.element_ty), mask=dv_mask)
 
 
-@triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, QDOC, KDOC,
-                   sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdb, sds, sdh,
-                   H, G, Sq, Sk, q_offset, k_offset, scale,
-                   D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                   BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, LEFT: tl.constexpr,
-                   RIGHT: tl.constexpr, HAS_DOCS: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // G
-    o_m = pid_m * BM + tl.arange(0, BM)
-    o_d = tl.arange(0, BD)
-    o_dv = tl.arange(0, BDV)
-    m_valid = o_m < Sq
-    b_q = tl.load(Q + b.to(tl.int64) * sqb + h * sqh + o_m[:, None].to(tl.int64) * sqs + o_d[None, :],
-                  mask=m_valid[:, None] & (o_d[None, :] < D), other=0.0)
-    b_do = tl.load(DO + b.to(tl.int64) * sdb + h * sdh + o_m[:, None].to(tl.int64) * sds + o_dv[None, :],
-                   mask=m_valid[:, None] & (o_dv[None, :] < DV), other=0.0)
-    lse = tl.load(LSE + bh.to(tl.int64) * Sq + o_m, mask=m_valid, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)
-    delta = tl.load(DELTA + bh.to(tl.int64) * Sq + o_m, mask=m_valid, other=0.0)
-    qpos = q_offset + o_m
-    qdoc = tl.load(QDOC + o_m, mask=m_valid, other=-1) if HAS_DOCS else o_m
-    lo, hi = _key_range(pid_m, Sk, q_offset, k_offset, BM, BN, CAUSAL, LEFT, RIGHT)
-    b_dq = tl.zeros([BM, BD], tl.float32)
-    for start_n in range(lo, hi, BN):
-        o_n = start_n + tl.arange(0, BN)
-        n_valid = o_n < Sk
-        b_k = tl.load(K + b.to(tl.int64) * skb + hk * skh + o_n[:, None].to(tl.int64) * sks + o_d[None, :],
-                      mask=n_valid[:, None] & (o_d[None, :] < D), other=0.0)  # [BN, BD]
-        b_v = tl.load(V + b.to(tl.int64) * svb + hk * svh + o_n[:, None].to(tl.int64) * svs + o_dv[None, :],
-                      mask=n_valid[:, None] & (o_dv[None, :] < DV), other=0.0)  # [BN, BDV]
-        kdoc = tl.load(KDOC + o_n, mask=n_valid, other=-2) if HAS_DOCS else o_n
-        b_s = tl.dot(b_q, tl.trans(b_k)) * scale
-        vis = _visible(qpos, k_offset + o_n, qdoc, kdoc, n_valid, CAUSAL, LEFT, RIGHT, HAS_DOCS)
-        b_p = tl.where(vis & m_valid[:, None], tl.exp(b_s - lse[:, None]), 0.0)
-        b_dp = tl.dot(b_do, tl.trans(b_v))
-        b_ds = b_p * (b_dp - delta[:, None])
-        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k)
-    p_dq = DQ + b.to(tl.int64) * sqb + h * sqh + o_m[:, None].to(tl.int64) * sqs + o_d[None, :]
-    tl.store(p_dq, (b_dq * scale).to(DQ.dtype.element_ty), mask=m_valid[:, None] & (o_d[None, :] < D))
+# ---------------------------------------------------------------- argument types (for the compile gate)
+
+def _types(names: str, **kinds) -> dict:
+    out = {}
+    for n in names.split():
+        out[n] = kinds.get(n, "i32")
+    return out
 
 
-def _docs(cu_seqlens, offset, n, device):
+_STRIDES_FWD = "sqb sqs sqh skb sks skh svb svs svh sob sos soh slb slh"
+_STRIDES_DQ = "sqb sqs sqh skb sks skh svb svs svh sdb sds sdh sgb sgs sgh slb slh seb seh"
+_STRIDES_DKDV = "sqb sqs sqh skb sks skh svb svs svh sdb sds sdh sgkb sgks sgkh sgvb sgvs sgvh slb slh seb seh"
+_SCALARS = "H G Sq Sk q_offset k_offset left right scale first"
+
+
+def _fwd_types(p, f32, i32):
+    return _types("Q K V O LSE QPOS KPOS QDOC KDOC QMETA KMETA " + _STRIDES_FWD + " " + _SCALARS,
+                  Q=p, K=p, V=p, O=f32, LSE=f32, QPOS=i32, KPOS=i32, QDOC=i32, KDOC=i32, QMETA=i32, KMETA=i32,
+                  scale="fp32")
+
+
+def _pre_types(p, f32, i32):
+    return _types("O DO DELTA sob sos soh sdb sds sdh H S", O=f32, DO=p, DELTA=f32)
+
+
+def _dq_types(p, f32, i32):
+    return _types("Q K V DO LSE DELTA DQ QPOS KPOS QDOC KDOC QMETA KMETA " + _STRIDES_DQ + " " + _SCALARS,
+                  Q=p, K=p, V=p, DO=p, LSE=f32, DELTA=f32, DQ=f32, QPOS=i32, KPOS=i32, QDOC=i32, KDOC=i32,
+                  QMETA=i32, KMETA=i32, scale="fp32")
+
+
+def _dkdv_types(p, f32, i32):
+    return _types("Q K V DO LSE DELTA DK DV_ QPOS KPOS QDOC KDOC QMETA KMETA " + _STRIDES_DKDV + " " + _SCALARS,
+                  Q=p, K=p, V=p, DO=p, LSE=f32, DELTA=f32, DK=f32, DV_=f32, QPOS=i32, KPOS=i32, QDOC=i32,
+                  KDOC=i32, QMETA=i32, KMETA=i32, scale="fp32")
+
+
+# Triton types of every non-constexpr argument, as the wrappers below pass them: inputs in the input
+# dtype ``p``; out/lse/delta and the gradient accumulators of the ring in fp32 (the per-block API may
+# also write ``out``/gradients in the input dtype: same code, smaller tiles in registers)
+ARG_TYPES = {"fwd": _fwd_types, "bwd_preprocess": _pre_types, "bwd_dq": _dq_types, "bwd_dkdv": _dkdv_types}
+
+
+def _prec(dtype) -> str:
+    return "ieee" if dtype in (torch.float32, "fp32") else "tf32"
+
+
+def gate_constexprs(kernel: str, d: int, dv: int, cfg, dtype="bf16") -> list[tuple[str, dict]]:
+    """Constexpr sets the wrappers pass for ``kernel`` at head dims ``d``/``dv`` with config ``cfg``:
+    the mask-free block and the heaviest mask variant (causal, documents, span positions)."""
+    bd, bdv = triton.next_power_of_2(max(d, 16)), triton.next_power_of_2(max(dv, 16))
+    if kernel == "bwd_preprocess":
+        return [("none", dict(DV=dv, BDV=bdv, BM=cfg.block_m))]
+    base = dict(D=d, DV=dv, BD=bd, BDV=bdv, BM=cfg.block_m, BN=cfg.block_n, PREC=_prec(dtype))
+    return [("none", dict(base, CAUSAL=False, HAS_DOCS=False, POS=False)),
+            ("causal+docs+pos", dict(base, CAUSAL=True, HAS_DOCS=True, POS=True))]
+
+
+# ---------------------------------------------------------------- host side
+
+def _arch(t: torch.Tensor):
+    return current_arch(t.device) if t.is_cuda else "interpret"
+
+
+def _doc_ids(cu_seqlens, offset, n, device):
     if cu_seqlens is None:
-        return torch.empty(1, dtype=torch.int32, device=device), False
+        return None
     cu = torch.as_tensor(cu_seqlens, device=device)
     pos = torch.arange(offset, offset + n, device=device)
-    return torch.searchsorted(cu, pos, right=True).to(torch.int32), True
+    return torch.searchsorted(cu, pos, right=True).to(torch.int32)
 
 
-def _blocks(d, dv, dtype):
-    bd, bdv = triton.next_power_of_2(max(d, 16)), triton.next_power_of_2(max(dv, 16))
-    big = max(bd, bdv) > 128 or dtype == torch.float32
-    return bd, bdv, (64 if big else 128), (32 if big else 64)
+class Positions:
+    """Global positions of a shard's rows as the kernels read them: ``pos`` (int32 ``[n]``), ``doc``
+    (int32 document ids or ``None``) and per-tile ``[pos min, pos max, doc min, doc max]`` tables
+    (:meth:`meta`, cached per tile height). Build once per (spans, cu_seqlens, device) and reuse."""
+
+    def __init__(self, spans, cu_seqlens, device):
+        pos = torch.cat([torch.arange(s, s + n, dtype=torch.int64) for s, n in spans]) if spans else \
+            torch.zeros(0, dtype=torch.int64)
+        self.n = int(pos.numel())
+        self._pos64 = pos
+        self.pos = pos.to(torch.int32).to(device)
+        if cu_seqlens is None:
+            self._doc64 = torch.zeros_like(pos)
+            self.doc = None
+        else:
+            self._doc64 = torch.searchsorted(torch.as_tensor(cu_seqlens, dtype=torch.int64), pos, right=True)
+            self.doc = self._doc64.to(torch.int32).to(device)
+        self.device = device
+        self._meta = {}
+
+    def meta(self, block: int) -> torch.Tensor:
+        m = self._meta.get(block)
+        if m is None:
+            nb = max(1, -(-self.n // block))
+            pad = nb * block - self.n
+            pos, doc = self._pos64, self._doc64
+            if self.n == 0:
+                m = torch.zeros(1, 4, dtype=torch.int32)
+            else:
+                def tiles(x, fill):
+                    return torch.cat([x, x.new_full((pad,), fill)]).view(nb, block)
+                m = torch.stack([tiles(pos, 2 ** 62).amin(1), tiles(pos, -2 ** 62).amax(1),
+                                 tiles(doc, 2 ** 62).amin(1), tiles(doc, -2 ** 62).amax(1)], 1).to(torch.int32)
+            m = m.contiguous().to(self.device)
+            self._meta[block] = m
+        return m
+
+
+def _geometry(q, k, v):
+    b, sq, h, d = q.shape
+    sk, hk, dv = k.shape[1], k.shape[2], v.shape[-1]
+    return b, sq, h, d, sk, hk, dv
+
+
+def _mask_args(q, sq, sk, *, causal, q_offset, k_offset, window, cu_seqlens, q_pos, k_pos, bm, bn):
+    """Pointer arguments and constexprs of the mask: span positions (``q_pos``/``k_pos``:
+    :class:`Positions`) or offsets of contiguous blocks (with per-row document ids)."""
+    dummy = torch.empty(1, dtype=torch.int32, device=q.device)
+    if q_pos is not None:
+        has_docs = q_pos.doc is not None
+        ptrs = (q_pos.pos, k_pos.pos, q_pos.doc if has_docs else dummy, k_pos.doc if has_docs else dummy,
+                q_pos.meta(bm), k_pos.meta(bn))
+        offs = (0, 0)
+        pos = True
+    else:
+        qdoc, kdoc = _doc_ids(cu_seqlens, q_offset, sq, q.device), _doc_ids(cu_seqlens, k_offset, sk, q.device)
+        has_docs = qdoc is not None
+        ptrs = (dummy, dummy, qdoc if has_docs else dummy, kdoc if has_docs else dummy, dummy, dummy)
+        offs = (int(q_offset), int(k_offset))
+        pos = False
+    return ptrs, offs, dict(CAUSAL=bool(causal), HAS_DOCS=has_docs, POS=pos)
 
 
 def attention_block_fwd_triton(q, k, v, *, softmax_scale=None, causal=False, q_offset=0, k_offset=0,
-                               window=(-1, -1), cu_seqlens=None, out_dtype=None):
-    """Triton forward; same contract as :func:`.reference.attention_block_fwd_torch`."""
-    b, sq, h, d = q.shape
-    sk, hk, dv = k.shape[1], k.shape[2], v.shape[-1]
+                               window=(-1, -1), cu_seqlens=None, out_dtype=None, out=None, lse=None,
+                               accumulate=None, q_pos=None, k_pos=None):
+    """Triton forward; same contract as :func:`.reference.attention_block_fwd_torch`.
+
+    With ``out`` (``[B, Sq, H, Dv]``, fp32) and ``lse`` (``[B, H, Sq]`` fp32, unit row stride) given, the
+    block is merged into them in place (rows with no visible key untouched) and they are returned;
+    ``accumulate=False`` overwrites them instead (the first block of a ring: no read, no fill).
+    ``q_pos``/``k_pos`` (:class:`Positions`) replace the offsets (and ``cu_seqlens``) for shards made of
+    several spans."""
+    b, sq, h, d, sk, hk, dv = _geometry(q, k, v)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
+    merge = (out is not None) if accumulate is None else bool(accumulate)
+    if out is None:
+        out = torch.empty(b, sq, h, dv, dtype=out_dtype or q.dtype, device=q.device)
+        lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
+    if b * h * sq == 0:
+        return out, lse
+    cfg = pick(_arch(q), "fwd", q.dtype, max(d, dv))
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    out = torch.empty(b, sq, h, dv, dtype=out_dtype or q.dtype, device=q.device)
-    lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
-    qdoc, has_docs = _docs(cu_seqlens, q_offset, sq, q.device)
-    kdoc, _ = _docs(cu_seqlens, k_offset, sk, q.device)
-    bd, bdv, bm, bn = _blocks(d, dv, q.dtype)
-    grid = (triton.cdiv(sq, bm), b * h)
-    _fwd_kernel[grid](q, k, v, out, lse, qdoc, kdoc,
+    ptrs, offs, flags = _mask_args(q, sq, sk, causal=causal, q_offset=q_offset, k_offset=k_offset, window=window,
+                                   cu_seqlens=cu_seqlens, q_pos=q_pos, k_pos=k_pos, bm=cfg.block_m, bn=cfg.block_n)
+    grid = (triton.cdiv(sq, cfg.block_m), b * h)
+    _fwd_kernel[grid](q, k, v, out, lse, *ptrs,
                       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                       v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-                      h, h // hk, sq, sk, q_offset, k_offset, scale,
-                      D=d, DV=dv, BD=bd, BDV=bdv, BM=bm, BN=bn, CAUSAL=bool(causal), LEFT=int(window[0]),
-                      RIGHT=int(window[1]), HAS_DOCS=has_docs, num_warps=4)
+                      lse.stride(0), lse.stride(1),
+                      h, h // hk, sq, sk, offs[0], offs[1], int(window[0]), int(window[1]), scale, 0 if merge else 1,
+                      D=d, DV=dv, BD=triton.next_power_of_2(max(d, 16)), BDV=triton.next_power_of_2(max(dv, 16)),
+                      BM=cfg.block_m, BN=cfg.block_n, PREC=_prec(q.dtype), **flags,
+                      num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, lse
 
 
+def attention_delta_triton(out, dout) -> torch.Tensor:
+    """``rowsum(dout * out)`` as fp32 ``[B, H, S]``: the backward's preprocess, one launch."""
+    b, s, h, dv = out.shape
+    delta = torch.empty(b, h, s, dtype=torch.float32, device=out.device)
+    if delta.numel() == 0:
+        return delta
+    cfg = pick(_arch(out), "bwd_preprocess", dout.dtype, dv)
+    out, dout = (t if t.stride(-1) == 1 else t.contiguous() for t in (out, dout))
+    _bwd_preprocess_kernel[(triton.cdiv(s, cfg.block_m), b * h)](
+        out, dout, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1),
+        dout.stride(2), h, s, DV=dv, BDV=triton.next_power_of_2(max(dv, 16)), BM=cfg.block_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return delta
+
+
 def attention_block_bwd_triton(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False, q_offset=0,
-                               k_offset=0, window=(-1, -1), cu_seqlens=None, delta=None, grad_dtype=None):
-    """Triton backward; same contract as :func:`.reference.attention_block_bwd_torch`."""
-    b, sq, h, d = q.shape
-    sk, hk, dv = k.shape[1], k.shape[2], v.shape[-1]
+                               k_offset=0, window=(-1, -1), cu_seqlens=None, delta=None, grad_dtype=None,
+                               dq=None, dk=None, dv=None, accumulate=False, q_pos=None, k_pos=None, which="both"):
+    """Triton backward; same contract as :func:`.reference.attention_block_bwd_torch`.
+
+    With ``dq``, ``dk``, ``dv`` given (any strides, unit last stride) the gradients are written there, or
+    added to them with ``accumulate=True`` (fp32 accumulation in-kernel); ``q_pos``/``k_pos`` as in
+    :func:`attention_block_fwd_triton`; ``which`` (``"dq"``, ``"dkdv"``, ``"both"``) limits the launches
+    to one of the two kernels (ring steps launch dQ before waiting for the travelling dK/dV).
+    Returns ``(dq, dk, dv)`` (the ones not computed are returned as given)."""
+    b, sq, h, d, sk, hk, dvd = _geometry(q, k, v)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
-    q, k, v, dout = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, dout))
-    if delta is None:
-        delta = (dout.float() * out.float()).sum(-1).transpose(1, 2)
-    delta = delta.float().contiguous()
-    lse = lse.float().contiguous()
     gd = grad_dtype or q.dtype
-    dq = torch.empty(q.shape, dtype=gd, device=q.device)
-    dk = torch.empty(k.shape, dtype=gd, device=q.device)
-    dvv = torch.empty(v.shape, dtype=gd, device=q.device)
-    qdoc, has_docs = _docs(cu_seqlens, q_offset, sq, q.device)
-    kdoc, _ = _docs(cu_seqlens, k_offset, sk, q.device)
-    bd, bdv, bm, bn = _blocks(d, dv, q.dtype)
-    # the gradients are written with the strides of these contiguous copies
-    qc, kc, vc, doc_ = q.contiguous(), k.contiguous(), v.contiguous(), dout.contiguous()
-    common = dict(D=d, DV=dv, BD=bd, BDV=bdv, BM=bm, BN=bn, CAUSAL=bool(causal), LEFT=int(window[0]),
-                  RIGHT=int(window[1]), HAS_DOCS=has_docs, num_warps=4)
-    strides = (qc.stride(0), qc.stride(1), qc.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
-               vc.stride(0), vc.stride(1), vc.stride(2), doc_.stride(0), doc_.stride(1), doc_.stride(2))
-    _bwd_dkdv_kernel[(triton.cdiv(sk, bn), b * hk)](qc, kc, vc, doc_, lse, delta, dk, dvv, qdoc, kdoc, *strides,
-                                                     h, h // hk, sq, sk, q_offset, k_offset, scale, **common)
-    _bwd_dq_kernel[(triton.cdiv(sq, bm), b * h)](qc, kc, vc, doc_, lse, delta, dq, qdoc, kdoc, *strides,
-                                                 h, h // hk, sq, sk, q_offset, k_offset, scale, **common)
-    return dq, dk, dvv
+    if which in ("both", "dq") and dq is None:
+        dq = torch.empty(q.shape, dtype=gd, device=q.device)
+    if which in ("both", "dkdv") and dk is None:
+        dk = torch.empty(k.shape, dtype=gd, device=q.device)
+        dv = torch.empty(v.shape, dtype=gd, device=q.device)
+    if b * h == 0 or (sq == 0 and sk == 0):
+        return dq, dk, dv
+    if delta is None:
+        delta = attention_delta_triton(out, dout)
+    q, k, v, dout = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, dout))
+    arch = _arch(q)
+    first = 0 if accumulate else 1
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+               v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2))
+    tail = (h, h // hk, sq, sk)
+    bd, bdv = triton.next_power_of_2(max(d, 16)), triton.next_power_of_2(max(dvd, 16))
+    for kernel in {"both": ("bwd_dkdv", "bwd_dq"), "dq": ("bwd_dq",), "dkdv": ("bwd_dkdv",)}[which]:
+        cfg = pick(arch, kernel, q.dtype, max(d, dvd))
+        ptrs, offs, flags = _mask_args(q, sq, sk, causal=causal, q_offset=q_offset, k_offset=k_offset,
+                                       window=window, cu_seqlens=cu_seqlens, q_pos=q_pos, k_pos=k_pos,
+                                       bm=cfg.block_m, bn=cfg.block_n)
+        cx = dict(D=d, DV=dvd, BD=bd, BDV=bdv, BM=cfg.block_m, BN=cfg.block_n, PREC=_prec(q.dtype), **flags,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        runtime = tail + (offs[0], offs[1], int(window[0]), int(window[1]), scale, first)
+        ls = (lse.stride(0), lse.stride(1), delta.stride(0), delta.stride(1))
+        if kernel == "bwd_dkdv" and sk > 0:
+            _bwd_dkdv_kernel[(triton.cdiv(sk, cfg.block_n), b * hk)](
+                q, k, v, dout, lse, delta, dk, dv, *ptrs, *strides,
+                dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *ls,
+                *runtime, **cx)
+        if kernel == "bwd_dq" and sq > 0:
+            _bwd_dq_kernel[(triton.cdiv(sq, cfg.block_m), b * h)](
+                q, k, v, dout, lse, delta, dq, *ptrs, *strides, dq.stride(0), dq.stride(1), dq.stride(2), *ls,
+                *runtime, **cx)
+    return dq, dk, dv

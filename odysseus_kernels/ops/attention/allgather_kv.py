@@ -13,8 +13,8 @@ import torch
 
 from ...comm import all_gather, group_info, rank_consistent, reduce_scatter
 from .blocks import plan_blocks
-from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulators, resolve_layout, row_delta, scale_of,
-                     validate_qkv)
+from .common import (DEFAULT_LAYOUT, acc_dtype, blocks_backward, blocks_forward, empty_attention, is_empty,
+                     new_accumulators, resolve_layout, row_delta, scale_of, validate_qkv)
 
 
 class _AllGatherKV(torch.autograd.Function):
@@ -29,10 +29,11 @@ class _AllGatherKV(torch.autograd.Function):
         out = out.to(q.dtype)
         ctx.save_for_backward(q, kv, out, lse)
         ctx.opts = (info, blocks, scale, backend, k.dtype, mask)
-        return out
+        ctx.mark_non_differentiable(lse)
+        return out, lse
 
     @staticmethod
-    def backward(ctx, dout):
+    def backward(ctx, dout, _dlse=None):
         q, kv, out, lse = ctx.saved_tensors
         info, blocks, scale, backend, kdtype, mask = ctx.opts
         acc = acc_dtype(q.dtype)
@@ -48,17 +49,19 @@ class _AllGatherKV(torch.autograd.Function):
 
 
 def allgather_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
-                           softmax_scale: float | None = None, layout: str = "contiguous",
-                           window: tuple[int, int] = (-1, -1), cu_seqlens=None, backend: str = "auto") -> torch.Tensor:
+                           softmax_scale: float | None = None, layout: str = DEFAULT_LAYOUT,
+                           window_size: tuple[int, int] = (-1, -1), cu_seqlens=None, return_lse: bool = False,
+                           backend: str = "auto"):
     """Attention of local queries against all keys after one AllGather of K and V.
 
     Args:
         q: ``[B, C, H, D]``; k, v: ``[B, C, H_kv, D]`` shards in ``layout`` (``"contiguous"`` or
             ``"zigzag"``; only the ``H_kv`` heads are gathered).
-        group, causal, softmax_scale, window, cu_seqlens, backend: as in :func:`ring_attention` (with a
-            packed stream split contiguously, documents may cross ranks: the Llama-3 style).
+        group, causal, softmax_scale, window_size, cu_seqlens, return_lse, backend: as in
+            :func:`ring_attention` (with a packed stream split contiguously, documents may cross ranks:
+            the Llama-3 style).
     Returns:
-        ``[B, C, H, D]`` in ``q.dtype``.
+        ``[B, C, H, D]`` in ``q.dtype`` (``(out, lse)`` with ``return_lse=True``).
     Communication: forward one AllGather of K and V (``2 (N-1)/N B L H_kv D`` elements received),
     backward one ReduceScatter of fp32 dK and dV; the gathered K/V stay in memory until backward.
     Example::
@@ -68,13 +71,16 @@ def allgather_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     info = group_info(group)
     with rank_consistent("allgather_kv_attention", info) as check:
         validate_qkv("allgather_kv_attention", check, q, k, v, layout=layout, causal=causal,
-                     softmax_scale=softmax_scale, extra={"window": window}, cu_seqlens=cu_seqlens)
+                     softmax_scale=softmax_scale, extra={"window_size": window_size}, cu_seqlens=cu_seqlens)
         if k.shape != v.shape:
             raise ValueError(f"allgather_kv_attention: k and v must have the same shape, got {tuple(k.shape)} and "
                              f"{tuple(v.shape)}")
-        spans, mask = resolve_layout("allgather_kv_attention", layout, info.size, q.shape[1], causal, window,
+        spans, mask = resolve_layout("allgather_kv_attention", layout, info.size, q.shape[1], causal, window_size,
                                      cu_seqlens)
-    return _AllGatherKV.apply(q, k, v, info, spans, mask, scale_of(q, softmax_scale), backend)
+    if is_empty(q, k):
+        return empty_attention(q, k, v, return_lse)
+    out, lse = _AllGatherKV.apply(q, k, v, info, spans, mask, scale_of(q, softmax_scale), backend)
+    return (out, lse) if return_lse else out
 
 
 def allgather_kv_comm_bytes(world, batch, seq_local, kv_heads, head_dim, elem_bytes) -> dict:

@@ -10,6 +10,7 @@ communication is spent on span pairs that the mask hides entirely.
 from __future__ import annotations
 
 import bisect
+import functools
 from dataclasses import dataclass, field
 
 NO_WINDOW = (-1, -1)
@@ -106,10 +107,21 @@ def _starts(spans) -> list[int]:
     return out
 
 
+def _key(spans) -> tuple:
+    return spans if isinstance(spans, tuple) and (not spans or isinstance(spans[0], tuple)) else \
+        tuple((int(s), int(n)) for s, n in spans)
+
+
 def plan_blocks(q_spans, k_spans, mask: Mask) -> list[Block]:
     """Blocks covering exactly the visible (query, key) pairs, coalesced where no mask is needed:
     runs of adjacent fully-visible key spans of a query span form one block, and adjacent query
-    spans with the same fully-visible key runs share it."""
+    spans with the same fully-visible key runs share it. Cached on (spans, mask): a layer's every
+    call after the first plans nothing."""
+    return list(_plan_blocks(_key(q_spans), _key(k_spans), mask))
+
+
+@functools.lru_cache(maxsize=16384)
+def _plan_blocks(q_spans, k_spans, mask: Mask) -> tuple:
     qo, ko = _starts(q_spans), _starts(k_spans)
     k_end = [ko[i] + k_spans[i][1] for i in range(len(k_spans))]
     rows = []  # (full runs of key span indices, masked key span indices) per query span
@@ -139,13 +151,18 @@ def plan_blocks(q_spans, k_spans, mask: Mask) -> list[Block]:
                 blocks.append(Block(qo[qi], qo[qi] + q_spans[qi][1], ko[km], k_end[km], True, q_spans[qi][0],
                                     k_spans[km][0]))
         i = j + 1
-    return blocks
+    return tuple(blocks)
 
 
 def needed_query_slots(q_spans, k_spans, mask: Mask) -> list[int]:
     """Indices of the query spans that see at least one key of ``k_spans`` (TokenRing sends only
     these)."""
-    return [qi for qi, qsp in enumerate(q_spans) if any(pair_kind(qsp, ksp, mask) != "none" for ksp in k_spans)]
+    return list(_needed_query_slots(_key(q_spans), _key(k_spans), mask))
+
+
+@functools.lru_cache(maxsize=16384)
+def _needed_query_slots(q_spans, k_spans, mask: Mask) -> tuple:
+    return tuple(qi for qi, qsp in enumerate(q_spans) if any(pair_kind(qsp, ksp, mask) != "none" for ksp in k_spans))
 
 
 def span_rows(spans, slots) -> list[tuple[int, int]]:
@@ -156,10 +173,20 @@ def span_rows(spans, slots) -> list[tuple[int, int]]:
 
 def ring_steps(shards, mask: Mask) -> int:
     """Ring steps needed: 1 + the largest distance ``t`` at which some rank still sees keys of rank
-    ``r - t`` (a window that fits in k ranks needs k+1 steps, and only those transfers)."""
+    ``r - t`` (a window that fits in k ranks needs k+1 steps, and only those transfers). Cached."""
+    return _ring_steps(tuple(_key(s) for s in shards), mask)
+
+
+def _sees(q_spans, k_spans, mask) -> bool:
+    return any(pair_kind(qs, ks, mask) != "none" for qs in q_spans for ks in k_spans)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ring_steps(shards, mask: Mask) -> int:
     n = len(shards)
-    far = 0
-    for t in range(1, n):
-        if any(plan_blocks(shards[r], shards[(r - t) % n], mask) for r in range(n)):
-            far = t
-    return far + 1
+    if mask.bounds() == (float("-inf"), float("inf")) and mask.cu_seqlens is None:
+        return n  # nothing masked: every rank sees every shard
+    for t in range(n - 1, 0, -1):
+        if any(_sees(shards[r], shards[(r - t) % n], mask) for r in range(n)):
+            return t + 1
+    return 1

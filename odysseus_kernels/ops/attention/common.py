@@ -1,13 +1,20 @@
 """Validation and small helpers shared by the sequence-parallel attention ops."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
-from ...kernels.attention import attention_block_bwd, attention_block_fwd, merge_attention
+from ...kernels.attention import attention_block_bwd, attention_block_fwd
+from ...kernels.attention.api import resolve_backend
 from ..layout import LAYOUTS, layout_spans, normalize_cu_seqlens
 from .blocks import Mask
+
+try:  # the package-wide default layout (the same for shard_sequence / gather_sequence and every op)
+    from ..layout import DEFAULT_LAYOUT
+except ImportError:  # pragma: no cover - older layout module
+    DEFAULT_LAYOUT = "contiguous"
 
 FP32 = torch.float32
 
@@ -18,11 +25,26 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def validate_window(op: str, window) -> tuple[int, int]:
-    """``window=(left, right)`` in tokens, -1 = unbounded."""
+    """``window_size=(left, right)`` in tokens, -1 = unbounded."""
     if (not isinstance(window, (tuple, list)) or len(window) != 2
             or not all(isinstance(w, int) and not isinstance(w, bool) and w >= -1 for w in window)):
-        raise ValueError(f"{op}: window must be (left, right) with ints >= -1 (-1 = unbounded), got {window!r}")
+        raise ValueError(f"{op}: window_size must be (left, right) with ints >= -1 (-1 = unbounded), got {window!r}")
     return int(window[0]), int(window[1])
+
+
+def is_empty(q, k) -> bool:
+    """Batch 0 or zero-length shards (the same on every rank: shapes are checked across ranks)."""
+    return q.numel() == 0 or k.numel() == 0
+
+
+def empty_attention(q, k, v, return_lse: bool):
+    """The result of an attention op on empty inputs, without communicating: ``out`` (empty, connected to
+    ``q``, ``k``, ``v`` so that backward gives their (empty) zero gradients) and ``lse`` (-inf)."""
+    b, c, h, _ = q.shape
+    out = torch.zeros(b, c, h, v.shape[-1], dtype=q.dtype, device=q.device) + (q.sum() + k.sum() + v.sum()) * 0
+    if not return_lse:
+        return out
+    return out, torch.full((b, h, c), float("-inf"), dtype=acc_dtype(q.dtype), device=q.device)
 
 
 def validate_qkv(op: str, check, q, k, v, *, layout: str | None, causal: bool, softmax_scale, extra=None,
@@ -77,12 +99,36 @@ def rows(t: torch.Tensor, ranges: list[tuple[int, int]], dim: int = 1) -> torch.
 def resolve_layout(op: str, layout: str, world: int, seq_local: int, causal: bool, window, cu_seqlens):
     """Every rank's spans and the :class:`~.blocks.Mask` (checks window and cu_seqlens)."""
     window = validate_window(op, window)
-    cu = None if cu_seqlens is None else normalize_cu_seqlens(cu_seqlens, seq_local * world, op)
+    cu = None if cu_seqlens is None else tuple(normalize_cu_seqlens(cu_seqlens, seq_local * world, op))
     try:
-        spans = layout_spans(layout, world, seq_local * world, cu)
+        spans = _layout_spans(layout, world, seq_local * world, cu)
     except ValueError as e:
         raise ValueError(f"{op}: {e}") from None
     return spans, Mask(causal=bool(causal), window=window, cu_seqlens=cu)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout_spans(layout, world, seq_len, cu) -> tuple:
+    """:func:`layout_spans` as nested tuples, cached (the block plans are cached on them)."""
+    return tuple(tuple((int(a), int(n)) for a, n in r) for r in layout_spans(layout, world, seq_len, cu))
+
+
+def fused_steps(backend: str, q: torch.Tensor) -> bool:
+    """Whether ring steps run as one fused launch per step (Triton: merge and gradient accumulation
+    in-kernel, span positions as runtime data) rather than per planned block."""
+    return resolve_backend(backend, q) == "triton"
+
+
+@functools.lru_cache(maxsize=1024)
+def _positions(spans: tuple, cu, device: str):
+    from ...kernels.attention.triton_attention import Positions
+
+    return Positions(spans, cu, torch.device(device))
+
+
+def shard_positions(spans, mask, device):
+    """Cached :class:`~odysseus_kernels.kernels.attention.triton_attention.Positions` of a shard."""
+    return _positions(tuple(spans), mask.cu_seqlens, str(device))
 
 
 def new_accumulators(q: torch.Tensor, nrows: int, dv: int):
@@ -101,21 +147,16 @@ def _mask_args(b, mask) -> dict:
 def blocks_forward(q, k, v, blocks, out, lse, *, scale, backend, mask) -> None:
     """Merge the attention of every block (``q[:, b.q]`` vs ``k/v[:, b.k]``) into ``(out, lse)``."""
     for b in blocks:
-        o, l_ = attention_block_fwd(q[:, b.q], k[:, b.k], v[:, b.k], softmax_scale=scale,
-                                    out_dtype=out.dtype, backend=backend, **_mask_args(b, mask))
-        merge_attention(out[:, b.q], lse[:, :, b.q], o, l_)
+        attention_block_fwd(q[:, b.q], k[:, b.k], v[:, b.k], softmax_scale=scale, out=out[:, b.q],
+                            lse=lse[:, :, b.q], backend=backend, **_mask_args(b, mask))
 
 
 def blocks_backward(dout, q, k, v, out, lse, delta, blocks, dq, dk, dv, *, scale, backend, mask) -> None:
     """Accumulate every block's gradients into ``dq``/``dk``/``dv`` (given the rows' final lse, delta)."""
     for b in blocks:
-        g_q, g_k, g_v = attention_block_bwd(dout[:, b.q], q[:, b.q], k[:, b.k], v[:, b.k],
-                                            None if out is None else out[:, b.q], lse[:, :, b.q],
-                                            softmax_scale=scale, delta=delta[:, :, b.q], grad_dtype=dq.dtype,
-                                            backend=backend, **_mask_args(b, mask))
-        dq[:, b.q] += g_q
-        dk[:, b.k] += g_k
-        dv[:, b.k] += g_v
+        attention_block_bwd(dout[:, b.q], q[:, b.q], k[:, b.k], v[:, b.k], None if out is None else out[:, b.q],
+                            lse[:, :, b.q], softmax_scale=scale, delta=delta[:, :, b.q], dq=dq[:, b.q], dk=dk[:, b.k],
+                            dv=dv[:, b.k], backend=backend, **_mask_args(b, mask))
 
 
 def row_delta(dout, out, dtype) -> torch.Tensor:

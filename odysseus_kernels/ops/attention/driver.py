@@ -90,7 +90,8 @@ class ScheduledAttention(torch.autograd.Function):
 
     ``fwd_cls(info, spans, q, k, v, mask=, scale=, backend=)`` leaves fp32 ``out``/``lse`` on the
     schedule; ``bwd_cls(info, spans, q, k, v, out, lse, dout, ...)`` exposes ``grads()`` ->
-    ``(dq, dk, dv)``. Used by ring attention and TokenRing.
+    ``(dq, dk, dv)``. Used by ring attention and TokenRing. Returns ``(out, lse)``: ``out`` in
+    ``q.dtype``, ``lse`` ``[B, H, C]`` in the accumulator dtype (fp32; fp64 for fp64), not differentiable.
     """
 
     @staticmethod
@@ -99,10 +100,11 @@ class ScheduledAttention(torch.autograd.Function):
         out = sched.out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, sched.lse)
         ctx.opts = (bwd_cls, info, spans, mask, scale, backend)
-        return out
+        ctx.mark_non_differentiable(sched.lse)
+        return out, sched.lse
 
     @staticmethod
-    def backward(ctx, dout):
+    def backward(ctx, dout, _dlse=None):
         q, k, v, out, lse = ctx.saved_tensors
         bwd_cls, info, spans, mask, scale, backend = ctx.opts
         sched = run_schedule(bwd_cls(info, spans, q, k, v, out, lse, dout.contiguous(), mask=mask, scale=scale,

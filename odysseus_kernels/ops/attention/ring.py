@@ -20,32 +20,60 @@ import torch
 
 from ...comm import group_info, rank_consistent
 from .blocks import plan_blocks, ring_steps
-from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulators, resolve_layout, row_delta, scale_of,
-                     validate_qkv)
+from .common import (DEFAULT_LAYOUT, acc_dtype, blocks_backward, blocks_forward, empty_attention, fused_steps, is_empty,
+                     new_accumulators, resolve_layout, row_delta, scale_of, shard_positions, validate_qkv)
 from .driver import NOTHING, Rotation, ScheduledAttention
 
 _TAG_DKV = 22
 
 
 class RingForward(Rotation):
-    """Forward schedule: K/V packed as one ``[2, B, C, H_kv, D]`` payload rotating forward."""
+    """Forward schedule: K/V packed as one ``[2, B, C, H_kv, D]`` payload rotating forward.
+
+    With the Triton backend a step is one kernel launch: the whole local shard of queries against
+    the visiting shard of keys (span positions as runtime data, tiles the mask hides skipped), merged
+    into the fp32 ``(out, lse)`` inside the kernel (step 0 writes them: no fill). Other backends run
+    the planned blocks of the step (:func:`~.blocks.plan_blocks`) and merge each."""
 
     def __init__(self, info, spans, q, k, v, *, mask, scale, backend):
         super().__init__(info, torch.stack([k, v]))
         self.spans, self.mask = spans, mask
         self.q, self.scale, self.backend = q, scale, backend
         self.acc_dtype = acc_dtype(q.dtype)
+        self.fused = fused_steps(backend, q)
         # a window that fits in fewer ranks stops the rotation early: fewer steps, fewer transfers
         self.steps = ring_steps(spans, mask)
-        self.out, self.lse = new_accumulators(q, q.shape[1], v.shape[-1])
+        if self.fused:
+            b, c, h, _ = q.shape
+            self.out = torch.empty(b, c, h, v.shape[-1], dtype=self.acc_dtype, device=q.device)
+            self.lse = torch.empty(b, h, c, dtype=self.acc_dtype, device=q.device)
+        else:
+            self.out, self.lse = new_accumulators(q, q.shape[1], v.shape[-1])
 
     def blocks(self, t):
         return plan_blocks(self.spans[self.info.rank], self.spans[self.src(t)], self.mask)
 
+    def positions(self, t):
+        """Span positions of my queries and of the keys visiting at step ``t`` (cached)."""
+        dev = self.q.device
+        return shard_positions(self.spans[self.info.rank], self.mask, dev), \
+            shard_positions(self.spans[self.src(t)], self.mask, dev)
+
+    def visible(self, t) -> bool:
+        return t == 0 or bool(self.blocks(t))
+
     def compute(self, t, handle):
         k, v = self.payload(t)
-        blocks_forward(self.q, k, v, self.blocks(t), self.out, self.lse, scale=self.scale, backend=self.backend,
-                       mask=self.mask)
+        if not self.fused:
+            blocks_forward(self.q, k, v, self.blocks(t), self.out, self.lse, scale=self.scale, backend=self.backend,
+                           mask=self.mask)
+        elif self.visible(t):
+            from ...kernels.attention.triton_attention import attention_block_fwd_triton
+
+            qp, kp = self.positions(t)
+            attention_block_fwd_triton(self.q, k, v, softmax_scale=self.scale, causal=self.mask.causal,
+                                       window=self.mask.window, out=self.out, lse=self.lse, accumulate=t > 0,
+                                       q_pos=qp, k_pos=kp)
 
 
 class RingBackward(RingForward):
@@ -55,8 +83,14 @@ class RingBackward(RingForward):
         super().__init__(info, spans, q, k, v, mask=mask, scale=scale, backend=backend)
         del self.out, self.lse
         self.o, self.lse_final, self.dout = out, lse, dout
-        self.delta = row_delta(dout, out, self.acc_dtype)  # [B, H, C]
-        self.dq = torch.zeros(q.shape, dtype=self.acc_dtype, device=q.device)
+        if self.fused:  # one preprocess launch; dQ written by step 0, accumulated in-kernel after
+            from ...kernels.attention.triton_attention import attention_delta_triton
+
+            self.delta = attention_delta_triton(out, dout)  # [B, H, C] fp32
+            self.dq = torch.empty(q.shape, dtype=self.acc_dtype, device=q.device)
+        else:
+            self.delta = row_delta(dout, out, self.acc_dtype)  # [B, H, C]
+            self.dq = torch.zeros(q.shape, dtype=self.acc_dtype, device=q.device)
         self.acc = {}      # step -> accumulator [2, B, C, H_kv, D] leaving after that step
         self.incoming = {}  # step -> receive buffer of the accumulator arriving for that step
         self.own = None
@@ -72,6 +106,8 @@ class RingBackward(RingForward):
         return ([(self.info.next, self.acc.pop(t), _TAG_DKV)], [(self.info.prev, buf, _TAG_DKV)])
 
     def compute(self, t, handle):
+        if self.fused:
+            return self._compute_fused(t, handle)
         k, v = self.payload(t)
         part = torch.zeros((2,) + tuple(k.shape), dtype=self.acc_dtype, device=k.device)
         blocks_backward(self.dout, self.q, k, v, self.o, self.lse_final, self.delta, self.blocks(t), self.dq,
@@ -83,6 +119,34 @@ class RingBackward(RingForward):
         else:
             handle.wait()  # the accumulator for this shard, sent by the previous rank
             self.acc[t] = self.incoming.pop(t).add_(part)
+
+    def _compute_fused(self, t, handle):
+        """Two launches: dQ (accumulated in-kernel) first, then, once the travelling dK/dV accumulator
+        of this shard has arrived, dK/dV added into it in-kernel (step 0: my own shard's; step 1: a
+        fresh accumulator, written, not added)."""
+        from ...kernels.attention.triton_attention import attention_block_bwd_triton
+
+        k, v = self.payload(t)
+        visible = self.visible(t)
+        qp, kp = self.positions(t) if visible else (None, None)
+        kw = dict(softmax_scale=self.scale, causal=self.mask.causal, window=self.mask.window, delta=self.delta,
+                  q_pos=qp, k_pos=kp)
+        if visible:
+            attention_block_bwd_triton(self.dout, self.q, k, v, self.o, self.lse_final, dq=self.dq, accumulate=t > 0,
+                                       which="dq", **kw)
+        if t <= 1:
+            new = torch.empty if visible else torch.zeros
+            part = new((2,) + tuple(k.shape), dtype=self.acc_dtype, device=k.device)
+            if t == 0:
+                self.own = part
+            else:
+                self.acc[t] = part
+        else:
+            handle.wait()  # the accumulator for this shard, sent by the previous rank
+            part = self.acc[t] = self.incoming.pop(t)
+        if visible:
+            attention_block_bwd_triton(self.dout, self.q, k, v, self.o, self.lse_final, dk=part[0], dv=part[1],
+                                       accumulate=t > 1, which="dkdv", **kw)
 
     def finish(self):
         if self.steps > 1:
@@ -105,13 +169,14 @@ def ring_comm_bytes(world: int, batch: int, seq_local: int, kv_heads: int, head_
 
 def ring_attention_spans(q, k, v, *, info, spans, mask, scale, backend="auto"):
     """Ring attention over arbitrary shards (``spans[r]``: rank r's ``(global_start, length)``
-    spans). Validation is the caller's; used by :func:`ring_attention` and USP."""
+    spans). Validation is the caller's; used by :func:`ring_attention` and USP. Returns ``(out, lse)``."""
     return ScheduledAttention.apply(q, k, v, RingForward, RingBackward, info, spans, mask, scale, backend)
 
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
-                   softmax_scale: float | None = None, layout: str = "zigzag", window: tuple[int, int] = (-1, -1),
-                   cu_seqlens=None, backend: str = "auto") -> torch.Tensor:
+                   softmax_scale: float | None = None, layout: str = DEFAULT_LAYOUT,
+                   window_size: tuple[int, int] = (-1, -1), cu_seqlens=None, return_lse: bool = False,
+                   backend: str = "auto"):
     """Ring attention: exact attention over the sequence sharded across ``group``, K/V circulating.
 
     Args:
@@ -120,18 +185,24 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=N
         group: the sequence-parallel group (``None`` = default).
         causal: causal over the global sequence in its original token order.
         softmax_scale: default ``1/sqrt(D)``.
-        layout: ``"zigzag"`` (balanced causal work) or ``"contiguous"`` split of the (packed) stream, or
+        layout: ``"contiguous"`` (the package default, :data:`~odysseus_kernels.ops.layout.DEFAULT_LAYOUT`,
+            as for ``shard_sequence``) or ``"zigzag"`` (balanced causal work: use it for causal
+            attention, and shard with the same layout) split of the (packed) stream, or
             ``"doc_zigzag"`` / ``"doc_contiguous"`` (every document split across the ranks; see
             :func:`~odysseus_kernels.ops.layout.layout_spans`).
-        window: ``(left, right)`` sliding window in tokens (-1 = unbounded), exact at every position.
+        window_size: ``(left, right)`` sliding window in tokens (-1 = unbounded), exact at every position.
             When it fits in fewer ranks than the ring (contiguous layout), the rotation stops early
             and moves only what those steps need.
         cu_seqlens: global cumulative document lengths of a packed stream (list or int tensor,
             identical on every rank): attention stays within each document; span pairs in
             different documents are skipped.
+        return_lse: also return the log-sum-exp of every row, ``[B, H, C]`` fp32 (fp64 for fp64 inputs;
+            -inf for rows that see no key), as flash-attn's ``return_attn_probs`` / ring-flash-attn.
         backend: block-kernel backend (``"auto"``: Triton on CUDA, torch elsewhere).
     Returns:
-        ``[B, C, H, D]`` in ``q.dtype``, this rank's rows of the global attention output.
+        ``[B, C, H, D]`` in ``q.dtype``, this rank's rows of the global attention output, or
+        ``(out, lse)`` with ``return_lse=True``. Empty inputs (batch 0, zero-length shards) give empty
+        outputs and gradients without communicating.
     Communication (per rank, received): forward ``2 (N-1)/N * B L H_kv D`` elements; backward
     the same again plus the fp32 dK/dV (see :func:`ring_comm_bytes`).
     Example::
@@ -143,10 +214,14 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=N
     info = group_info(group)
     with rank_consistent("ring_attention", info) as check:
         validate_qkv("ring_attention", check, q, k, v, layout=layout, causal=causal, softmax_scale=softmax_scale,
-                     extra={"window": window}, cu_seqlens=cu_seqlens)
+                     extra={"window_size": window_size}, cu_seqlens=cu_seqlens)
         if k.shape != v.shape:
             raise ValueError(f"ring_attention: k and v must have the same shape, got {tuple(k.shape)} and "
                              f"{tuple(v.shape)}")
-        spans, mask = resolve_layout("ring_attention", layout, info.size, q.shape[1], causal, window, cu_seqlens)
-    return ring_attention_spans(q, k, v, info=info, spans=spans, mask=mask, scale=scale_of(q, softmax_scale),
-                                backend=backend)
+        spans, mask = resolve_layout("ring_attention", layout, info.size, q.shape[1], causal, window_size,
+                                     cu_seqlens)
+    if is_empty(q, k):
+        return empty_attention(q, k, v, return_lse)
+    out, lse = ring_attention_spans(q, k, v, info=info, spans=spans, mask=mask, scale=scale_of(q, softmax_scale),
+                                    backend=backend)
+    return (out, lse) if return_lse else out

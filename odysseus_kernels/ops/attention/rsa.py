@@ -17,7 +17,7 @@ import torch
 from ...comm import group_info, rank_consistent, reduce_scatter
 from ...kernels.attention.rsa import rsa_apply, rsa_block_grads, rsa_delta, rsa_scores
 from ..layout import local_positions
-from .common import acc_dtype, scale_of, validate_qkv
+from .common import DEFAULT_LAYOUT, acc_dtype, empty_attention, is_empty, scale_of, validate_qkv
 from .driver import Rotation, run_schedule
 
 
@@ -40,6 +40,7 @@ class _RSA(torch.autograd.Function):
                                                             acc)
 
         run_schedule(Rotation(info, k.contiguous(), put_scores), info)
+        lse = torch.logsumexp(scores, dim=-1).reshape(b, h, c)  # [B, H_kv, G, C] -> [B, H, C]
         p = torch.softmax(scores, dim=-1)
         scores = None  # free the raw scores (the closure above holds the name)
         out = torch.zeros(q.shape[:3] + (v.shape[-1],), dtype=acc, device=q.device)
@@ -51,10 +52,11 @@ class _RSA(torch.autograd.Function):
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, p)
         ctx.opts = (info, scale)
-        return out
+        ctx.mark_non_differentiable(lse)
+        return out, lse
 
     @staticmethod
-    def backward(ctx, dout):
+    def backward(ctx, dout, _dlse=None):
         q, k, v, out, p = ctx.saved_tensors
         info, scale = ctx.opts
         n, c = info.size, q.shape[1]
@@ -75,14 +77,15 @@ class _RSA(torch.autograd.Function):
 
 
 def ring_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
-                        softmax_scale: float | None = None, layout: str = "contiguous") -> torch.Tensor:
+                        softmax_scale: float | None = None, layout: str = DEFAULT_LAYOUT, return_lse: bool = False):
     """Ring Self-Attention (2021 baseline): full score rows built by circulating K, then V.
 
     Args:
         q: ``[B, C, H, D]``; k, v: ``[B, C, H_kv, D]`` shards in ``layout``.
-        group, causal, softmax_scale: as in :func:`ring_attention`.
+        group, causal, softmax_scale, return_lse: as in :func:`ring_attention`.
     Returns:
-        ``[B, C, H, D]`` in ``q.dtype``. Keeps ``[B, H, C, L]`` fp32 probabilities for backward.
+        ``[B, C, H, D]`` in ``q.dtype`` (``(out, lse)`` with ``return_lse=True``). Keeps ``[B, H, C, L]``
+        fp32 probabilities for backward.
     Example::
 
         out = ok.ring_self_attention(q_local, k_local, v_local, causal=True)
@@ -94,7 +97,10 @@ def ring_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, gr
         if k.shape != v.shape:
             raise ValueError(f"ring_self_attention: k and v must have the same shape, got {tuple(k.shape)} and "
                              f"{tuple(v.shape)}")
-    return _RSA.apply(q, k, v, info, layout, causal, scale_of(q, softmax_scale))
+    if is_empty(q, k):
+        return empty_attention(q, k, v, return_lse)
+    out, lse = _RSA.apply(q, k, v, info, layout, causal, scale_of(q, softmax_scale))
+    return (out, lse) if return_lse else out
 
 
 def rsa_comm_bytes(world, batch, seq_local, kv_heads, head_dim, elem_bytes) -> dict:

@@ -32,7 +32,8 @@ from ...comm import group_info, rank_consistent
 from ...kernels.attention import merge_attention
 from ..layout import layout_spans
 from .blocks import Mask, needed_query_slots, plan_blocks, span_rows
-from .common import (acc_dtype, blocks_backward, blocks_forward, new_accumulators, resolve_layout, row_delta, rows,
+from .common import (DEFAULT_LAYOUT, acc_dtype, blocks_backward, blocks_forward, empty_attention, is_empty,
+                     new_accumulators, resolve_layout, row_delta, rows,
                      scale_of, validate_qkv)
 from .driver import NOTHING, Schedule, ScheduledAttention
 
@@ -221,16 +222,17 @@ def token_ring_comm_bytes(world, rank, batch, seq_local, heads, head_dim, elem_b
 
 
 def token_ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
-                         softmax_scale: float | None = None, layout: str = "zigzag",
-                         window: tuple[int, int] = (-1, -1), cu_seqlens=None, backend: str = "auto") -> torch.Tensor:
+                         softmax_scale: float | None = None, layout: str = DEFAULT_LAYOUT,
+                         window_size: tuple[int, int] = (-1, -1), cu_seqlens=None, return_lse: bool = False,
+                         backend: str = "auto"):
     """TokenRing attention: K/V stay resident, queries and partial outputs travel (both link directions).
 
     Args:
         q: ``[B, C, H, D]``; k, v: ``[B, C, H_kv, D]`` this rank's shards in ``layout``.
-        group, causal, softmax_scale, layout, window, cu_seqlens, backend: as in
+        group, causal, softmax_scale, layout, window_size, cu_seqlens, return_lse, backend: as in
             :func:`ring_attention` (queries the mask keeps away from a rank are never sent to it).
     Returns:
-        ``[B, C, H, D]`` in ``q.dtype``.
+        ``[B, C, H, D]`` in ``q.dtype`` (``(out, lse)`` with ``return_lse=True``).
     Communication: see the module docstring and :func:`token_ring_comm_bytes` (no K/V moves; with
     causal zigzag ~3/4 of a full Q rotation, plus fp32 partial outputs and lse).
     Example::
@@ -240,8 +242,11 @@ def token_ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, g
     info = group_info(group)
     with rank_consistent("token_ring_attention", info) as check:
         validate_qkv("token_ring_attention", check, q, k, v, layout=layout, causal=causal,
-                     softmax_scale=softmax_scale, extra={"window": window}, cu_seqlens=cu_seqlens)
-        spans, mask = resolve_layout("token_ring_attention", layout, info.size, q.shape[1], causal, window,
+                     softmax_scale=softmax_scale, extra={"window_size": window_size}, cu_seqlens=cu_seqlens)
+        spans, mask = resolve_layout("token_ring_attention", layout, info.size, q.shape[1], causal, window_size,
                                      cu_seqlens)
-    return ScheduledAttention.apply(q, k, v, TokenRingForward, TokenRingBackward, info, spans, mask,
-                                    scale_of(q, softmax_scale), backend)
+    if is_empty(q, k):
+        return empty_attention(q, k, v, return_lse)
+    out, lse = ScheduledAttention.apply(q, k, v, TokenRingForward, TokenRingBackward, info, spans, mask,
+                                        scale_of(q, softmax_scale), backend)
+    return (out, lse) if return_lse else out

@@ -22,7 +22,7 @@ import torch
 
 from ...comm import all_to_all, group_info, new_group, rank_consistent
 from ..local_attention import local_attention
-from .common import resolve_layout, scale_of, validate_qkv
+from .common import DEFAULT_LAYOUT, empty_attention, is_empty, resolve_layout, scale_of, validate_qkv
 from .ring import ring_attention_spans
 
 
@@ -66,6 +66,13 @@ def heads_to_seq(y: torch.Tensor, info) -> torch.Tensor:
     return recv.permute(1, 2, 0, 3, 4).reshape(b, l // n, n * hn, d)
 
 
+def lse_heads_to_seq(lse: torch.Tensor, info) -> torch.Tensor:
+    """``[B, H/N, N*C]`` head-shard log-sum-exp (rank-major rows) -> ``[B, H, C]`` sequence shard."""
+    with torch.no_grad():
+        y = heads_to_seq(lse.transpose(1, 2).unsqueeze(-1), info)  # [B, C, H, 1]
+    return y.squeeze(-1).transpose(1, 2).contiguous()
+
+
 def _check_heads(op, q, k, n, what="the Ulysses group size"):
     h, hkv = q.shape[2], k.shape[2]
     if h % n:
@@ -92,17 +99,20 @@ def _natural_order(spans, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
-                      softmax_scale: float | None = None, layout: str = "contiguous",
-                      window: tuple[int, int] = (-1, -1), cu_seqlens=None, backend: str = "auto") -> torch.Tensor:
+                      softmax_scale: float | None = None, layout: str = DEFAULT_LAYOUT,
+                      window_size: tuple[int, int] = (-1, -1), cu_seqlens=None, return_lse: bool = False,
+                      backend: str = "auto"):
     """Ulysses attention: all-to-all to head shards, local attention over the full sequence, back.
 
     Args:
         q: ``[B, C, H, D]``; k, v: ``[B, C, H_kv, D]``, sequence shards in ``layout`` (contiguous, or
             zigzag: rows are put in token order after the all-to-all). ``H`` must divide by N;
             ``H_kv`` must divide by N or divide N (kv heads are then repeated).
-        group, causal, softmax_scale, window, cu_seqlens, backend: as in :func:`ring_attention`.
+        group, causal, softmax_scale, window_size, cu_seqlens, return_lse, backend: as in
+            :func:`ring_attention`.
     Returns:
-        ``[B, C, H, D]`` in ``q.dtype``.
+        ``[B, C, H, D]`` in ``q.dtype`` (``(out, lse)`` with ``return_lse=True``: one more all-to-all,
+        of the fp32 lse).
     Communication: 4 all-to-alls forward (q, k, v, out) and 4 backward, each (N-1)/N of the local
     tensor (k and v after any kv-head repetition).
     Example::
@@ -112,20 +122,26 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, grou
     info = group_info(group)
     with rank_consistent("ulysses_attention", info) as check:
         validate_qkv("ulysses_attention", check, q, k, v, layout=layout, causal=causal, softmax_scale=softmax_scale,
-                     extra={"window": window}, cu_seqlens=cu_seqlens)
-        spans, mask = resolve_layout("ulysses_attention", layout, info.size, q.shape[1], causal, window, cu_seqlens)
+                     extra={"window_size": window_size}, cu_seqlens=cu_seqlens)
+        spans, mask = resolve_layout("ulysses_attention", layout, info.size, q.shape[1], causal, window_size,
+                                     cu_seqlens)
         _check_heads("ulysses_attention", q, k, info.size)
+    if is_empty(q, k):
+        return empty_attention(q, k, v, return_lse)
     scale = scale_of(q, softmax_scale)
     n = info.size
     k, v = _expand_kv(k, v, n)
     qh, kh, vh = (_SeqToHeads.apply(t, info) for t in (q, k, v))
-    kw = dict(causal=causal, softmax_scale=scale, window=mask.window, cu_seqlens=mask.cu_seqlens, backend=backend)
+    kw = dict(causal=causal, softmax_scale=scale, window_size=mask.window, cu_seqlens=mask.cu_seqlens,
+              return_lse=True, backend=backend)
     if layout == "contiguous":
-        o = local_attention(qh, kh, vh, **kw)
+        o, lse = local_attention(qh, kh, vh, **kw)
     else:  # rows arrive rank-major: attend in token order, then put them back
         to_nat, back = _natural_order(spans, q.device)
-        o = local_attention(*(t.index_select(1, to_nat) for t in (qh, kh, vh)), **kw).index_select(1, back)
-    return _HeadsToSeq.apply(o, info)
+        o, lse = local_attention(*(t.index_select(1, to_nat) for t in (qh, kh, vh)), **kw)
+        o, lse = o.index_select(1, back), lse.index_select(2, back)
+    out = _HeadsToSeq.apply(o, info)
+    return (out, lse_heads_to_seq(lse, info)) if return_lse else out
 
 
 def ulysses_comm_bytes(world, batch, seq_local, heads, kv_heads, head_dim, elem_bytes) -> dict:
@@ -169,8 +185,9 @@ def usp_groups(ulysses_degree: int, group=None) -> USPGroups:
 
 
 def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ulysses_group, ring_group,
-                  causal: bool = False, softmax_scale: float | None = None, layout: str = "zigzag",
-                  window: tuple[int, int] = (-1, -1), cu_seqlens=None, backend: str = "auto") -> torch.Tensor:
+                  causal: bool = False, softmax_scale: float | None = None, layout: str = DEFAULT_LAYOUT,
+                  window_size: tuple[int, int] = (-1, -1), cu_seqlens=None, return_lse: bool = False,
+                  backend: str = "auto"):
     """USP: Ulysses inside ``ulysses_group`` and ring attention across ``ring_group``.
 
     Args:
@@ -178,9 +195,9 @@ def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ulysses_
             ``layout`` over the ``U*R`` ranks at position ``ring_rank * U + ulysses_rank``
             (:func:`usp_groups` builds groups with that order, so with the default world the position
             is the global rank). Heads divide by U as in :func:`ulysses_attention`.
-        causal, softmax_scale, window, cu_seqlens, backend: as in :func:`ring_attention`.
+        causal, softmax_scale, window_size, cu_seqlens, return_lse, backend: as in :func:`ring_attention`.
     Returns:
-        ``[B, C, H, D]`` in ``q.dtype``.
+        ``[B, C, H, D]`` in ``q.dtype`` (``(out, lse)`` with ``return_lse=True``).
     Communication: Ulysses's 4 all-to-alls within the Ulysses group (on U*C tokens' worth of rows),
     plus ring attention's P2P across the ring group on the head shards (H_kv/U heads, U*C tokens).
     Example::
@@ -194,16 +211,20 @@ def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ulysses_
     with rank_consistent("usp_attention", ring_group) as outer:
         with rank_consistent("usp_attention", ulysses_group) as check:
             validate_qkv("usp_attention", check, q, k, v, layout=layout, causal=causal,
-                         softmax_scale=softmax_scale, extra={"ring_size": ri.size, "window": window},
+                         softmax_scale=softmax_scale, extra={"ring_size": ri.size, "window_size": window_size},
                          cu_seqlens=cu_seqlens)
-            spans, mask = resolve_layout("usp_attention", layout, ui.size * ri.size, q.shape[1], causal, window,
+            spans, mask = resolve_layout("usp_attention", layout, ui.size * ri.size, q.shape[1], causal, window_size,
                                          cu_seqlens)
             _check_heads("usp_attention", q, k, ui.size, "the Ulysses degree")
-        outer.meta(q=tuple(q.shape), k=tuple(k.shape), causal=causal, layout=layout, ulysses=ui.size)
+        outer.meta(q=tuple(q.shape), k=tuple(k.shape), causal=causal, layout=layout, ulysses=ui.size,
+                   softmax_scale=softmax_scale, window_size=mask.window, cu_seqlens=mask.cu_seqlens)
+    if is_empty(q, k):
+        return empty_attention(q, k, v, return_lse)
     u, r = ui.size, ri.size
     scale = scale_of(q, softmax_scale)
     k, v = _expand_kv(k, v, u)
     qh, kh, vh = (_SeqToHeads.apply(t, ui) for t in (q, k, v))
     ring_spans = [[sp for p in range(i * u, (i + 1) * u) for sp in spans[p]] for i in range(r)]
-    o = ring_attention_spans(qh, kh, vh, info=ri, spans=ring_spans, mask=mask, scale=scale, backend=backend)
-    return _HeadsToSeq.apply(o, ui)
+    o, lse = ring_attention_spans(qh, kh, vh, info=ri, spans=ring_spans, mask=mask, scale=scale, backend=backend)
+    out = _HeadsToSeq.apply(o, ui)
+    return (out, lse_heads_to_seq(lse, ui)) if return_lse else out

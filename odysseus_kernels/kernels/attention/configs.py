@@ -1,0 +1,157 @@
+"""Launch-config table of the attention Triton kernels, and the compile-gate cases built from it.
+
+One table, two readers: the dispatch in :mod:`.triton_attention` calls :func:`pick` for every launch,
+and :func:`gate_cases` lists every entry :func:`pick` can return, with the exact signature and
+constexprs the wrappers pass, for the ahead-of-time compile gate (:mod:`odysseus_kernels.kernels.aot`).
+
+Key: ``(arch, kernel, dtype class, head-dim bucket)``. ``arch`` is the compute capability major*10
+(90: Hopper, 80: Ampere; other CUDA GPUs use the nearest lower entry, at least 80) or ``"interpret"``
+(``TRITON_INTERPRET=1`` on CPU: the Ampere entries, deterministic). ``dtype class`` is ``"16"``
+(bf16/fp16) or ``"32"`` (fp32). The head-dim bucket is ``next_power_of_2(max(D, Dv, 16))`` (the padded
+tile width). Mask flags (causal, windows, documents, span positions) change the code but not the
+tiles: the gate compiles both the mask-free and the heaviest mask variant of each entry.
+
+Why these numbers (Triton 3.8 ptxas, no GPU): with ``num_warps=8, num_stages=2`` every kernel fits the
+per-block shared memory of sm_90 (232,448 B) and sm_80 (166,912 B) with no register spills at 16-bit
+head dims 64/128 (d128 needs 64x32 tiles: 128x64 spills 0.2-1.6 KB once the merge is in-kernel; d256 keeps 64-row
+tiles so that sm_90 still uses wgmma, and spills 0.2-1.2 KB); the
+dK/dV kernel at the former ``num_warps=4`` and Triton's default 3 stages needed 247,808 B at bf16 d128.
+These are first choices, not tuned: on a GPU, autotuning over this table's neighbours is the next step. fp32 tiles are half as tall (twice the bytes per element), and fp32 ``tl.dot``
+runs in IEEE fp32 (``input_precision="ieee"``), so fp32 results are exact fp32, not TF32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+KERNELS = ("fwd", "bwd_preprocess", "bwd_dq", "bwd_dkdv")
+HEAD_DIM_BUCKETS = (16, 32, 64, 128, 256)
+ARCHS = (90, 80)
+SHARED_LIMIT = {90: 232_448, 80: 166_912}
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    block_m: int   # query rows per tile (per program in fwd / dQ; per inner step in dK/dV)
+    block_n: int   # key rows per tile (per inner step in fwd / dQ; per program in dK/dV)
+    num_warps: int
+    num_stages: int
+
+
+# (dtype class, head-dim bucket) -> {kernel: (BLOCK_M, BLOCK_N, num_warps, num_stages)}; the same on
+# sm_90 and sm_80 (checked against both limits). Taller tiles at d128 (128x64) spill registers once the
+# in-kernel merge / accumulation is there, 64x32 with 8 warps does not.
+_TILES = {
+    ("16", 16): dict(fwd=(128, 64, 8, 2), bwd_dq=(128, 64, 8, 2), bwd_dkdv=(64, 64, 8, 2)),
+    ("16", 32): dict(fwd=(128, 64, 8, 2), bwd_dq=(128, 64, 8, 2), bwd_dkdv=(64, 64, 8, 2)),
+    ("16", 64): dict(fwd=(128, 64, 8, 2), bwd_dq=(128, 64, 8, 2), bwd_dkdv=(64, 64, 8, 2)),
+    ("16", 128): dict(fwd=(64, 32, 8, 2), bwd_dq=(64, 32, 8, 2), bwd_dkdv=(64, 32, 8, 2)),
+    ("16", 256): dict(fwd=(64, 32, 8, 2), bwd_dq=(64, 32, 8, 2), bwd_dkdv=(64, 32, 8, 2)),
+    ("32", 16): dict(fwd=(64, 32, 8, 2), bwd_dq=(64, 32, 8, 2), bwd_dkdv=(64, 32, 8, 2)),
+    ("32", 32): dict(fwd=(64, 32, 8, 2), bwd_dq=(64, 32, 8, 2), bwd_dkdv=(64, 32, 8, 2)),
+    ("32", 64): dict(fwd=(64, 32, 8, 2), bwd_dq=(64, 32, 8, 2), bwd_dkdv=(64, 32, 8, 2)),
+    ("32", 128): dict(fwd=(32, 32, 8, 2), bwd_dq=(32, 32, 8, 2), bwd_dkdv=(32, 32, 8, 2)),
+    ("32", 256): dict(fwd=(32, 16, 8, 2), bwd_dq=(32, 16, 8, 2), bwd_dkdv=(32, 16, 8, 2)),
+}
+
+
+# (arch, kernel, dtype class, bucket) entries that differ from _TILES: on sm_80 (no wgmma, mma.sync
+# accumulators in registers) the _TILES choices spill with documents/span positions on (forward d<=64:
+# 240 B, forward d128: 68 B, dK/dV d64: 712 B, dK/dV d128: 16 B); these do not
+_ARCH_OVERRIDES = {
+    **{(80, "fwd", "16", b): (64, 64, 8, 2) for b in (16, 32, 64)},
+    (80, "fwd", "16", 128): (64, 16, 8, 2),
+    (80, "bwd_dkdv", "16", 64): (64, 32, 8, 2),
+    (80, "bwd_dkdv", "16", 128): (32, 32, 8, 2),
+}
+
+
+def _table() -> dict:
+    t = {}
+    for arch in ARCHS:
+        for (dc, bucket), kernels in _TILES.items():
+            for kernel, cfg in kernels.items():
+                t[(arch, kernel, dc, bucket)] = LaunchConfig(*_ARCH_OVERRIDES.get((arch, kernel, dc, bucket), cfg))
+            # rows of out and dout in registers: fewer rows for wider heads
+            t[(arch, "bwd_preprocess", dc, bucket)] = LaunchConfig(max(8, 2048 // bucket), 16, 4, 1)
+    return t
+
+
+TABLE = _table()
+
+
+def dtype_class(dtype) -> str:
+    if dtype in (torch.float16, torch.bfloat16, "bf16", "fp16"):
+        return "16"
+    if dtype in (torch.float32, "fp32"):
+        return "32"
+    raise TypeError(f"attention Triton kernels take fp16/bf16/fp32, got {dtype}")
+
+
+def head_dim_bucket(head_dim: int) -> int:
+    b = 16
+    while b < head_dim:
+        b *= 2
+    if b > 256:
+        raise ValueError(f"attention Triton kernels support head dims up to 256, got {head_dim}")
+    return b
+
+
+def current_arch(device=None):
+    """``"interpret"`` under ``TRITON_INTERPRET=1`` (or without CUDA), else the table arch of the GPU."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
+        return "interpret"
+    major, minor = torch.cuda.get_device_capability(device)
+    cc = major * 10 + minor
+    return 90 if cc >= 90 else 80
+
+
+def pick(arch, kernel: str, dtype, head_dim: int) -> LaunchConfig:
+    """The launch config of ``kernel`` (one of :data:`KERNELS`) for ``arch`` (90, 80, ``"interpret"``),
+    input ``dtype`` and head dim (``max(D, Dv)``). Deterministic: a pure table lookup."""
+    a = 80 if arch == "interpret" else arch
+    return TABLE[(a, kernel, dtype_class(dtype), head_dim_bucket(head_dim))]
+
+
+# ---------------------------------------------------------------- compile-gate cases
+
+_PTR = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
+
+
+def _signature(kernel: str, dtype: str) -> tuple[object, dict]:
+    """The kernel function and its argument types as the wrappers launch it (inputs in ``dtype``;
+    accumulators, lse and delta in fp32; positions and document ids int32)."""
+    from . import triton_attention as ta
+
+    p, f32, i32 = _PTR[dtype], "*fp32", "*i32"
+    fn = {"fwd": ta._fwd_kernel, "bwd_preprocess": ta._bwd_preprocess_kernel, "bwd_dq": ta._bwd_dq_kernel,
+          "bwd_dkdv": ta._bwd_dkdv_kernel}[kernel]
+    types = ta.ARG_TYPES[kernel](p, f32, i32)
+    return fn, types
+
+
+def gate_cases():
+    """Every (kernel, config) :func:`pick` can return for sm_90 and sm_80, at bf16/fp16/fp32 and head
+    dims 32, 64, 96 (padded to 128), 128 and 256, each in the mask-free and the heaviest mask variant
+    (causal + window + documents + span positions), with the wrappers' exact signature and constexprs."""
+    from ..aot import GateCase
+    from . import triton_attention as ta
+
+    cases = []
+    for arch in ARCHS:
+        for dtype in ("bf16", "fp16", "fp32"):
+            for d in (32, 64, 96, 128, 256):
+                for kernel in KERNELS:
+                    cfg = pick(arch, kernel, dtype, d)
+                    fn, types = _signature(kernel, dtype)
+                    variants = ta.gate_constexprs(kernel, d, d, cfg, dtype)
+                    for tag, cx in variants:
+                        sig = {name: ("constexpr" if name in cx else types[name]) for name in fn.arg_names}
+                        cases.append(GateCase(kernel=f"attention.{fn.fn.__name__ if hasattr(fn, 'fn') else fn.__name__}",
+                                              fn=fn, signature=sig, constexprs=cx, num_warps=cfg.num_warps,
+                                              num_stages=cfg.num_stages, dtype=dtype, head_dim=d, archs=(arch,),
+                                              tags={"mask": tag, "block_m": cfg.block_m, "block_n": cfg.block_n}))
+    return cases

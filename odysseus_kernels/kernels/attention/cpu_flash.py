@@ -1,0 +1,36 @@
+"""The ``torch`` backend's fast path on CPU: PyTorch's CPU flash-attention kernels
+(``aten::_scaled_dot_product_flash_attention_for_cpu`` and its backward), which return / take the
+log-sum-exp, for the masks they express exactly: no documents, no window, and either no mask or a
+causal mask aligned at the top left (``q_offset == k_offset``: query i sees keys ``j <= i``, so every
+row sees a key). fp32/fp64, equal query and key/value heads, equal head dims. Everything else (and
+the backward without ``out``, e.g. TokenRing's travelling rows) uses :mod:`.reference`. The backward
+recomputes ``delta = rowsum(dout * out)`` from the given ``out`` (a precomputed delta is the same value).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def eligible(q, k, v, *, causal, q_offset, k_offset, window, cu_seqlens) -> bool:
+    return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and k.dtype == q.dtype
+            and v.dtype == q.dtype and cu_seqlens is None and tuple(window) == (-1, -1)
+            and (not causal or q_offset == k_offset) and q.shape[1] > 0 and k.shape[1] > 0 and q.shape[0] > 0
+            and q.shape[2] == k.shape[2] and q.shape[3] == v.shape[3])
+
+
+def fwd(q, k, v, *, softmax_scale, causal, out_dtype):
+    """``(out [B, Sq, H, D], lse [B, H, Sq])`` like :func:`.reference.attention_block_fwd_torch`."""
+    o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, bool(causal), attn_mask=None,
+        scale=softmax_scale)[:2]
+    return o.transpose(1, 2).to(out_dtype or q.dtype), lse
+
+
+def bwd(dout, q, k, v, out, lse, *, softmax_scale, causal, grad_dtype):
+    """``(dq, dk, dv)`` of a block given the rows' final ``out``/``lse`` (the kernel computes delta from them)."""
+    t = lambda x: x.transpose(1, 2)  # noqa: E731
+    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        t(dout.to(q.dtype)), t(q), t(k), t(v), t(out.to(q.dtype)), lse.to(q.dtype).contiguous(), 0.0, bool(causal), attn_mask=None,
+        scale=softmax_scale)
+    gd = grad_dtype or q.dtype
+    return t(dq).to(gd), t(dk).to(gd), t(dv).to(gd)
