@@ -221,8 +221,11 @@ def compile_case(case: GateCase, arch: int, *, cache_dir: str | None = None) -> 
 
     rec = {
         "kernel": case.kernel, "label": case.label,
-        "config": {"constexprs": dict(case.constexprs), "num_warps": case.num_warps, "num_stages": case.num_stages},
-        "dtype": case.dtype, "head_dim": case.head_dim, "tags": dict(case.tags), "uses_dot": case.uses_dot,
+        "config": {"constexprs": {k: v if isinstance(v, (bool, int, float, str, type(None))) else repr(v)
+                                  for k, v in case.constexprs.items()},
+                   "num_warps": case.num_warps, "num_stages": case.num_stages},
+        "dtype": case.dtype, "head_dim": case.head_dim, "uses_dot": case.uses_dot,
+        "tags": {str(k): v if isinstance(v, (bool, int, float, str, type(None))) else repr(v) for k, v in case.tags.items()},
         "check_spills": case.check_spills, "aligned": list(case.divisible_args()), "arch": arch, "triton": triton.__version__,
         "shared": None, "registers": None, "spills": None, "spill_stores": None, "spill_loads": None,
         "stack": None, "wgmma": None, "ok": False, "reason": None, "compile_s": None,
@@ -454,7 +457,7 @@ def write_report(records: list[dict], out_dir: str, meta: dict) -> tuple[str, st
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, f"compile_gate-triton{meta['triton']}")
     with open(base + ".json", "w") as f:
-        json.dump({"meta": meta, "summary": summarize(records), "records": records}, f, indent=1)
+        json.dump({"meta": meta, "summary": summarize(records), "records": records}, f, indent=1, default=repr)
     with open(base + ".md", "w") as f:
         f.write(render_markdown(records, meta))
     return base + ".json", base + ".md"
