@@ -42,7 +42,7 @@ NAMES = {
 }
 KW = {
     "softmax_scale": "softmax_scale",
-    "window": "window",              # helper attn renames it to window_size=(left, right)
+    "window": "window_size",
     "lasp_scale": "scale",           # helper lasp: LASP-2 naming
     "lasp_decay": "decay",           # helper lasp: g-style naming or log_decay
     "gather_dim": "gather_dim",
@@ -68,10 +68,6 @@ CASES = {
 EXPECT = {"defaults_compose": "ok", "empty_batch": "ok", "empty_seq": "ok"}
 
 # Cells that need another helper's fix (see the module docstring). Keep the reason precise.
-_ATTN_DEFAULT = "helper attn: attention ops' default layout must be ok.DEFAULT_LAYOUT (#19.1)"
-_ATTN_USP_META = ("helper attn: usp_attention must put softmax_scale/window/cu_seqlens in the ring-group "
-                  "check too (#19.2)")
-_ATTN_EMPTY = "helper attn: empty tensors in the attention ops (#19.3)"
 _LASP_EMPTY = "helper lasp: empty tensors in lasp2 (#19.3)"
 PENDING: dict[tuple[str, str], str] = {}  # filled below from the run on this branch
 
@@ -315,16 +311,6 @@ def _pending():
     """Cells that fail on this branch and need another helper's fix (measured 2026-12-02 on this branch:
     N2 and N3 alike unless the key names N)."""
     p = {}
-    for op in ("ring_attention", "token_ring_attention", "usp_attention"):  # default layout "zigzag": wrong by 1.8
-        p[(op, "defaults_compose")] = _ATTN_DEFAULT
-    # batch 0: kernels/attention/reference.py attention_block_bwd_torch reshapes 0 elements with -1
-    for op in ("ring_attention", "token_ring_attention", "ulysses_attention", "allgather_kv_attention",
-               "usp_attention"):
-        p[(op, "empty_batch")] = _ATTN_EMPTY
-    p[("ulysses_attention", "empty_seq")] = _ATTN_EMPTY
-    # N=3 runs USP with ulysses degree 1: the values are only in the (size-1) Ulysses-group check
-    for case in ("mismatch_softmax_scale", "mismatch_window", "mismatch_cu_seqlens"):
-        p[("usp_attention", case, 3)] = _ATTN_USP_META
     p[("lasp2", "empty_seq")] = _LASP_EMPTY + ": seq_local 0 raises 'seq_local must be >= 1'"
     return p
 
