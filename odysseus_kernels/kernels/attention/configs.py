@@ -133,6 +133,11 @@ def _signature(kernel: str, dtype: str) -> tuple[object, dict]:
     return fn, types
 
 
+_STRIDE_NAMES = frozenset(
+    "sqb sqs sqh skb sks skh svb svs svh sob sos soh slb slh sdb sds sdh sgb sgs sgh seb seh sgkb sgks sgkh "
+    "sgvb sgvs sgvh".split())
+
+
 def gate_cases():
     """Every (kernel, config) :func:`pick` can return for sm_90 and sm_80, at bf16/fp16/fp32 and head
     dims 32, 64, 96 (padded to 128), 128 and 256, each in the mask-free and the heaviest mask variant
@@ -150,8 +155,13 @@ def gate_cases():
                     variants = ta.gate_constexprs(kernel, d, d, cfg, dtype)
                     for tag, cx in variants:
                         sig = {name: ("constexpr" if name in cx else types[name]) for name in fn.arg_names}
+                        # what the JIT specializes as divisible by 16 at launch: the pointers (torch
+                        # allocations) and the strides of [B, S, H, D] tensors (multiples of D and H*D,
+                        # multiples of 16 at every head dim listed; the last-dim stride is 1, implicit)
+                        aligned = tuple(n for n, t in sig.items() if t.startswith("*") or n in _STRIDE_NAMES)
                         cases.append(GateCase(kernel=f"attention.{fn.fn.__name__ if hasattr(fn, 'fn') else fn.__name__}",
                                               fn=fn, signature=sig, constexprs=cx, num_warps=cfg.num_warps,
                                               num_stages=cfg.num_stages, dtype=dtype, head_dim=d, archs=(arch,),
+                                              uses_dot=kernel != "bwd_preprocess", aligned=aligned,
                                               tags={"mask": tag, "block_m": cfg.block_m, "block_n": cfg.block_n}))
     return cases
