@@ -28,7 +28,8 @@ one compiled kernel serves every head count and head dim of a launch config.
 
 Precision: 16-bit inputs go to ``tl.dot`` as 16-bit operands with fp32 accumulation (tensor cores,
 ``wgmma`` on sm_90); the states ``h``/``dh``, the chunk-local states and the decays are fp32 in
-memory and are cast to the input dtype only as a ``tl.dot`` operand (as fla does). fp32 inputs use
+memory and are cast to the input dtype only as a ``tl.dot`` operand (as fla does; with fp16 inputs a
+state entry beyond fp16's range, 65504, would overflow there: bf16 or a decay avoids it). fp32 inputs use
 ``input_precision="ieee"`` (``IEEE`` constexpr): exact fp32 products, no TF32, so fp32 is as exact on
 a GPU as under ``TRITON_INTERPRET=1`` (at the cost of not using tensor cores). Launch configs come
 from :mod:`.configs` (the same table the ahead-of-time compile gate checks).
