@@ -33,7 +33,7 @@ def _both_paths():
     decay = torch.tensor([-0.1, -0.3, -0.02, 0.0], dtype=torch.float64)
     refs = {}
     for name, f in (("ring", lambda a, b, c: attention_ref(a, b, c, causal=True)),
-                    ("lasp2", lambda a, b, c: linear_attention_ref(a, b, c, log_decay=decay))):
+                    ("lasp2", lambda a, b, c: linear_attention_ref(a, b, c, g_gamma=decay))):
         leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
         f(*leaves).backward(do)
         refs[name] = [t.grad for t in leaves]
@@ -42,7 +42,7 @@ def _both_paths():
     for disabled in (False, True):
         before = dict(calls)
         for name, fn in (("ring", lambda a, b, c: ok.ring_attention(a, b, c, causal=True, layout="zigzag")),
-                         ("lasp2", lambda a, b, c: ok.lasp2_linear_attention(a, b, c, decay=decay))):
+                         ("lasp2", lambda a, b, c: ok.lasp2_linear_attention(a, b, c, g_gamma=decay, scale=1.0))):
             layout = "zigzag" if name == "ring" else "contiguous"
             ls = [ok.shard_sequence(t, layout=layout).clone().requires_grad_(True) for t in (q, k, v)]
             with extension_disabled() if disabled else torch.enable_grad():

@@ -1,7 +1,9 @@
-"""LASP-2 linear attention on world sizes 1-4, one run_world call per world size: output and q, k, v
-gradients against the float64 O(L^2) formula (causal, decay, non-causal; odd head dims; fp64 and
-fp32; torch and Triton backends), exactly one AllGather per pass whose ledger volume is
-(N-1) B H Dk Dv 4 at two sequence lengths, and bad inputs raising the same clear error on every rank."""
+"""LASP-2 linear attention on world sizes 1-4, one run_world call per world size: output and q, k, v,
+g, g_gamma gradients against the float64 O(L^2) formula (causal without decay, per-head g_gamma,
+per-token g, both, non-causal; odd head dims; fp64 and fp32; torch and Triton backends), exactly
+one AllGather per pass whose ledger volume is (N-1) B H Dk Dv 4 (plus B H floats in the forward with
+a per-token g) at two sequence lengths, empty shards and batch 0, and bad inputs raising the same
+clear error on every rank."""
 import itertools
 
 import pytest
@@ -13,29 +15,46 @@ from odysseus_kernels.kernels.linear_attention import linear_attention_ref
 from odysseus_kernels.ops.lasp2 import lasp2_comm_bytes, lasp2_linear_attention
 from tests.distributed import run_world
 
-# max |got - ref| / max |ref|
+# max |got - ref| / max |ref| (the decay gradients: relative to the scale of their summands)
 TOL = {torch.float64: 1e-11, torch.float32: 2e-5}
 B, H = 2, 3
+MODES = {"causal": (True, False, False), "g_gamma": (True, False, True), "g": (True, True, False),
+         "both": (True, True, True), "full": (False, False, False)}
 
 
 def _one(n, dk, dv, mode, dtype, c, block, backend, seed):
-    """Compare one configuration with the float64 formula; return (relative error / tolerance, ledgers)."""
-    g = torch.Generator().manual_seed(seed)
-    causal, dec = mode != "full", mode == "decay"
-    q, k, v = (torch.randn(B, c * n, H, d, generator=g, dtype=torch.float64, requires_grad=True) for d in (dk, dk, dv))
-    decay = -torch.rand(H, generator=g, dtype=torch.float64) * 0.5 if dec else None
-    ref = linear_attention_ref(q, k, v, log_decay=decay, causal=causal, scale=0.7)
-    do = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    """Compare one configuration with the float64 formula; return (relative error / tolerance,
+    ledgers, this rank's g_gamma gradient, the reference's)."""
+    gen = torch.Generator().manual_seed(seed)
+    causal, use_g, use_gamma = MODES[mode]
+    q, k, v = (torch.randn(B, c * n, H, d, generator=gen, dtype=torch.float64, requires_grad=True) for d in (dk, dk, dv))
+    g = (-torch.rand(B, c * n, H, generator=gen, dtype=torch.float64) * 0.5).requires_grad_(True) if use_g else None
+    gg = (-torch.rand(H, generator=gen, dtype=torch.float64) * 0.5).requires_grad_(True) if use_gamma else None
+    ref = linear_attention_ref(q, k, v, g=g, g_gamma=gg, causal=causal, scale=0.7)
+    do = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
     ref.backward(do)
     ql, kl, vl = (ok.shard_sequence(t.detach()).to(dtype).requires_grad_(True) for t in (q, k, v))
+    gl = ok.shard_sequence(g.detach()).requires_grad_(True) if use_g else None
+    ggl = gg.detach().clone().requires_grad_(True) if use_gamma else None
     with ok.comm_ledger() as fwd:
-        out = lasp2_linear_attention(ql, kl, vl, decay=decay, causal=causal, scale=0.7, block=block, backend=backend)
+        out = lasp2_linear_attention(ql, kl, vl, g=gl, g_gamma=ggl, causal=causal, scale=0.7, block=block,
+                                     backend=backend)
     with ok.comm_ledger() as bwd:
         out.backward(ok.shard_sequence(do).to(dtype))
+    pairs = [(out, ref.detach()), (ql.grad, q.grad), (kl.grad, k.grad), (vl.grad, v.grad)]
     worst = max(((got.double() - ok.shard_sequence(want)).abs().max() / want.abs().max()).item()
-                for got, want in ((out, ref.detach()), (ql.grad, q.grad), (kl.grad, k.grad), (vl.grad, v.grad)))
+                for got, want in pairs)
+    if use_g:  # dg_s = sum_{t>=s} (q.dq - k.dk): relative to the same sum of absolute products
+        absum = (q.abs() * q.grad.abs()).sum(-1) + (k.abs() * k.grad.abs()).sum(-1)
+        scale_g = absum.flip(1).cumsum(1).flip(1).max()
+        worst = max(worst, ((gl.grad - ok.shard_sequence(g.grad)).abs().max() / scale_g).item())
+        assert gl.grad.dtype == torch.float64
     assert out.dtype == ql.grad.dtype == dtype
-    return worst / TOL[dtype], fwd, bwd
+    gamma = None
+    if use_gamma:  # this rank's g_gamma gradient, the reference's and the scale of its summands
+        absum = (q.abs() * q.grad.abs()).sum(-1) + (k.abs() * k.grad.abs()).sum(-1)
+        gamma = (ggl.grad.tolist(), gg.grad.tolist(), absum.flip(1).cumsum(1).flip(1).sum((0, 1)).max().item())
+    return worst / TOL[dtype], fwd, bwd, gamma  # (plain Python values: results cross processes)
 
 
 def _check_bad(n, r):
@@ -49,58 +68,96 @@ def _check_bad(n, r):
 
     q = torch.randn(1, 4, 2, 8)
     attempt("dims", q, torch.randn(1, 4, 2, 6), torch.randn(1, 4, 2, 8))
-    attempt("decay_shape", q, q, q, decay=torch.zeros(3))
-    attempt("decay_positive", q, q, q, decay=torch.tensor([-0.1, 0.2]))
-    attempt("decay_nan", q, q, q, decay=torch.tensor([-0.1, float("nan")]))
-    attempt("decay_noncausal", q, q, q, decay=torch.tensor([-0.1, -0.2]), causal=False)
+    attempt("g_gamma_shape", q, q, q, g_gamma=torch.zeros(3))
+    attempt("g_gamma_positive", q, q, q, g_gamma=torch.tensor([-0.1, 0.2]))
+    attempt("g_gamma_nan", q, q, q, g_gamma=torch.tensor([-0.1, float("nan")]))
+    attempt("g_shape", q, q, q, g=torch.zeros(1, 4, 3))
+    attempt("g_positive", q, q, q, g=torch.full((1, 4, 2), 0.5))
+    attempt("g_noncausal", q, q, q, g=torch.zeros(1, 4, 2), causal=False)
+    attempt("g_gamma_noncausal", q, q, q, g_gamma=torch.tensor([-0.1, -0.2]), causal=False)
     attempt("triton_fp64", q.double(), q.double(), q.double(), backend="triton")
     qr = torch.randn(1, 4 + (r == n - 1), 2, 8)  # the last rank holds one token more
     attempt("seq", qr, qr, qr)
-    attempt("decay_ranks", q, q, q, decay=torch.tensor([-0.1, -0.2 - 0.1 * (r == 0)]))
+    attempt("g_gamma_ranks", q, q, q, g_gamma=torch.tensor([-0.1, -0.2 - 0.1 * (r == 0)]))
+    attempt("scale_ranks", q, q, q, scale=1.0 + (r == 0))
     return out
+
+
+def _empty(n):
+    """Batch 0 and zero-length shards: empty outputs and gradients, nothing communicated."""
+    res = []
+    for shape in ((0, 3, 2, 8), (2, 0, 2, 8)):
+        for backend in ("torch", "triton"):
+            q, k, v = (torch.randn(shape, requires_grad=True) for _ in range(3))
+            g = torch.zeros(shape[:3], requires_grad=True)
+            gg = torch.full((2,), -0.1, requires_grad=True)
+            with ok.comm_ledger() as led:
+                o = lasp2_linear_attention(q, k, v, g=g, g_gamma=gg, backend=backend)
+                o.sum().backward()
+            res.append((tuple(o.shape), tuple(q.grad.shape), tuple(k.grad.shape), tuple(v.grad.shape),
+                        tuple(g.grad.shape), tuple(gg.grad.shape), float(gg.grad.abs().sum()),
+                        led.received("all_gather")))
+    return res
 
 
 def _world(seed):
     info = comm.group_info()
     n = info.size
-    errs, volumes = {}, set()
-    grid = itertools.product([(5, 7), (8, 8), (16, 12)], ["causal", "decay", "full"], (torch.float64, torch.float32),
-                             (9, 4), (4, 64))
-    for i, ((dk, dv), mode, dtype, c, block) in enumerate(grid):
-        err, fwd, bwd = _one(n, dk, dv, mode, dtype, c, block, "torch", seed + i)
-        errs[f"torch-dk{dk}-dv{dv}-{mode}-{dtype}-C{c}-b{block}"] = err
-        want = lasp2_comm_bytes(n, B, H, dk, dv, torch.empty((), dtype=dtype).element_size())
+    errs, volumes, gamma_grads = {}, set(), {}
+    grid = itertools.product([(5, 7), (16, 12)], MODES, (torch.float64, torch.float32))
+    for i, ((dk, dv), mode, dtype) in enumerate(grid):
+        c, block = ((9, 4), (4, 64))[(i // 2) % 2]  # both lengths for every (dims, dtype)
+        err, fwd, bwd, gamma = _one(n, dk, dv, mode, dtype, c, block, "torch", seed + i)
+        key = f"torch-dk{dk}-dv{dv}-{mode}-{dtype}-C{c}-b{block}"
+        errs[key] = err
+        if gamma is not None:
+            gamma_grads[key] = gamma + (dtype,)
+        want = lasp2_comm_bytes(n, B, H, dk, dv, torch.empty((), dtype=dtype).element_size(),
+                                per_token_decay=MODES[mode][1])
         # exactly one AllGather per pass, of the predicted size, and nothing else moved
         assert (fwd.received("all_gather"), bwd.received("all_gather")) == (want["forward"], want["backward"])
         assert fwd.payload_received() == fwd.received("all_gather") and bwd.payload_received() == bwd.received(
             "all_gather")
-        if dtype == torch.float32:
+        if dtype == torch.float32 and mode in ("causal", "g_gamma", "full"):
             volumes.add((dk, dv, fwd.received("all_gather")))
-    # the Triton kernels (interpreter on CPU): decay, odd dims, a ragged last chunk
-    for mode, c in (("decay", 20), ("causal", 13)):
-        err, fwd, _ = _one(n, 8, 12, mode, torch.float32, c, 16, "triton", seed + 1000)
+    # the Triton kernels (interpreter on CPU): constant and per-token decay, odd dims, a ragged last chunk
+    for mode, c in (("g_gamma", 20), ("g", 13), ("causal", 13)):
+        err, fwd, _, gamma = _one(n, 8, 12, mode, torch.float32, c, 16, "triton", seed + 1000)
         errs[f"triton-{mode}-C{c}"] = err
-        assert fwd.received("all_gather") == lasp2_comm_bytes(n, B, H, 8, 12)["forward"]
-    return errs, sorted(volumes), _check_bad(n, info.rank)
+        if gamma is not None:
+            gamma_grads[f"triton-{mode}-C{c}"] = gamma + (torch.float32,)
+        assert fwd.received("all_gather") == lasp2_comm_bytes(n, B, H, 8, 12, per_token_decay=mode == "g")["forward"]
+    return errs, sorted(volumes), gamma_grads, _empty(n), _check_bad(n, info.rank)
 
 
 @pytest.mark.parametrize("n", [pytest.param(n, id=f"N{n}") for n in (1, 2, 3, 4)])
 def test_lasp2_matches_float64_formula_one_gather_per_pass_and_rejects_bad_input(n):
     results = run_world(_world, n, 40 + n, timeout=600)
-    for errs, volumes, bad in results:
+    for errs, volumes, _, empty, bad in results:
         worse = {k: v for k, v in errs.items() if not v <= 1.0}
         assert errs and not worse, worse
         # the volume depends on the head dims only: one entry per (dk, dv) across both lengths
-        assert volumes == sorted((dk, dv, (n - 1) * B * H * dk * dv * 4) for dk, dv in [(5, 7), (8, 8), (16, 12)])
+        assert volumes == sorted((dk, dv, (n - 1) * B * H * dk * dv * 4) for dk, dv in [(5, 7), (16, 12)])
+        for o, dq, dk, dv, dg, dgg, dgg_sum, moved in empty:
+            assert o == dq == dk == dv and dg == o[:3] and dgg == (2,) and dgg_sum == 0.0 and moved == 0
         assert "q and k must have the same shape" in bad["dims"] and "(1, 4, 2, 6)" in bad["dims"]
-        assert "decay must be a [heads] = [2] floating tensor of log-decays, got (3,)" in bad["decay_shape"]
-        assert "must be finite and <= 0, got 0.2" in bad["decay_positive"]
-        assert "must be finite and <= 0, got nan" in bad["decay_nan"]
-        assert "decay needs causal=True" in bad["decay_noncausal"]
+        assert "g_gamma must be a [heads] = [2] floating tensor of log-decays, got (3,)" in bad["g_gamma_shape"]
+        assert "g_gamma holds log-decays, which must be finite and <= 0, got 0.2" in bad["g_gamma_positive"]
+        assert "must be finite and <= 0, got nan" in bad["g_gamma_nan"]
+        assert "g must be a [batch, seq_local, heads] = [1, 4, 2] floating tensor" in bad["g_shape"]
+        assert "g holds log-decays, which must be finite and <= 0, got 0.5" in bad["g_positive"]
+        assert "g (a decay) needs causal=True" in bad["g_noncausal"]
+        assert "g_gamma (a decay) needs causal=True" in bad["g_gamma_noncausal"]
         assert bad["triton_fp64"].startswith("TypeError") and "torch.float64" in bad["triton_fp64"]
         if n > 1:
             assert "q must be the same on every rank" in bad["seq"], bad["seq"]
-            assert "decay must be the same on every rank" in bad["decay_ranks"], bad["decay_ranks"]
+            assert "g_gamma must be the same on every rank" in bad["g_gamma_ranks"], bad["g_gamma_ranks"]
+            assert "scale must be the same on every rank" in bad["scale_ranks"], bad["scale_ranks"]
         else:
-            assert "seq" not in bad and "decay_ranks" not in bad
-    assert all(r[2] == results[0][2] for r in results)  # the same errors on every rank
+            assert not {"seq", "g_gamma_ranks", "scale_ranks"} & set(bad)
+    assert all(r[4] == results[0][4] for r in results)  # the same errors on every rank
+    # g_gamma is replicated: the sum over ranks of each rank's gradient is the exact gradient
+    # (relative to the scale of its summands, as dg)
+    for key, (_, ref, scale, dtype) in results[0][2].items():
+        total = sum(torch.tensor(r[2][key][0], dtype=torch.float64) for r in results)
+        assert ((total - torch.tensor(ref, dtype=torch.float64)).abs().max() / scale).item() < TOL[dtype], key

@@ -121,7 +121,8 @@ def apply_lasp2(model, group=None, *, backend="auto") -> ParallelPlan:
 
     if model.cfg.linear_layers != "all":
         raise ValueError("lasp2: build the model with linear_layers='all' (lasp2h for a hybrid)")
-    _replace_cores(model, None, SPCore(lasp2_linear_attention, group=group, backend=backend))
+    # scale=1: the single-device linear core (models.llama.LocalLinearAttention) does not scale q
+    _replace_cores(model, None, SPCore(lasp2_linear_attention, group=group, backend=backend, scale=1.0))
     return _plan("lasp2", model, "contiguous", group)
 
 
@@ -132,7 +133,7 @@ def apply_lasp2h(model, group=None, *, backend="auto") -> ParallelPlan:
     if model.cfg.linear_layers != "hybrid":
         raise ValueError("lasp2h: build the model with linear_layers='hybrid' and a hybrid_ratio")
     _replace_cores(model, SPCore(allgather_kv_attention, group=group, layout="contiguous", backend=backend),
-                   SPCore(lasp2_linear_attention, group=group, backend=backend))
+                   SPCore(lasp2_linear_attention, group=group, backend=backend, scale=1.0))
     return _plan("lasp2h", model, "contiguous", group)
 
 

@@ -1,295 +1,240 @@
-"""Triton kernels for the shard-local part of (decayed, causal) linear attention, chunkwise parallel.
+"""Triton kernels for the shard-local part of (decayed, causal) linear attention, chunk-parallel.
 
-The same decomposition as :mod:`.reference` (read its docstring for the math), in five kernels:
+The same decomposition as :mod:`.reference` (read its docstring for the math), in four kernels, three
+of them with a direction flag ``REVERSE`` (forward pass: ``False``; the backward's mirror: ``True``):
 
-- ``_fwd_h_kernel``  (grid K-tiles x V-tiles x B*H): walks the chunks in order with the running
-  state in registers, storing the state entering each chunk and the final state ``M``;
-- ``_fwd_o_kernel``  (grid V-tiles x chunks x B*H): every chunk at once, ``lambda^(i+1) q_i h_u`` plus
-  the masked, decayed ``(Q K^T) V`` of the chunk;
-- ``_bwd_dh_kernel`` (like ``_fwd_h_kernel``, backwards in time): the state gradients and ``G``;
-- ``_bwd_dqk_kernel`` (grid K-tiles x chunks x B*H) and ``_bwd_dv_kernel`` (V-tiles x chunks x B*H).
+- ``_chunk_local_kernel`` (grid K/V-tiles x chunks x B*H): each chunk's own state,
+  ``sum_s exp(gl - gc_s) k_s^T v_s`` (``REVERSE``: ``sum_i exp(gc_i) q_i^T dO_i``);
+- ``_chunk_scan_kernel`` (grid state-slices x B*H): the exclusive prefix over the chunks of the shard,
+  ``h_u = S_(u-1)``, ``S_u = exp(gl_u) S_(u-1) + local_u``, in place, and the final state ``M``
+  (``REVERSE``: the suffix, giving ``dh`` and ``G``). The only sequential loop (over ``C / BT``
+  chunks, elementwise on the state: no matmul);
+- ``_chunk_out_kernel`` (grid V-tiles x chunks x B*H): every chunk at once,
+  ``exp(gc_i) q_i h_u + (mask(Q K^T) * decay) V`` (``REVERSE``: ``dv_s = exp(gl - gc_s) k_s dh_u +
+  (mask(K Q^T) * decay) dO``, the same kernel with the roles of queries and keys swapped);
+- ``_chunk_dqk_kernel`` (grid K-tiles x chunks x B*H): ``dq`` and ``dk``.
 
-Only the two recurrences are sequential, over ``C / BT`` chunks with a ``[BK, BV]`` tile each; the
-rest is parallel over chunks, so a shard of 64K tokens keeps the GPU busy even at batch 1.
+Everything but the scan is parallel over chunks: at B=1, H=16 and 8K tokens the chunk kernels have
+128 chunks x 16 heads (x tiles) programs and the scan 16 x 32 state slices (see
+:func:`launch_grids`), more than twice the SMs of an H100/H200.
+
+Decay (constexprs): none, ``USE_G_GAMMA`` (per-head constant ``g_gamma [H]``: ``gc_i = gamma (i+1)``
+computed in the kernel) or ``USE_G`` (per-token ``g``: the host passes the chunk-local inclusive
+cumulative sum ``gc [B, C, H]`` fp32; ``g`` and ``g_gamma`` together are folded into one ``g``).
 Exact causality at every token: the intra-chunk mask is ``s <= i``, diagonal included, and the last
-chunk may be shorter than ``BT`` (masked loads, its own ``lambda^(n)``). Head dims need not be powers
-of two (tiles are padded with masked lanes). Inputs are fp16/bf16/fp32 ``[B, C, H, D]``; products
-accumulate in fp32. The chunk states are stored in bf16 for bf16 inputs (as fla does; their matmuls
-then run on bf16 tensor cores) and in fp32 otherwise (fp16's range is too small for long sums);
-the matmuls against a state run in the state's dtype. On a GPU, fp32 matmuls use TF32 (Triton's
-default); under ``TRITON_INTERPRET=1`` they are exact fp32.
+chunk may be shorter than ``BT`` (masked loads, its own ``gl``). Head dims need not be powers of two
+(tiles are padded with masked lanes); ``H``, ``DK``, ``DV`` and the length are runtime arguments, so
+one compiled kernel serves every head count and head dim of a launch config.
+
+Precision: 16-bit inputs go to ``tl.dot`` as 16-bit operands with fp32 accumulation (tensor cores,
+``wgmma`` on sm_90); the states ``h``/``dh``, the chunk-local states and the decays are fp32 in
+memory and are cast to the input dtype only as a ``tl.dot`` operand (as fla does; with fp16 inputs a
+state entry beyond fp16's range, 65504, would overflow there: bf16 or a decay avoids it). fp32 inputs use
+``input_precision="ieee"`` (``IEEE`` constexpr): exact fp32 products, no TF32, so fp32 is as exact on
+a GPU as under ``TRITON_INTERPRET=1`` (at the cost of not using tensor cores). Launch configs come
+from :mod:`.configs` (the same table the ahead-of-time compile gate checks).
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-# The interpreter runs (and would benchmark) every config: give it one, with tiles small enough that
-# the tests still walk several K/V tiles.
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _configs(tiles, warps):
-    if _INTERPRET:
-        return [triton.Config({"BK": 16, "BV": 16}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BK": bk, "BV": bv}, num_warps=w, num_stages=s)
-            for bk in tiles for bv in tiles for w in warps for s in (2, 3)]
-
-
-def _padded(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))
-
-
-def _fits(configs, args, lo: int):
-    """Tiles no wider than the padded head dims (wider ones only add masked lanes) and no narrower
-    than ``min(lo, padded dim)``."""
-    dk, dv = _padded(args["DK"]), _padded(args["DV"])
-    kept = [c for c in configs if min(lo, dk) <= c.kwargs["BK"] <= dk and min(lo, dv) <= c.kwargs["BV"] <= dv]
-    return kept or [min(configs, key=lambda c: (c.kwargs["BK"], c.kwargs["BV"]))]
-
-
-def _prune_state(configs, named_args, **kwargs):
-    return _fits(configs, {**named_args, **kwargs}, lo=32)
-
-
-def _prune_chunk(configs, named_args, **kwargs):
-    return _fits(configs, {**named_args, **kwargs}, lo=64)
-
-
-_KEY = ["DK", "DV", "BT", "HAS_DECAY"]
-# The recurrences hold one [BK, BV] fp32 tile for the whole sequence and their grid is only
-# (Dk/BK) x (Dv/BV) x B*H programs: small tiles keep the GPU busy at batch 1.
-_STATE = {"configs": _configs((16, 32, 64), (2, 4)), "key": _KEY,
-          "prune_configs_by": {"early_config_prune": _prune_state}}
-# The chunk-parallel kernels have (C/BT) x B*H x tiles programs: wide tiles, fewer re-reads.
-_CHUNK = {"configs": _configs((16, 32, 64, 128), (4, 8)), "key": _KEY,
-          "prune_configs_by": {"early_config_prune": _prune_chunk}}
+from . import configs as cfgs
 
 
 @triton.jit
-def _causal_decay(o_t, ld, HAS_DECAY: tl.constexpr, TRANSPOSED: tl.constexpr):
-    """``[BT, BT]``: ``lambda^(i-s)`` where key ``s <= `` query ``i`` (diagonal included), else 0;
-    rows are queries (``TRANSPOSED``: rows are keys)."""
-    if TRANSPOSED:
-        dist = o_t[None, :] - o_t[:, None]
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
     else:
-        dist = o_t[:, None] - o_t[None, :]
-    if HAS_DECAY:
-        return tl.where(dist >= 0, tl.exp(ld * tl.maximum(dist, 0).to(tl.float32)), 0.0)
-    return tl.where(dist >= 0, 1.0, 0.0)
+        return tl.dot(a, b)
 
 
-@triton.autotune(**_STATE)
+@triton.jit
+def _rows(P, i_b, i_h, C, H, D, i_t, i_d, BT: tl.constexpr, BD: tl.constexpr):
+    """Block pointer to the ``[BT, BD]`` tile (tokens x features) of a ``[B, C, H, D]`` tensor."""
+    return tl.make_block_ptr(P + (i_b.to(tl.int64) * C * H + i_h) * D, (C, D), (H * D, 1), (i_t * BT, i_d * BD),
+                             (BT, BD), (1, 0))
+
+
+@triton.jit
+def _cols(P, i_b, i_h, C, H, D, i_t, i_d, BT: tl.constexpr, BD: tl.constexpr):
+    """Block pointer to the transposed ``[BD, BT]`` tile of a ``[B, C, H, D]`` tensor."""
+    return tl.make_block_ptr(P + (i_b.to(tl.int64) * C * H + i_h) * D, (D, C), (1, H * D), (i_d * BD, i_t * BT),
+                             (BD, BT), (0, 1))
+
+
+@triton.jit
+def _state(P, i_bh, NT, i_t, DK, DV, i_k, i_v, BK: tl.constexpr, BV: tl.constexpr, TRANS: tl.constexpr):
+    """Block pointer to the ``[BK, BV]`` tile (``TRANS``: ``[BV, BK]``) of chunk ``i_t``'s state in a
+    ``[B*H, NT, DK, DV]`` tensor."""
+    base = P + (i_bh.to(tl.int64) * NT + i_t) * DK * DV
+    if TRANS:
+        return tl.make_block_ptr(base, (DV, DK), (1, DV), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
+    else:
+        return tl.make_block_ptr(base, (DK, DV), (DV, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+
+
+@triton.jit
+def _decays(GC, GAMMA, i_b, i_h, i_t, o_t, n, C, H, BT: tl.constexpr, USE_G: tl.constexpr):
+    """``[BT]`` chunk-local inclusive cumulative log-decay ``gc`` (0 past the end) and ``gl``."""
+    m_t = o_t < n
+    if USE_G:
+        base = GC + (i_b.to(tl.int64) * C + i_t * BT) * H + i_h
+        b_g = tl.load(base + o_t.to(tl.int64) * H, mask=m_t, other=0.0)
+        g_last = tl.load(base + (n - 1).to(tl.int64) * H)
+    else:
+        gamma = tl.load(GAMMA + i_h)
+        b_g = tl.where(m_t, gamma * (o_t + 1).to(tl.float32), 0.0)
+        g_last = gamma * n.to(tl.float32)
+    return b_g, g_last
+
+
 @triton.jit(do_not_specialize=["C", "NT"])
-def _fwd_h_kernel(K, V, Hs, HT, LD, C, NT, H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DECAY: tl.constexpr):
-    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+def _chunk_local_kernel(X, Y, L, GC, GAMMA, C, NT, H, DK, DV, BT: tl.constexpr, BK: tl.constexpr,
+                        BV: tl.constexpr, USE_G: tl.constexpr, USE_G_GAMMA: tl.constexpr,
+                        REVERSE: tl.constexpr, IEEE: tl.constexpr):
+    """``L[b, h, u] = sum_s w_s x_s^T y_s`` over chunk ``u``: forward ``x = k, y = v,
+    w = exp(gl - gc_s)``; ``REVERSE``: ``x = q, y = dO, w = exp(gc_i)``. fp32 ``[BK, BV]`` tiles."""
+    i_kv, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    nv = tl.cdiv(DV, BV)
+    i_k, i_v = i_kv // nv, i_kv % nv
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < DK, o_v < DV
-    ld = tl.load(LD + i_h).to(tl.float32) if HAS_DECAY else 0.0
-    p_k = K + (i_b.to(tl.int64) * C * H + i_h) * DK  # token 0 of this (batch, head)
-    p_v = V + (i_b.to(tl.int64) * C * H + i_h) * DV
-    p_h = Hs + i_bh.to(tl.int64) * NT * DK * DV
-    o_kv = o_k[:, None] * DV + o_v[None, :]  # [BK, BV]
-    m_kv = m_k[:, None] & m_v[None, :]
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)  # S_(u-1)
-    for i_t in range(NT):
-        tl.store(p_h + o_kv, b_h.to(Hs.dtype.element_ty), mask=m_kv)
-        n = tl.minimum(BT, C - i_t * BT)  # tokens in this chunk
-        m_t = o_t < n
-        rows = (i_t * BT + o_t).to(tl.int64)
-        b_k = tl.load(p_k + rows[None, :] * (H * DK) + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.0)
-        b_v = tl.load(p_v + rows[:, None] * (H * DV) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        # b_k: [BK, BT], b_v: [BT, BV]
-        if HAS_DECAY:
-            w_k = tl.where(m_t, tl.exp(ld * tl.maximum(n - 1 - o_t, 0).to(tl.float32)), 0.0)  # lambda^(n-1-s)
-            b_h = b_h * tl.exp(ld * n.to(tl.float32)) + tl.dot((b_k * w_k[None, :]).to(b_k.dtype), b_v)
+    n = tl.minimum(BT, C - i_t * BT)  # tokens in this chunk
+    m_t = o_t < n
+    b_x = tl.load(_cols(X, i_b, i_h, C, H, DK, i_t, i_k, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    b_y = tl.load(_rows(Y, i_b, i_h, C, H, DV, i_t, i_v, BT, BV), boundary_check=(0, 1), padding_option="zero")
+    if USE_G or USE_G_GAMMA:
+        b_g, g_last = _decays(GC, GAMMA, i_b, i_h, i_t, o_t, n, C, H, BT, USE_G)
+        if REVERSE:
+            w = tl.exp(b_g)
         else:
-            b_h += tl.dot(b_k, b_v)
-        p_h += DK * DV
-    tl.store(HT + i_bh.to(tl.int64) * DK * DV + o_kv, b_h, mask=m_kv)
+            w = tl.exp(tl.where(m_t, g_last - b_g, 0.0))  # masked before exp: no overflow past the end
+        b_x = (b_x * tl.where(m_t, w, 0.0)[None, :]).to(b_x.dtype)
+    b_l = _dot(b_x, b_y, IEEE)
+    tl.store(_state(L, i_bh, NT, i_t, DK, DV, i_k, i_v, BK, BV, False), b_l, boundary_check=(0, 1))
 
 
-@triton.autotune(**_CHUNK)
 @triton.jit(do_not_specialize=["C", "NT"])
-def _fwd_o_kernel(Q, K, V, Hs, O, LD, C, NT, H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DECAY: tl.constexpr):
+def _chunk_scan_kernel(L, HT, GC, GAMMA, C, NT, H, DKV, BT: tl.constexpr, BS: tl.constexpr,
+                       USE_G: tl.constexpr, USE_G_GAMMA: tl.constexpr, REVERSE: tl.constexpr):
+    """In place over ``L [B*H, NT, DKV]`` (fp32): ``L[u] <- S_(u-1)``, ``S_u = exp(gl_u) S_(u-1) + L[u]``
+    in chunk order (``REVERSE``: from the last chunk), and ``HT <- S`` after the last one visited."""
+    i_s, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_s = i_s * BS + tl.arange(0, BS)
+    m_s = o_s < DKV
+    p_l = L + i_bh.to(tl.int64) * NT * DKV + o_s
+    b_s = tl.zeros([BS], dtype=tl.float32)
+    for j in range(NT):
+        if REVERSE:
+            i_t = NT - 1 - j
+        else:
+            i_t = j
+        p = p_l + i_t.to(tl.int64) * DKV
+        b_l = tl.load(p, mask=m_s, other=0.0)
+        tl.store(p, b_s, mask=m_s)
+        if USE_G:
+            n = tl.minimum(BT, C - i_t * BT)
+            g_last = tl.load(GC + (i_b.to(tl.int64) * C + i_t * BT + n - 1) * H + i_h)
+            b_s = b_s * tl.exp(g_last) + b_l
+        elif USE_G_GAMMA:
+            n = tl.minimum(BT, C - i_t * BT)
+            b_s = b_s * tl.exp(tl.load(GAMMA + i_h) * n.to(tl.float32)) + b_l
+        else:
+            b_s += b_l
+    tl.store(HT + i_bh.to(tl.int64) * DKV + o_s, b_s, mask=m_s)
+
+
+@triton.jit(do_not_specialize=["C", "NT"])
+def _chunk_out_kernel(X, Y, Z, Hs, O, GC, GAMMA, C, NT, H, DK, DV, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, USE_G: tl.constexpr, USE_G_GAMMA: tl.constexpr,
+                      REVERSE: tl.constexpr, IEEE: tl.constexpr):
+    """Forward (``x = q, y = k, z = v``, ``Hs = h``): ``o_i = exp(gc_i) q_i h + sum_{s<=i}
+    exp(gc_i - gc_s) (q_i . k_s) v_s``. ``REVERSE`` (``x = k, y = q, z = dO``, ``Hs = dh``):
+    ``dv_s = exp(gl - gc_s) k_s dh + sum_{i>=s} exp(gc_i - gc_s) (k_s . q_i) dO_i``."""
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
-    rows = (i_t * BT + o_t).to(tl.int64)
-    m_t = rows < C
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < DV
-    ld = tl.load(LD + i_h).to(tl.float32) if HAS_DECAY else 0.0
-    p_q = Q + (i_b.to(tl.int64) * C * H + i_h) * DK + rows * (H * DK)  # [BT] row starts
-    p_k = K + (i_b.to(tl.int64) * C * H + i_h) * DK + rows * (H * DK)
-    p_h = Hs + (i_bh.to(tl.int64) * NT + i_t) * DK * DV
+    n = tl.minimum(BT, C - i_t * BT)
+    m_t = o_t < n
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     b_a = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(tl.cdiv(DK, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < DK
-        b_q = tl.load(p_q[:, None] + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)  # [BT, BK]
-        b_kt = tl.load(p_k[None, :] + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.0)  # [BK, BT]
-        b_h = tl.load(p_h + o_k[:, None] * DV + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)  # [BK, BV]
-        b_o += tl.dot(b_q.to(b_h.dtype), b_h)
-        b_a += tl.dot(b_q, b_kt)
-    if HAS_DECAY:
-        b_o *= tl.exp(ld * (o_t + 1).to(tl.float32))[:, None]  # lambda^(i+1)
-    b_a = b_a * _causal_decay(o_t, ld, HAS_DECAY, False)
-    p_v = V + (i_b.to(tl.int64) * C * H + i_h) * DV + rows[:, None] * (H * DV) + o_v[None, :]
-    b_v = tl.load(p_v, mask=m_t[:, None] & m_v[None, :], other=0.0)  # [BT, BV]
-    b_o += tl.dot(b_a.to(b_v.dtype), b_v)
-    p_o = O + (i_b.to(tl.int64) * C * H + i_h) * DV + rows[:, None] * (H * DV) + o_v[None, :]
-    tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
-
-
-@triton.autotune(**_STATE)
-@triton.jit(do_not_specialize=["C", "NT"])
-def _bwd_dh_kernel(Q, DO, DHs, DHT, LD, C, NT, H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DECAY: tl.constexpr):
-    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < DK, o_v < DV
-    ld = tl.load(LD + i_h).to(tl.float32) if HAS_DECAY else 0.0
-    p_q = Q + (i_b.to(tl.int64) * C * H + i_h) * DK
-    p_do = DO + (i_b.to(tl.int64) * C * H + i_h) * DV
-    p_dh = DHs + (i_bh.to(tl.int64) * NT + NT - 1) * DK * DV
-    o_kv = o_k[:, None] * DV + o_v[None, :]  # [BK, BV]
-    m_kv = m_k[:, None] & m_v[None, :]
-    b_dh = tl.zeros([BK, BV], dtype=tl.float32)  # dL/dS_u from the chunks after u
-    for j in range(NT):
-        i_t = NT - 1 - j
-        tl.store(p_dh + o_kv, b_dh.to(DHs.dtype.element_ty), mask=m_kv)
-        n = tl.minimum(BT, C - i_t * BT)
-        m_t = o_t < n
-        rows = (i_t * BT + o_t).to(tl.int64)
-        b_qt = tl.load(p_q + rows[None, :] * (H * DK) + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.0)
-        b_do = tl.load(p_do + rows[:, None] * (H * DV) + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        # b_qt: [BK, BT], b_do: [BT, BV]
-        if HAS_DECAY:
-            w_q = tl.exp(ld * (o_t + 1).to(tl.float32))  # lambda^(i+1)
-            b_dh = b_dh * tl.exp(ld * n.to(tl.float32)) + tl.dot((b_qt * w_q[None, :]).to(b_qt.dtype), b_do)
+        b_x = tl.load(_rows(X, i_b, i_h, C, H, DK, i_t, i_k, BT, BK), boundary_check=(0, 1), padding_option="zero")
+        b_yt = tl.load(_cols(Y, i_b, i_h, C, H, DK, i_t, i_k, BT, BK), boundary_check=(0, 1), padding_option="zero")
+        b_h = tl.load(_state(Hs, i_bh, NT, i_t, DK, DV, i_k, i_v, BK, BV, False), boundary_check=(0, 1),
+                      padding_option="zero")
+        b_o += _dot(b_x, b_h.to(b_x.dtype), IEEE)
+        b_a += _dot(b_x, b_yt, IEEE)
+    if REVERSE:
+        keep = o_t[None, :] >= o_t[:, None]  # rows are keys s, columns queries i >= s
+    else:
+        keep = o_t[:, None] >= o_t[None, :]  # rows are queries i, columns keys s <= i
+    if USE_G or USE_G_GAMMA:
+        b_g, g_last = _decays(GC, GAMMA, i_b, i_h, i_t, o_t, n, C, H, BT, USE_G)
+        if REVERSE:
+            b_o *= tl.where(m_t, tl.exp(tl.where(m_t, g_last - b_g, 0.0)), 0.0)[:, None]
+            diff = b_g[None, :] - b_g[:, None]
         else:
-            b_dh += tl.dot(b_qt, b_do)
-        p_dh -= DK * DV
-    tl.store(DHT + i_bh.to(tl.int64) * DK * DV + o_kv, b_dh, mask=m_kv)
+            b_o *= tl.exp(b_g)[:, None]
+            diff = b_g[:, None] - b_g[None, :]
+        b_a = tl.where(keep, b_a * tl.exp(tl.where(keep, diff, 0.0)), 0.0)
+    else:
+        b_a = tl.where(keep, b_a, 0.0)
+    b_z = tl.load(_rows(Z, i_b, i_h, C, H, DV, i_t, i_v, BT, BV), boundary_check=(0, 1), padding_option="zero")
+    b_o += _dot(b_a.to(b_z.dtype), b_z, IEEE)
+    tl.store(_rows(O, i_b, i_h, C, H, DV, i_t, i_v, BT, BV), b_o.to(O.dtype.element_ty), boundary_check=(0, 1))
 
 
-@triton.autotune(**_CHUNK)
 @triton.jit(do_not_specialize=["C", "NT"])
-def _bwd_dqk_kernel(Q, K, V, DO, Hs, DHs, DQ, DK_, LD, C, NT, H: tl.constexpr, DK: tl.constexpr,
-                    DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DECAY: tl.constexpr):
+def _chunk_dqk_kernel(Q, K, V, DO, Hs, DHs, DQ, DK_, GC, GAMMA, C, NT, H, DK, DV, BT: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, USE_G: tl.constexpr, USE_G_GAMMA: tl.constexpr,
+                      IEEE: tl.constexpr):
+    """``dq_i = exp(gc_i) dO_i h^T + sum_{s<=i} ds_is k_s``, ``dk_s = exp(gl - gc_s) v_s dh^T +
+    sum_{i>=s} ds_is q_i`` with ``ds_is = exp(gc_i - gc_s) (dO_i . v_s)``."""
     i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
-    rows = (i_t * BT + o_t).to(tl.int64)
-    m_t = rows < C
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < DK
-    ld = tl.load(LD + i_h).to(tl.float32) if HAS_DECAY else 0.0
-    p_v = V + (i_b.to(tl.int64) * C * H + i_h) * DV + rows * (H * DV)  # [BT] row starts
-    p_do = DO + (i_b.to(tl.int64) * C * H + i_h) * DV + rows * (H * DV)
-    p_h = Hs + (i_bh.to(tl.int64) * NT + i_t) * DK * DV
-    p_dh = DHs + (i_bh.to(tl.int64) * NT + i_t) * DK * DV
+    n = tl.minimum(BT, C - i_t * BT)
+    m_t = o_t < n
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     b_ds = tl.zeros([BT, BT], dtype=tl.float32)  # dL/d(q_i . k_s) before the mask
     for i_v in range(tl.cdiv(DV, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_v = o_v < DV
-        b_v = tl.load(p_v[:, None] + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)  # [BT, BV]
-        b_do = tl.load(p_do[:, None] + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)  # [BT, BV]
-        o_vk = o_v[:, None] + o_k[None, :] * DV  # the [BV, BK] transpose of a state tile
-        m_vk = m_v[:, None] & m_k[None, :]
-        b_ht = tl.load(p_h + o_vk, mask=m_vk, other=0.0)  # [BV, BK]
-        b_dht = tl.load(p_dh + o_vk, mask=m_vk, other=0.0)  # [BV, BK]
-        b_ds += tl.dot(b_do, tl.trans(b_v))
-        b_dq += tl.dot(b_do.to(b_ht.dtype), b_ht)
-        b_dk += tl.dot(b_v.to(b_dht.dtype), b_dht)
-    if HAS_DECAY:
-        n = tl.minimum(BT, C - i_t * BT)
-        b_dq *= tl.exp(ld * (o_t + 1).to(tl.float32))[:, None]  # lambda^(i+1)
-        b_dk *= tl.where(o_t < n, tl.exp(ld * tl.maximum(n - 1 - o_t, 0).to(tl.float32)), 0.0)[:, None]
-    b_ds = b_ds * _causal_decay(o_t, ld, HAS_DECAY, False)
-    p_q = Q + (i_b.to(tl.int64) * C * H + i_h) * DK + rows[:, None] * (H * DK) + o_k[None, :]
-    p_k = K + (i_b.to(tl.int64) * C * H + i_h) * DK + rows[:, None] * (H * DK) + o_k[None, :]
-    m_tk = m_t[:, None] & m_k[None, :]
-    b_q = tl.load(p_q, mask=m_tk, other=0.0)  # [BT, BK]
-    b_k = tl.load(p_k, mask=m_tk, other=0.0)  # [BT, BK]
-    b_dq += tl.dot(b_ds.to(b_k.dtype), b_k)
-    b_dk += tl.dot(tl.trans(b_ds).to(b_q.dtype), b_q)
-    p_dq = DQ + (i_b.to(tl.int64) * C * H + i_h) * DK + rows[:, None] * (H * DK) + o_k[None, :]
-    p_dk = DK_ + (i_b.to(tl.int64) * C * H + i_h) * DK + rows[:, None] * (H * DK) + o_k[None, :]
-    tl.store(p_dq, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
-    tl.store(p_dk, b_dk.to(DK_.dtype.element_ty), mask=m_tk)
+        b_v = tl.load(_rows(V, i_b, i_h, C, H, DV, i_t, i_v, BT, BV), boundary_check=(0, 1), padding_option="zero")
+        b_do = tl.load(_rows(DO, i_b, i_h, C, H, DV, i_t, i_v, BT, BV), boundary_check=(0, 1), padding_option="zero")
+        b_ht = tl.load(_state(Hs, i_bh, NT, i_t, DK, DV, i_k, i_v, BK, BV, True), boundary_check=(0, 1),
+                       padding_option="zero")  # [BV, BK]
+        b_dht = tl.load(_state(DHs, i_bh, NT, i_t, DK, DV, i_k, i_v, BK, BV, True), boundary_check=(0, 1),
+                        padding_option="zero")  # [BV, BK]
+        b_ds += _dot(b_do, tl.trans(b_v), IEEE)
+        b_dq += _dot(b_do, b_ht.to(b_do.dtype), IEEE)
+        b_dk += _dot(b_v, b_dht.to(b_v.dtype), IEEE)
+    keep = o_t[:, None] >= o_t[None, :]
+    if USE_G or USE_G_GAMMA:
+        b_g, g_last = _decays(GC, GAMMA, i_b, i_h, i_t, o_t, n, C, H, BT, USE_G)
+        b_dq *= tl.exp(b_g)[:, None]
+        b_dk *= tl.where(m_t, tl.exp(tl.where(m_t, g_last - b_g, 0.0)), 0.0)[:, None]
+        b_ds = tl.where(keep, b_ds * tl.exp(tl.where(keep, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
+    else:
+        b_ds = tl.where(keep, b_ds, 0.0)
+    b_q = tl.load(_rows(Q, i_b, i_h, C, H, DK, i_t, i_k, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    b_k = tl.load(_rows(K, i_b, i_h, C, H, DK, i_t, i_k, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    b_dq += _dot(b_ds.to(b_k.dtype), b_k, IEEE)
+    b_dk += _dot(tl.trans(b_ds).to(b_q.dtype), b_q, IEEE)
+    tl.store(_rows(DQ, i_b, i_h, C, H, DK, i_t, i_k, BT, BK), b_dq.to(DQ.dtype.element_ty), boundary_check=(0, 1))
+    tl.store(_rows(DK_, i_b, i_h, C, H, DK, i_t, i_k, BT, BK), b_dk.to(DK_.dtype.element_ty), boundary_check=(0, 1))
 
 
-@triton.autotune(**_CHUNK)
-@triton.jit(do_not_specialize=["C", "NT"])
-def _bwd_dv_kernel(Q, K, DO, DHs, DV_, LD, C, NT, H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DECAY: tl.constexpr):
-    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = tl.arange(0, BT)
-    rows = (i_t * BT + o_t).to(tl.int64)
-    m_t = rows < C
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < DV
-    ld = tl.load(LD + i_h).to(tl.float32) if HAS_DECAY else 0.0
-    p_q = Q + (i_b.to(tl.int64) * C * H + i_h) * DK + rows * (H * DK)
-    p_k = K + (i_b.to(tl.int64) * C * H + i_h) * DK + rows * (H * DK)
-    p_dh = DHs + (i_bh.to(tl.int64) * NT + i_t) * DK * DV
-    b_dv = tl.zeros([BT, BV], dtype=tl.float32)
-    b_a = tl.zeros([BT, BT], dtype=tl.float32)  # k_s . q_i, rows are keys
-    for i_k in range(tl.cdiv(DK, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < DK
-        b_k = tl.load(p_k[:, None] + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)  # [BT, BK]
-        b_qt = tl.load(p_q[None, :] + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.0)  # [BK, BT]
-        b_dh = tl.load(p_dh + o_k[:, None] * DV + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_a += tl.dot(b_k, b_qt)
-        b_dv += tl.dot(b_k.to(b_dh.dtype), b_dh)
-    if HAS_DECAY:
-        n = tl.minimum(BT, C - i_t * BT)
-        b_dv *= tl.where(o_t < n, tl.exp(ld * tl.maximum(n - 1 - o_t, 0).to(tl.float32)), 0.0)[:, None]
-    b_a = b_a * _causal_decay(o_t, ld, HAS_DECAY, True)
-    p_do = DO + (i_b.to(tl.int64) * C * H + i_h) * DV + rows[:, None] * (H * DV) + o_v[None, :]
-    b_do = tl.load(p_do, mask=m_t[:, None] & m_v[None, :], other=0.0)  # [BT, BV]
-    b_dv += tl.dot(b_a.to(b_do.dtype), b_do)
-    p_dv = DV_ + (i_b.to(tl.int64) * C * H + i_h) * DV + rows[:, None] * (H * DV) + o_v[None, :]
-    tl.store(p_dv, b_dv.to(DV_.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
-
+KERNELS = {"local": _chunk_local_kernel, "scan": _chunk_scan_kernel, "out": _chunk_out_kernel,
+           "dqk": _chunk_dqk_kernel}
 
 # ------------------------------------------------------------------------------------------ host functions
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def chunk_size(block: int) -> int:
-    """The Triton chunk ``BT`` for a requested ``block``: a power of two in [16, 64] (``tl.dot`` needs
-    16 rows; 64 keeps the ``[BT, BT]`` tiles in registers)."""
-    return max(16, min(triton.next_power_of_2(block), 64))
-
-
-def _state_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
-
-
-def _log_decay(log_decay, device):
-    if log_decay is None:
-        return torch.zeros(1, dtype=torch.float32, device=device)  # never read (HAS_DECAY=False)
-    return log_decay.to(device=device, dtype=torch.float32).contiguous()
 
 
 def _check(*ts):
@@ -299,60 +244,122 @@ def _check(*ts):
     return [t.contiguous() for t in ts]
 
 
-def chunk_fwd_h_triton(k, v, *, log_decay=None, bt: int = 64):
-    """Triton :func:`.reference.chunk_fwd_h_torch`: ``h [B, H, NT, Dk, Dv]`` (bf16 for bf16 inputs,
-    else fp32) and ``final [B, H, Dk, Dv]`` fp32."""
-    k, v = _check(k, v)
-    b, c, nh, dk = k.shape
-    dv = v.shape[-1]
+def chunk_cumsum(g, g_gamma, b: int, c: int, h: int, bt: int, device) -> torch.Tensor | None:
+    """``gc [B, C, H]`` fp32: the inclusive cumulative sum of ``g (+ g_gamma)`` restarting at every
+    chunk of ``bt`` tokens (``None`` when ``g`` is ``None``: ``g_gamma`` alone is computed in the
+    kernels)."""
+    if g is None:
+        return None
+    t = g.to(device=device, dtype=torch.float32)
+    if g_gamma is not None:
+        t = t + g_gamma.to(device=device, dtype=torch.float32).view(1, 1, h)
     nt = triton.cdiv(c, bt)
-    h = torch.empty(b, nh, nt, dk, dv, dtype=_state_dtype(k.dtype), device=k.device)
-    final = torch.empty(b, nh, dk, dv, dtype=torch.float32, device=k.device)
-    grid = lambda meta: (triton.cdiv(dk, meta["BK"]), triton.cdiv(dv, meta["BV"]), b * nh)
-    _fwd_h_kernel[grid](k, v, h, final, _log_decay(log_decay, k.device), c, nt, H=nh, DK=dk, DV=dv, BT=bt,
-                        HAS_DECAY=log_decay is not None)
-    return h, final
+    if nt * bt != c:
+        t = torch.nn.functional.pad(t, (0, 0, 0, nt * bt - c))
+    return t.view(b, nt, bt, h).cumsum(2).view(b, nt * bt, h)[:, :c].contiguous()
 
 
-def chunk_fwd_o_triton(q, k, v, h, *, log_decay=None, bt: int = 64, out_dtype=torch.float32):
+class Decay:
+    """The decay arguments of one launch: the ``gc``/``gamma`` pointers and the two constexprs."""
+
+    def __init__(self, g, g_gamma, b: int, c: int, h: int, bt: int, device):
+        gc = chunk_cumsum(g, g_gamma, b, c, h, bt, device)
+        self.use_g = gc is not None
+        self.use_gamma = g_gamma is not None and not self.use_g
+        dummy = torch.zeros(1, dtype=torch.float32, device=device)  # never read
+        self.gc = gc if gc is not None else dummy
+        self.gamma = g_gamma.to(device=device, dtype=torch.float32).contiguous() if self.use_gamma else dummy
+
+    @property
+    def flags(self) -> dict:
+        return {"USE_G": self.use_g, "USE_G_GAMMA": self.use_gamma}
+
+
+def _launch(name, grid, args, cfg, **constexprs):
+    KERNELS[name][grid](*args, **cfg.constexprs(name), **constexprs, num_warps=cfg.warps(name),
+                        num_stages=cfg.stages(name))
+
+
+def launch_grids(b: int, c: int, h: int, dk: int, dv: int, cfg) -> dict:
+    """The launch grid of every kernel for a shard ``[B, C, H, D*]`` under config ``cfg`` (a
+    :class:`.configs.LaunchConfig`): ``{"local": (..), "scan": (..), "out": (..), "dv": (..),
+    "dqk": (..)}``."""
+    nt = triton.cdiv(c, cfg.bt)
+    bh = b * h
+    return {
+        "local": (triton.cdiv(dk, cfg.bk) * triton.cdiv(dv, cfg.bv), nt, bh),
+        "scan": (triton.cdiv(dk * dv, cfg.bs), bh),
+        "out": (triton.cdiv(dv, cfg.bv), nt, bh),
+        "dv": (triton.cdiv(dv, cfg.bv), nt, bh),
+        "dqk": (triton.cdiv(dk, cfg.bk), nt, bh),
+    }
+
+
+def _states(x, y, dec: Decay, cfg, reverse: bool):
+    """Local chunk states then the scan: ``(h or dh) [B, H, NT, Dk, Dv]`` and the final state, fp32."""
+    b, c, nh, dk = x.shape
+    dv = y.shape[-1]
+    nt = triton.cdiv(c, cfg.bt)
+    grids = launch_grids(b, c, nh, dk, dv, cfg)
+    hs = torch.empty(b, nh, nt, dk, dv, dtype=torch.float32, device=x.device)
+    final = torch.empty(b, nh, dk, dv, dtype=torch.float32, device=x.device)
+    if b * nh * c == 0:
+        return hs, final.zero_()
+    ieee = x.dtype == torch.float32
+    _launch("local", grids["local"], (x, y, hs, dec.gc, dec.gamma, c, nt, nh, dk, dv), cfg, REVERSE=reverse,
+            IEEE=ieee, **dec.flags)
+    _launch("scan", grids["scan"], (hs, final, dec.gc, dec.gamma, c, nt, nh, dk * dv), cfg, REVERSE=reverse,
+            **dec.flags)
+    return hs, final
+
+
+def chunk_fwd_h_triton(k, v, *, g=None, g_gamma=None, cfg):
+    """Triton :func:`.reference.chunk_fwd_h_torch`: ``h [B, H, NT, Dk, Dv]`` and ``final [B, H, Dk, Dv]``,
+    both fp32."""
+    k, v = _check(k, v.to(k.dtype))
+    b, c, nh, _ = k.shape
+    return _states(k, v, Decay(g, g_gamma, b, c, nh, cfg.bt, k.device), cfg, reverse=False)
+
+
+def chunk_bwd_dh_triton(q, do, *, g=None, g_gamma=None, cfg):
+    """Triton :func:`.reference.chunk_bwd_dh_torch`: ``dh [B, H, NT, Dk, Dv]`` and ``G [B, H, Dk, Dv]``,
+    both fp32."""
+    q, do = _check(q, do.to(q.dtype))
+    b, c, nh, _ = q.shape
+    return _states(q, do, Decay(g, g_gamma, b, c, nh, cfg.bt, q.device), cfg, reverse=True)
+
+
+def chunk_fwd_o_triton(q, k, v, h, *, g=None, g_gamma=None, cfg, out_dtype=torch.float32):
     """Triton :func:`.reference.chunk_fwd_o_torch`: ``[B, C, H, Dv]`` in ``out_dtype``."""
-    q, k, v = _check(q, k, v)
+    q, k, v = _check(q, k.to(q.dtype), v.to(q.dtype))
     b, c, nh, dk = q.shape
     dv = v.shape[-1]
     out = torch.empty(b, c, nh, dv, dtype=out_dtype, device=q.device)
-    grid = lambda meta: (triton.cdiv(dv, meta["BV"]), triton.cdiv(c, bt), b * nh)
-    _fwd_o_kernel[grid](q, k, v, h, out, _log_decay(log_decay, q.device), c, h.shape[2], H=nh, DK=dk, DV=dv,
-                        BT=bt, HAS_DECAY=log_decay is not None)
+    if out.numel() == 0:
+        return out
+    dec = Decay(g, g_gamma, b, c, nh, cfg.bt, q.device)
+    grid = launch_grids(b, c, nh, dk, dv, cfg)["out"]
+    _launch("out", grid, (q, k, v, h.contiguous(), out, dec.gc, dec.gamma, c, h.shape[2], nh, dk, dv), cfg,
+            REVERSE=False, IEEE=q.dtype == torch.float32, **dec.flags)
     return out
 
 
-def chunk_bwd_dh_triton(q, do, *, log_decay=None, bt: int = 64):
-    """Triton :func:`.reference.chunk_bwd_dh_torch`: ``dh [B, H, NT, Dk, Dv]`` and ``g [B, H, Dk, Dv]``
-    fp32."""
-    q, do = _check(q, do.to(q.dtype))
-    b, c, nh, dk = q.shape
-    dv = do.shape[-1]
-    nt = triton.cdiv(c, bt)
-    dh = torch.empty(b, nh, nt, dk, dv, dtype=_state_dtype(q.dtype), device=q.device)
-    g = torch.empty(b, nh, dk, dv, dtype=torch.float32, device=q.device)
-    grid = lambda meta: (triton.cdiv(dk, meta["BK"]), triton.cdiv(dv, meta["BV"]), b * nh)
-    _bwd_dh_kernel[grid](q, do, dh, g, _log_decay(log_decay, q.device), c, nt, H=nh, DK=dk, DV=dv, BT=bt,
-                         HAS_DECAY=log_decay is not None)
-    return dh, g
-
-
-def chunk_bwd_dqkv_triton(q, k, v, do, h, dh, *, log_decay=None, bt: int = 64, out_dtype=torch.float32):
+def chunk_bwd_dqkv_triton(q, k, v, do, h, dh, *, g=None, g_gamma=None, cfg, out_dtype=torch.float32):
     """Triton :func:`.reference.chunk_bwd_dqkv_torch`: ``dq, dk, dv`` in ``out_dtype``."""
-    q, k, v, do = _check(q, k, v, do.to(v.dtype))
+    q, k, v, do = _check(q, k.to(q.dtype), v.to(q.dtype), do.to(q.dtype))
     b, c, nh, dk = q.shape
     dv = v.shape[-1]
-    nt, ld = h.shape[2], _log_decay(log_decay, q.device)
     dq = torch.empty(q.shape, dtype=out_dtype, device=q.device)
     dkk = torch.empty(k.shape, dtype=out_dtype, device=q.device)
     dvv = torch.empty(v.shape, dtype=out_dtype, device=q.device)
-    kw = {"H": nh, "DK": dk, "DV": dv, "BT": bt, "HAS_DECAY": log_decay is not None}
-    grid_k = lambda meta: (triton.cdiv(dk, meta["BK"]), nt, b * nh)
-    _bwd_dqk_kernel[grid_k](q, k, v, do, h, dh, dq, dkk, ld, c, nt, **kw)
-    grid_v = lambda meta: (triton.cdiv(dv, meta["BV"]), nt, b * nh)
-    _bwd_dv_kernel[grid_v](q, k, do, dh, dvv, ld, c, nt, **kw)
+    if b * c * nh == 0:
+        return dq, dkk, dvv
+    dec = Decay(g, g_gamma, b, c, nh, cfg.bt, q.device)
+    grids = launch_grids(b, c, nh, dk, dv, cfg)
+    nt, ieee = h.shape[2], q.dtype == torch.float32
+    h, dh = h.contiguous(), dh.contiguous()
+    _launch("dqk", grids["dqk"], (q, k, v, do, h, dh, dq, dkk, dec.gc, dec.gamma, c, nt, nh, dk, dv), cfg,
+            IEEE=ieee, **dec.flags)
+    _launch("out", grids["dv"], (k, q, do, dh, dvv, dec.gc, dec.gamma, c, nt, nh, dk, dv), cfg, REVERSE=True,
+            IEEE=ieee, **dec.flags)
     return dq, dkk, dvv

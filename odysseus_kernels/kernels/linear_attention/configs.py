@@ -1,0 +1,168 @@
+"""Launch-config table of the linear-attention kernels (:mod:`.triton_chunk`): the dispatch picks from
+it (:func:`pick`) and the ahead-of-time compile gate compiles exactly it (:func:`gate_cases`).
+
+One :class:`LaunchConfig` per (arch, input dtype): chunk ``BT``, state tiles ``BK x BV``, the scan's
+slice ``BS``, and ``num_warps``/``num_stages`` per kernel. ``H``, ``DK``, ``DV`` and the length are
+runtime arguments of the kernels, so one config (and one compiled kernel per decay mode and
+direction) serves every head count and head dim; head dims are covered by tiles of 64 lanes (masked
+past the head dim: a head dim of 16-64 is one tile, 128 two, 256 four). Tiles of 64 rows make every
+16-bit ``tl.dot`` an ``M >= 64`` matmul, which Triton lowers to ``wgmma`` on sm_90 (4 warps = one
+warpgroup) and to ``mma.sync`` on sm_80. fp32 runs with ``input_precision="ieee"`` (exact fp32; no
+tensor cores): one pipeline stage less, to keep its fp32 operand tiles within shared memory.
+
+Arch: compute capability major 9 and newer use the sm_90 row, 8 the sm_80 row (sm_86/sm_89 have less
+shared memory per block than sm_80, 101,376 B; the configs use well under that, see the gate's
+table). On CPU (``TRITON_INTERPRET=1``) :func:`pick` returns :data:`INTERPRET`: 16-row chunks and
+32-lane tiles, so the tests walk several chunks, K/V tiles and scan slices at small sizes (the
+interpreter's cost grows with the number of programs); pass
+``arch=90``/``80`` to run a GPU row under the interpreter.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from ..aot import GateCase
+
+KERNELS = ("local", "scan", "out", "dqk")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+DECAYS = {"none": (False, False), "g_gamma": (False, True), "g": (True, False)}
+GATE_HEAD_DIMS = (64, 128, 256)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Tiles and launch options of one (arch, dtype) row."""
+
+    bt: int
+    bk: int
+    bv: int
+    bs: int
+    num_warps: dict = field(default_factory=dict)
+    num_stages: dict = field(default_factory=dict)
+
+    def warps(self, kernel: str) -> int:
+        return self.num_warps[kernel]
+
+    def stages(self, kernel: str) -> int:
+        return self.num_stages[kernel]
+
+    def constexprs(self, kernel: str) -> dict:
+        if kernel == "scan":
+            return {"BT": self.bt, "BS": self.bs}
+        return {"BT": self.bt, "BK": self.bk, "BV": self.bv}
+
+
+def _row(stages: int, warps: dict, bs: int = 128) -> LaunchConfig:
+    return LaunchConfig(bt=64, bk=64, bv=64, bs=bs, num_warps={"scan": 4, **warps},
+                        num_stages={"local": stages, "scan": 1, "out": stages, "dqk": stages})
+
+
+# 16-bit: one warpgroup for the state and output kernels; dq/dk holds three fp32 accumulators
+# ([BT, BK] x 2 and [BT, BT]) and needs 8 warps to stay clear of spills. fp32 (ieee, FMA products)
+# holds its operands in registers: 8 warps everywhere.
+_W16 = {"local": 4, "out": 4, "dqk": 8}
+_W32 = {"local": 8, "out": 8, "dqk": 8}
+TABLE: dict[tuple[int, str], LaunchConfig] = {
+    (90, "bf16"): _row(2, _W16),
+    (90, "fp16"): _row(2, _W16),
+    (90, "fp32"): _row(1, _W32),
+    (80, "bf16"): _row(2, _W16),
+    (80, "fp16"): _row(2, _W16),
+    (80, "fp32"): _row(1, _W32),
+}
+
+INTERPRET = LaunchConfig(bt=16, bk=32, bv=32, bs=256, num_warps=dict.fromkeys(KERNELS, 4),
+                         num_stages=dict.fromkeys(KERNELS, 1))
+
+
+def arch_of(device: torch.device) -> int | None:
+    """The table's arch for a device: 90 (compute capability >= 9), 80 (8.x), ``None`` off CUDA."""
+    if device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    if major < 8:
+        raise RuntimeError(f"linear-attention Triton kernels need compute capability >= 8.0, got {major}.x")
+    return 90 if major >= 9 else 80
+
+
+def pick(arch: int | None, dtype: torch.dtype, head_dim: int) -> LaunchConfig:
+    """The launch config for ``arch`` (90, 80; ``None``: CPU/interpreter), an input dtype and head dim.
+
+    Deterministic: the same answer on every call, so what the gate compiled is what runs.
+    """
+    if dtype not in TRITON_TYPES:
+        raise TypeError(f"Triton linear-attention kernels take {tuple(TRITON_TYPES)}, got {dtype}")
+    if head_dim < 1:
+        raise ValueError(f"head_dim must be >= 1, got {head_dim}")
+    if arch is None:
+        return INTERPRET
+    return TABLE[(90 if arch >= 90 else 80, TRITON_TYPES[dtype])]
+
+
+def _signature(kernel: str, dt: str) -> dict:
+    p, f32 = f"*{dt}", "*fp32"
+    if kernel == "local":
+        ptrs = {"X": p, "Y": p, "L": f32}
+    elif kernel == "scan":
+        ptrs = {"L": f32, "HT": f32}
+    elif kernel == "out":
+        ptrs = {"X": p, "Y": p, "Z": p, "Hs": f32, "O": f32}
+    else:
+        ptrs = {"Q": p, "K": p, "V": p, "DO": p, "Hs": f32, "DHs": f32, "DQ": f32, "DK_": f32}
+    ints = ("C", "NT", "H", "DKV") if kernel == "scan" else ("C", "NT", "H", "DK", "DV")
+    return {**ptrs, "GC": f32, "GAMMA": f32, **dict.fromkeys(ints, "i32")}
+
+
+def _variants(kernel: str):
+    """The (REVERSE,) values the dispatch launches a kernel with: ``out`` runs forward (output) and
+    reversed (dv), ``local``/``scan`` forward (states) and reversed (state gradients)."""
+    return (None,) if kernel == "dqk" else (False, True)
+
+
+def gate_cases() -> list[GateCase]:
+    """Every (kernel, config) the dispatch can launch on sm_90 and sm_80: 4 kernels (3 of them in both
+    directions) x 3 decay modes x bf16/fp16/fp32 x head dims 64/128/256, with the exact signature and
+    constexprs :mod:`.triton_chunk` passes. The scan never touches the inputs (fp32 states only): it
+    is listed once per arch with ``dtype="fp32"``. Head dims are runtime arguments, so the cases of
+    different head dims compile the same kernel (listed per head dim as the contract asks)."""
+    from . import triton_chunk as tc
+
+    cases = []
+    for arch in (90, 80):
+        for dt in ("bf16", "fp16", "fp32"):
+            cfg = pick(arch, DTYPES[dt], 128)
+            for kernel in KERNELS:
+                if kernel == "scan" and dt != "fp32":
+                    continue
+                for decay, (use_g, use_gamma) in DECAYS.items():
+                    for rev in _variants(kernel):
+                        cx = {**cfg.constexprs(kernel), "USE_G": use_g, "USE_G_GAMMA": use_gamma}
+                        if rev is not None:
+                            cx["REVERSE"] = rev
+                        if kernel != "scan":
+                            cx["IEEE"] = dt == "fp32"
+                        sig = {**_signature(kernel, dt), **dict.fromkeys(cx, "constexpr")}
+                        for d in GATE_HEAD_DIMS:
+                            cases.append(_case(kernel,
+                                kernel=f"linear_attention._chunk_{kernel}_kernel", fn=tc.KERNELS[kernel],
+                                signature=sig, constexprs=cx, num_warps=cfg.warps(kernel),
+                                num_stages=cfg.stages(kernel), dtype=dt, head_dim=d, archs=(arch,),
+                                tags={"decay": decay, "reverse": rev}))
+    return cases
+
+
+def _case(short: str, **kw) -> GateCase:
+    """A GateCase; with the optional fields of :class:`..aot.GateCase` where it has them: the scan has
+    no ``tl.dot``; the integer arguments specialized as multiples of 16 at launch are the head dims
+    (``DK``, ``DV``, ``DKV``: 64/128/256 are), besides every pointer (torch allocations)."""
+    have = {f.name for f in dataclasses.fields(GateCase)}
+    if "uses_dot" in have:
+        kw["uses_dot"] = short != "scan"
+    if "aligned" in have:
+        ints = ("DKV",) if short == "scan" else ("DK", "DV")
+        kw["aligned"] = tuple(a for a, t in kw["signature"].items() if t.startswith("*")) + ints
+    return GateCase(**kw)
