@@ -43,8 +43,8 @@ NAMES = {
 KW = {
     "softmax_scale": "softmax_scale",
     "window": "window_size",
-    "lasp_scale": "scale",           # helper lasp: LASP-2 naming
-    "lasp_decay": "decay",           # helper lasp: g-style naming or log_decay
+    "lasp_scale": "scale",
+    "lasp_decay": "g_gamma",
     "gather_dim": "gather_dim",
     "scatter_dim": "scatter_dim",
 }
@@ -68,7 +68,6 @@ CASES = {
 EXPECT = {"defaults_compose": "ok", "empty_batch": "ok", "empty_seq": "ok"}
 
 # Cells that need another helper's fix (see the module docstring). Keep the reason precise.
-_LASP_EMPTY = "helper lasp: empty tensors in lasp2 (#19.3)"
 PENDING: dict[tuple[str, str], str] = {}  # filled below from the run on this branch
 
 
@@ -174,7 +173,7 @@ def _cell(op: str, case: str):
         if case == "defaults_compose":
             loc = [ok.shard_sequence(t, group=g) for t in (q, k, v)]
             out = ok.gather_sequence(_call(op, g, *loc, **{KW["lasp_decay"]: decay}), group=g)
-            ref = _ref_lasp(q, k, v, scale=1.0, decay=decay)
+            ref = _ref_lasp(q, k, v, scale=D ** -0.5, decay=decay)  # default scale: Dk^-0.5 (fla)
             err = (out - ref).abs().max().item()
             return ("ok", "") if err < 1e-9 else ("wrong", f"max abs error {err:.3g}")
         if case.startswith("mismatch_"):
@@ -311,7 +310,6 @@ def _pending():
     """Cells that fail on this branch and need another helper's fix (measured 2026-12-02 on this branch:
     N2 and N3 alike unless the key names N)."""
     p = {}
-    p[("lasp2", "empty_seq")] = _LASP_EMPTY + ": seq_local 0 raises 'seq_local must be >= 1'"
     return p
 
 
