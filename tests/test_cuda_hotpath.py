@@ -1,0 +1,111 @@
+"""The GPU hot path (#18): no host synchronisation inside an op's forward or backward, and ops that a
+``torch.cuda.CUDAGraph`` can capture and replay. ``cuda``-marked: runs on one GPU at world size 1
+(gloo cannot move CUDA tensors point to point, so multi-rank capture needs NCCL and several GPUs).
+
+Each op is called once first (Triton compiles, block plans are cached, the extension loads), then
+``torch.cuda.set_sync_debug_mode("error")`` turns any synchronising call (``.item()``, ``.cpu()``,
+``nonzero``, a blocking copy) into an error during a forward and a backward.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import odysseus_kernels as ok
+
+pytestmark = pytest.mark.cuda
+
+B, L, H, HKV, D = 2, 256, 8, 2, 64
+
+
+def _qkv(dtype=torch.bfloat16, hkv=HKV, grad=True):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(B, L, H, D, device="cuda", dtype=dtype, generator=g)
+    k = torch.randn(B, L, hkv, D, device="cuda", dtype=dtype, generator=g)
+    v = torch.randn(B, L, hkv, D, device="cuda", dtype=dtype, generator=g)
+    return [t.requires_grad_(grad) for t in (q, k, v)]
+
+
+def _attention(name):
+    op = getattr(ok, name)
+    return lambda q, k, v: op(q, k, v, causal=True)
+
+
+def _lasp2(q, k, v):
+    return ok.lasp2_linear_attention(q, k, v, g_gamma=torch.full((H,), -0.05, device="cuda"))
+
+
+OPS = {
+    "ring_attention": (_attention("ring_attention"), HKV),
+    "token_ring_attention": (_attention("token_ring_attention"), HKV),
+    "ulysses_attention": (_attention("ulysses_attention"), HKV),
+    "allgather_kv_attention": (_attention("allgather_kv_attention"), HKV),
+    "local_attention": (_attention("local_attention"), HKV),
+    "lasp2_linear_attention": (_lasp2, H),
+}
+
+
+def _linear(name):
+    def run(x, w):
+        return getattr(ok, name)(x, w)
+    return run
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_attention_ops_do_not_sync_the_host(name):
+    fn, hkv = OPS[name]
+    q, k, v = _qkv(hkv=hkv)
+    fn(q, k, v).float().sum().backward()  # warm-up: compile, plan, load
+    torch.cuda.synchronize()
+    q, k, v = _qkv(hkv=hkv)
+    dout = torch.randn(B, L, H, D, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = fn(q, k, v)
+        out.backward(dout)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert torch.isfinite(out.float()).all() and all(torch.isfinite(t.grad.float()).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("name", ["all_gather_linear", "linear_reduce_scatter"])
+def test_tp_gemms_do_not_sync_the_host(name):
+    x = torch.randn(B, L, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(384, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    _linear(name)(x, w).float().sum().backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = _linear(name)(x, w)
+        y.backward(torch.ones_like(y))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    ref = x.detach().float() @ w.detach().float().T
+    assert (y.float() - ref).abs().max().item() < 0.05 * ref.abs().max().item()
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_attention_ops_capture_in_a_cuda_graph(name):
+    fn, hkv = OPS[name]
+    static = _qkv(hkv=hkv, grad=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(2):  # warm-up on a side stream, as CUDA graphs require
+            fn(*static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        out = fn(*static)
+    for seed in (1, 2):
+        fresh = [torch.randn(t.shape, device="cuda", dtype=t.dtype, generator=torch.Generator(device="cuda").manual_seed(seed))
+                 for t in static]
+        for s, f in zip(static, fresh):
+            s.copy_(f)
+        graph.replay()
+        with torch.no_grad():
+            eager = fn(*fresh)
+        torch.cuda.synchronize()
+        assert torch.equal(out, eager), f"{name}: replay differs from eager by {(out.float() - eager.float()).abs().max().item()}"
