@@ -35,10 +35,11 @@ TABLE: dict[tuple[int, str], tuple[GemmConfig, GemmConfig]] = {
     (90, "bf16"): _H16, (90, "fp16"): _H16, (90, "fp32"): _F32,
     (80, "bf16"): _A16, (80, "fp16"): _A16, (80, "fp32"): _F32,
 }
-# The N-major weight (``W^T`` in the backward): 128x256 tiles spill under Triton 3.6 there (the
-# [64, 256] N-contiguous weight tile is only partly pipelined), so sm_90 16-bit uses 128x128 for both.
+# The N-major weight (``W^T`` in the backward): 128x256 tiles come close to the register limit there
+# (spills under Triton 3.6), so sm_90 16-bit uses 128x128 for both; fp32 uses its small tile.
 TABLE_N_MAJOR: dict[tuple[int, str], tuple[GemmConfig, GemmConfig]] = {
     **TABLE, (90, "bf16"): (_H16[1], _H16[1]), (90, "fp16"): (_H16[1], _H16[1]),
+    (90, "fp32"): (_F32[1], _F32[1]), (80, "fp32"): (_F32[1], _F32[1]),  # 64x64 spills in the WAIT mode
 }
 INTERPRETER = GemmConfig(16, 16, 16, 2, 1, 1)
 SMS = {90: 132, 80: 108}  # for the small/large choice only (deterministic without a GPU)
