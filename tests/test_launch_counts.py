@@ -16,8 +16,8 @@ from odysseus_kernels import comm
 from odysseus_kernels.kernels.attention import attention_ref
 from tests.distributed import run_world
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="counts Triton launches under the interpreter (TRITON_INTERPRET=1)")
+needs_interpreter = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                       reason="runs the Triton kernels under the interpreter (TRITON_INTERPRET=1)")
 
 _ALLOC = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
 
@@ -95,6 +95,7 @@ def _count_ring(layout, docs, c_local):
     return res
 
 
+@needs_interpreter
 @pytest.mark.parametrize("layout, docs, c_local", [
     pytest.param("zigzag", None, 64, id="zigzag"),
     pytest.param("doc_zigzag", 8, 64, id="doc_zigzag-8docs"),
@@ -162,6 +163,7 @@ def _fused_windows_and_gqa():
     return errs
 
 
+@needs_interpreter
 def test_fused_ring_steps_with_windows_match_float64():
     for errs in run_world(_fused_windows_and_gqa, 2, timeout=900):
         assert errs and all(e < 1e-4 for e in errs.values()), errs

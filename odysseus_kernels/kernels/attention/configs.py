@@ -11,13 +11,16 @@ Key: ``(arch, kernel, dtype class, head-dim bucket)``. ``arch`` is the compute c
 tile width). Mask flags (causal, windows, documents, span positions) change the code but not the
 tiles: the gate compiles both the mask-free and the heaviest mask variant of each entry.
 
-Why these numbers (Triton 3.8 ptxas, no GPU): with ``num_warps=8, num_stages=2`` every kernel fits the
-per-block shared memory of sm_90 (232,448 B) and sm_80 (166,912 B) with no register spills at 16-bit
-head dims 64/128 (d128 needs 64x32 tiles: 128x64 spills 0.2-1.6 KB once the merge is in-kernel; d256 keeps 64-row
-tiles so that sm_90 still uses wgmma, and spills 0.2-1.2 KB); the
-dK/dV kernel at the former ``num_warps=4`` and Triton's default 3 stages needed 247,808 B at bf16 d128.
-These are first choices, not tuned: on a GPU, autotuning over this table's neighbours is the next step. fp32 tiles are half as tall (twice the bytes per element), and fp32 ``tl.dot``
-runs in IEEE fp32 (``input_precision="ieee"``), so fp32 results are exact fp32, not TF32.
+Why these numbers (Triton 3.8 compiler and ptxas, no GPU): with ``num_warps=8, num_stages=2`` every
+kernel fits the per-block shared memory of sm_90 (232,448 B) and sm_80 (166,912 B) with no register
+spills at 16-bit head dims 64/128 (d128 needs 64x32 tiles on sm_90: 128x64 spills 0.2-1.6 KB once the
+merge is in-kernel; sm_80 needs a few smaller tiles, :data:`_ARCH_OVERRIDES`). d256 keeps 64-row
+tiles so that sm_90 still uses wgmma, and spills 0.1-1.4 KB. The dK/dV kernel at the former
+``num_warps=4`` and Triton's default 3 stages needed 247,808 B at bf16 d128. fp32 tiles are smaller
+(twice the bytes per element), and fp32 ``tl.dot`` runs in IEEE fp32 (``input_precision="ieee"``):
+fp32 results are exact fp32, not TF32 (and slow: CUDA-core dots, register spills; fp32 is for
+exactness). These are first choices that pass the gate, not tuned: autotuning over this table's
+neighbours on a GPU is the next step.
 """
 from __future__ import annotations
 
@@ -141,7 +144,9 @@ _STRIDE_NAMES = frozenset(
 def gate_cases():
     """Every (kernel, config) :func:`pick` can return for sm_90 and sm_80, at bf16/fp16/fp32 and head
     dims 32, 64, 96 (padded to 128), 128 and 256, each in the mask-free and the heaviest mask variant
-    (causal + window + documents + span positions), with the wrappers' exact signature and constexprs."""
+    (causal + window + documents + span positions) with fp32 accumulators (the ring), and for 16-bit
+    inputs the causal per-block variant that writes out / gradients in the input dtype, with the
+    wrappers' exact signature and constexprs."""
     from ..aot import GateCase
     from . import triton_attention as ta
 
@@ -153,8 +158,13 @@ def gate_cases():
                     cfg = pick(arch, kernel, dtype, d)
                     fn, types = _signature(kernel, dtype)
                     variants = ta.gate_constexprs(kernel, d, d, cfg, dtype)
-                    for tag, cx in variants:
+                    if dtype != "fp32" and kernel != "bwd_preprocess":
+                        # the per-block API (local attention, Ulysses) writes out / grads in the input dtype
+                        io = {"fwd": ("O",), "bwd_dq": ("DQ",), "bwd_dkdv": ("DK", "DV_")}[kernel]
+                        variants = variants + [("causal,io=" + dtype, dict(variants[0][1], CAUSAL=True), io)]
+                    for tag, cx, *io in variants:
                         sig = {name: ("constexpr" if name in cx else types[name]) for name in fn.arg_names}
+                        sig.update({name: _PTR[dtype] for name in (io[0] if io else ())})
                         # what the JIT specializes as divisible by 16 at launch: the pointers (torch
                         # allocations) and the strides of [B, S, H, D] tensors (multiples of D and H*D,
                         # multiples of 16 at every head dim listed; the last-dim stride is 1, implicit)
