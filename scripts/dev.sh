@@ -73,11 +73,6 @@ setup_triton_b() {
 
 # The compile gate under both Tritons (both always run); returns 1 if either fails.
 gate() {
-  if [ -z "$(ls odysseus_kernels/kernels/*/configs.py 2>/dev/null)" ]; then
-    # TRANSITION (issue #14): until the launch-config tables exist there is nothing to compile.
-    echo "dev.sh: compile gate: no odysseus_kernels/kernels/<family>/configs.py yet, nothing to compile"
-    return 0
-  fi
   local rc=0 pp
   for which in venv "$TRITON_B"; do
     pp=${PYTHONPATH:-}
