@@ -179,13 +179,31 @@ def _parse_ptxas(log: str) -> dict:
             for k, r in _PTXAS_RE.items()}
 
 
+def _ptxas_cmd(arch: int) -> list[str]:
+    gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+    return [_ptxas(), *_ptxas_flags(), "-v", f"--gpu-name={gpu}"]
+
+
+def _usage_cache_path(ptx: str, arch: int, cache_dir: str | None) -> str | None:
+    if not cache_dir:
+        return None
+    key = hashlib.sha256((" ".join(_ptxas_cmd(arch)) + "\n" + ptx).encode()).hexdigest()
+    return os.path.join(cache_dir, "gate-ptxas", key + ".json")
+
+
+def _store_usage(path: str | None, usage: dict) -> None:
+    if path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp_path = f"{path}.{os.getpid()}"
+        with open(tmp_path, "w") as f:
+            json.dump(usage, f)
+        os.replace(tmp_path, path)
+
+
 def ptxas_usage(ptx: str, arch: int, cache_dir: str | None = None) -> dict:
     """Registers, stack frame and spill bytes of ``ptx`` from ``ptxas -v`` (Triton's bundled ptxas and
     flags, ``sm_90a`` for 90 as Triton builds it). Results are cached in ``cache_dir`` by content."""
-    gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
-    cmd = [_ptxas(), *_ptxas_flags(), "-v", f"--gpu-name={gpu}"]
-    key = hashlib.sha256((" ".join(cmd) + "\n" + ptx).encode()).hexdigest()
-    path = cache_dir and os.path.join(cache_dir, "gate-ptxas", key + ".json")
+    path = _usage_cache_path(ptx, arch, cache_dir)
     if path and os.path.exists(path):
         with open(path) as f:
             return json.load(f)
@@ -193,18 +211,13 @@ def ptxas_usage(ptx: str, arch: int, cache_dir: str | None = None) -> dict:
         src = os.path.join(tmp, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        proc = subprocess.run(cmd + [src, "-o", os.path.join(tmp, "k.cubin")], capture_output=True, text=True,
-                              timeout=600)
+        proc = subprocess.run(_ptxas_cmd(arch) + [src, "-o", os.path.join(tmp, "k.cubin")], capture_output=True,
+                              text=True, timeout=600)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(f"ptxas -v failed ({proc.returncode}): {log[-2000:]}")
     usage = _parse_ptxas(log)
-    if path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp_path = f"{path}.{os.getpid()}"
-        with open(tmp_path, "w") as f:
-            json.dump(usage, f)
-        os.replace(tmp_path, path)
+    _store_usage(path, usage)
     return usage
 
 
@@ -266,7 +279,11 @@ def compile_case(case: GateCase, arch: int, *, cache_dir: str | None = None) -> 
         rec["shared"] = int(compiled.metadata.shared)
         rec["wgmma"] = "wgmma" in ptx
         log = buf.getvalue()
-        usage = _parse_ptxas(log) if _PTXAS_RE["registers"].search(log) else ptxas_usage(ptx, arch, cache_dir)
+        if _PTXAS_RE["registers"].search(log):
+            usage = _parse_ptxas(log)
+            _store_usage(_usage_cache_path(ptx, arch, cache_dir), usage)  # for later runs that hit the Triton cache
+        else:
+            usage = ptxas_usage(ptx, arch, cache_dir)
         rec.update(registers=usage["registers"], stack=usage["stack"], spill_stores=usage["spill_stores"],
                    spill_loads=usage["spill_loads"], spills=usage["spill_stores"] + usage["spill_loads"])
         rec["ok"] = True
