@@ -76,6 +76,8 @@ def gate_cases() -> list:
                     for bias in (False, True):
                         sig, cx, aligned = case_signature(dt, cfg, flags, w_layout, bias)
                         extra = {"aligned": aligned} if can_align else {}
+                        if can_align:  # spills fail the gate for every 16-bit GEMM (the rule's head_dim
+                            extra["check_spills"] = dt != "fp32"  # 64/128 criterion does not apply here)
                         cases.append(GateCase(kernel="gemm._gemm_kernel", fn=_gemm_kernel, signature=sig,
                                               constexprs=cx, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                                               dtype=dt, head_dim=0, archs=(arch,),
