@@ -108,6 +108,8 @@ case "$cmd" in
     fi
     # The GPU kit's dry run (no GPU needed): every part's scripts, modules and tests exist and import.
     PYTHON="$VENV/bin/python" bash scripts/gpu_check.sh --dry-run || rc=1
+    # The README's GPU numbers are rendered from the newest benchmarks/results/ run (never typed by hand).
+    "$VENV/bin/python" scripts/render_results.py --check || rc=1
     "$VENV/bin/python" -m pytest "$@" || rc=$?
     exit $rc ;;
   demo)
