@@ -345,6 +345,13 @@ def collect_tasks(modules: list[str], archs: list[int]) -> list[tuple[str, int, 
     return tasks
 
 
+
+def _failed_record(module, index: int, arch: int, reason: str) -> dict:
+    """The record of a case that produced no measurement (its worker crashed or the gate ran out of time)."""
+    case = family_cases(module)[index]
+    return {"family": family_name(module), "kernel": case.kernel, "label": case.label, "arch": arch,
+            "dtype": case.dtype, "head_dim": case.head_dim, "ok": False, "reason": reason}
+
 def run_gate(modules: list[str], archs: list[int], *, jobs: int = 2, cache_dir: str | None = None,
              timeout: float = 3000.0, progress=print) -> list[dict]:
     """Compile every case of the family modules for ``archs`` in ``jobs`` spawned processes sharing one
@@ -374,10 +381,7 @@ def run_gate(modules: list[str], archs: list[int], *, jobs: int = 2, cache_dir: 
                 try:
                     rec = f.result()
                 except Exception as e:  # noqa: BLE001  (a crashed worker: record it, go on)
-                    case = family_cases(m)[i]
-                    rec = {"family": family_name(m), "kernel": case.kernel, "label": case.label, "arch": a,
-                           "dtype": case.dtype, "head_dim": case.head_dim, "ok": False,
-                           "reason": f"worker failed: {type(e).__name__}: {e}"}
+                    rec = _failed_record(m, i, a, f"worker failed: {type(e).__name__}: {e}")
                 rec["violations"] = violations(rec)
                 records.append(rec)
                 if progress:
@@ -387,10 +391,7 @@ def run_gate(modules: list[str], archs: list[int], *, jobs: int = 2, cache_dir: 
                              f"({rec.get('compile_s')} s) {verdict}", flush=True)
         for f in pending:
             m, i, a = futs[f]
-            case = family_cases(m)[i]
-            rec = {"family": family_name(m), "kernel": case.kernel, "label": case.label, "arch": a,
-                   "dtype": case.dtype, "head_dim": case.head_dim, "ok": False,
-                   "reason": f"timeout: the gate's {timeout:.0f} s were over before it compiled"}
+            rec = _failed_record(m, i, a, f"timeout: the gate's {timeout:.0f} s were over before it compiled")
             rec["violations"] = violations(rec)
             records.append(rec)
     finally:
