@@ -42,6 +42,7 @@ import math
 
 import torch
 
+from .._host import host_values
 from ..comm import all_gather_async, get_validation, group_info, rank_consistent
 from ..kernels.linear_attention import (
     chunk_bwd_dh,
@@ -185,23 +186,27 @@ class _LASP2(torch.autograd.Function):
         return (dq.to(q.dtype), dk_.to(k.dtype), dv_.to(v.dtype), dg, dgg) + (None,) * 5
 
 
-def _decay_values(name: str, t, arg: str, want_shape: tuple, what: str):
-    """Check a decay tensor's shape and values (finite, <= 0); return its values for the digest
-    (``g_gamma``) or ``None``."""
+def _decay_values(name: str, t, arg: str, want_shape: tuple, what: str, values=None) -> None:
+    """Check a decay tensor's shape and values (finite, <= 0). ``values``: its host-side values when the
+    caller has them (``g_gamma``, read once per tensor version); otherwise a CPU tensor is checked
+    directly and a CUDA tensor's values are not read (that would synchronise the host every call)."""
     if not isinstance(t, torch.Tensor) or not t.is_floating_point() or tuple(t.shape) != want_shape:
         got = tuple(t.shape) if isinstance(t, torch.Tensor) else t
         raise ValueError(f"{name}: {arg} must be a {what} = {list(want_shape)} floating tensor of log-decays, "
                          f"got {got!r}" + (f" ({t.dtype})" if isinstance(t, torch.Tensor) else ""))
     if t.numel() == 0:
-        return ()
-    td = t.detach()
-    if td.is_cuda and get_validation() != "full":
-        return None  # reading device values back synchronises the host: only under "full" validation
-    bad = ~(torch.isfinite(td) & (td <= 0))
-    if bool(bad.any()):
-        raise ValueError(f"{name}: {arg} holds log-decays, which must be finite and <= 0, got "
-                         f"{td[bad].flatten()[0].item():.4g}")
-    return None
+        return
+    if values is not None:
+        bad = [x for x in values if not (math.isfinite(x) and x <= 0)]
+        first = bad[0] if bad else None
+    elif t.is_cuda:
+        return
+    else:
+        td = t.detach()
+        badt = ~(torch.isfinite(td) & (td <= 0))
+        first = td[badt].flatten()[0].item() if bool(badt.any()) else None
+    if first is not None:
+        raise ValueError(f"{name}: {arg} holds log-decays, which must be finite and <= 0, got {first:.4g}")
 
 
 def lasp2_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, g: torch.Tensor | None = None,
@@ -252,12 +257,14 @@ def lasp2_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                 raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
         gamma_vals = None
         if (isinstance(g_gamma, torch.Tensor) and g_gamma.dim() == 1 and g_gamma.is_floating_point()
-                and info.size > 1 and get_validation() == "full"):
-            # must agree across ranks too (a CUDA g_gamma is read back: one host sync, "full" validation only)
-            gamma_vals = tuple(g_gamma.detach().double().cpu().tolist())
+                and (not g_gamma.is_cuda or get_validation() == "full")):
+            # checked (range) and, on several ranks, digested (must agree across ranks). A CUDA g_gamma is
+            # read back once per tensor version ("full" validation only): later calls do not synchronise.
+            gamma_vals = tuple(float(x) for x in host_values(g_gamma))
         g_meta = (tuple(g.shape), str(g.dtype)) if isinstance(g, torch.Tensor) else g
         check.meta(q=tuple(q.shape), k=tuple(k.shape), v=tuple(v.shape), dtype=str(q.dtype), device=q.device.type,
-                   causal=bool(causal), scale=None if scale is None else float(scale), g_gamma=gamma_vals,
+                   causal=bool(causal), scale=None if scale is None else float(scale),
+                   g_gamma=gamma_vals if info.size > 1 else None,
                    g=repr(g_meta), block=block, backend=backend)
         for arg, t in (("q", q), ("k", k), ("v", v)):
             if t.dim() != 4:
@@ -286,7 +293,7 @@ def lasp2_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                 continue
             if not causal:
                 raise ValueError(f"{name}: {arg} (a decay) needs causal=True (got causal=False with {arg})")
-            _decay_values(name, t, arg, shape, what)
+            _decay_values(name, t, arg, shape, what, values=gamma_vals if arg == "g_gamma" else None)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     acc = acc_dtype(q.dtype)
     # the decays as the kernels take them (the accumulator dtype); autograd goes through the casts

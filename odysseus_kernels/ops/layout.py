@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from .._host import host_values
 from ..comm import all_gather, group_info, rank_consistent, reduce_scatter
 
 LAYOUTS = ("contiguous", "zigzag", "doc_contiguous", "doc_zigzag")
@@ -59,12 +60,14 @@ def layout_chunks(layout: str, world_size: int) -> list[list[int]]:
 
 def normalize_cu_seqlens(cu_seqlens, total: int, what: str) -> tuple[int, ...]:
     """``cu_seqlens`` (list, tuple or 1-D integer tensor) as a tuple, checked: starts at 0, strictly
-    increasing, ends at the stream length ``total``."""
+    increasing, ends at the stream length ``total``. A tensor is read on the host once per tensor
+    version (:func:`~odysseus_kernels._host.host_values`: on CUDA the first call synchronises, later
+    calls with the same unmodified tensor do not); a list never synchronises."""
     if isinstance(cu_seqlens, torch.Tensor):
         if cu_seqlens.dim() != 1 or cu_seqlens.is_floating_point():
             raise TypeError(f"{what}: cu_seqlens must be a 1-D integer tensor, got {cu_seqlens.dtype} "
                             f"of shape {tuple(cu_seqlens.shape)}")
-        cu = tuple(int(x) for x in cu_seqlens.tolist())
+        cu = tuple(int(x) for x in host_values(cu_seqlens))  # read once per tensor version (odysseus_kernels._host)
     elif isinstance(cu_seqlens, (list, tuple)):
         cu = tuple(int(x) for x in cu_seqlens)
     else:

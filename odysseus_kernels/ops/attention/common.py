@@ -8,6 +8,7 @@ import torch
 
 from ...kernels.attention import attention_block_bwd, attention_block_fwd
 from ...kernels.attention.api import resolve_backend
+from ..._host import host_values
 from ..layout import LAYOUTS, layout_spans, normalize_cu_seqlens
 from .blocks import Mask
 
@@ -54,7 +55,9 @@ def validate_qkv(op: str, check, q, k, v, *, layout: str | None, causal: bool, s
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    cu = cu_seqlens.tolist() if isinstance(cu_seqlens, torch.Tensor) else cu_seqlens
+    cu = cu_seqlens
+    if isinstance(cu_seqlens, torch.Tensor):  # read once per tensor version (a 1-D tensor; others fail below)
+        cu = host_values(cu_seqlens) if cu_seqlens.dim() == 1 else cu_seqlens.tolist()
     check.meta(q=tuple(q.shape), k=tuple(k.shape), v=tuple(v.shape), dtype=str(q.dtype), device=q.device.type,
                causal=bool(causal), layout=layout, softmax_scale=softmax_scale,
                cu_seqlens=None if cu is None else tuple(cu), **(extra or {}))
