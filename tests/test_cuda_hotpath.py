@@ -6,9 +6,10 @@ Each op is called once first (Triton compiles, block plans are cached, the exten
 ``torch.cuda.set_sync_debug_mode("error")`` turns any synchronising call (``.item()``, ``.cpu()``,
 ``nonzero``, a blocking copy) into an error during a forward and a backward.
 
-Both run under ``ok.validation("local")``: under ``"full"`` validation, values that must agree across
-ranks and live on the GPU (LASP-2's ``g_gamma``, its log-decay range check) are read back to the host
-by design (documented); the cross-rank check itself runs on a CPU group and never syncs the GPU.
+The no-sync test runs under both validation modes: under ``"full"`` a CUDA ``g_gamma`` is read to the
+host once per tensor version (the warm-up call), so later calls do not synchronise; the cross-rank
+check itself runs on a CPU group and never syncs the GPU. Capture runs under ``"local"`` (the check's
+gloo collective is host work a graph cannot hold). Several GPUs (NCCL): tests/test_cuda_multirank.py.
 """
 from __future__ import annotations
 
@@ -35,8 +36,13 @@ def _attention(name):
     return lambda q, k, v: op(q, k, v, causal=True)
 
 
+_GAMMA = {}
+
+
 def _lasp2(q, k, v):
-    return ok.lasp2_linear_attention(q, k, v, g_gamma=torch.full((H,), -0.05, device="cuda"))
+    # one g_gamma tensor for every call: under "full" validation it is read on the host once per tensor version
+    gamma = _GAMMA.setdefault("g", torch.full((H,), -0.05, device="cuda"))
+    return ok.lasp2_linear_attention(q, k, v, g_gamma=gamma)
 
 
 OPS = {
@@ -55,8 +61,9 @@ def _linear(name):
     return run
 
 
+@pytest.mark.parametrize("mode", ["full", "local"])
 @pytest.mark.parametrize("name", sorted(OPS))
-def test_attention_ops_do_not_sync_the_host(name):
+def test_attention_ops_do_not_sync_the_host(name, mode):
     fn, hkv = OPS[name]
     q, k, v = _qkv(hkv=hkv)
     fn(q, k, v).float().sum().backward()  # warm-up: compile, plan, load
@@ -65,7 +72,7 @@ def test_attention_ops_do_not_sync_the_host(name):
     dout = torch.randn(B, L, H, D, device="cuda", dtype=torch.bfloat16)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        with ok.validation("local"):
+        with ok.validation(mode):
             out = fn(q, k, v)
             out.backward(dout)
     finally:
@@ -115,3 +122,43 @@ def test_attention_ops_capture_in_a_cuda_graph(name):
             eager = fn(*fresh)
         torch.cuda.synchronize()
         assert torch.equal(out, eager), f"{name}: replay differs from eager by {(out.float() - eager.float()).abs().max().item()}"
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_attention_forward_and_backward_capture_in_a_cuda_graph(name):
+    """Whole-step capture (forward + backward in one graph, as in PyTorch's whole-network capture):
+    replay on fresh inputs gives eager's output and, up to the order of floating-point accumulation,
+    eager's gradients."""
+    fn, hkv = OPS[name]
+    static = _qkv(hkv=hkv)
+    dout = torch.randn(B, L, H, D, device="cuda", dtype=torch.bfloat16)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # warm-up on a side stream
+            for t in static:
+                t.grad = None
+            fn(*static).backward(dout)
+    torch.cuda.current_stream().wait_stream(side)
+    for t in static:
+        t.grad = None  # the captured backward allocates the gradients from the graph's pool
+    graph = torch.cuda.CUDAGraph()
+    with ok.validation("local"), torch.cuda.graph(graph):
+        out = fn(*static)
+        out.backward(dout)
+    grads = [t.grad for t in static]
+    for seed in (1, 2):
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        fresh = [torch.randn(t.shape, device="cuda", dtype=t.dtype, generator=gen) for t in static]
+        with torch.no_grad():
+            for s, f in zip(static, fresh):
+                s.copy_(f)
+        graph.replay()
+        ref = [f.clone().requires_grad_(True) for f in fresh]
+        eager = fn(*ref)
+        eager.backward(dout)
+        torch.cuda.synchronize()
+        assert torch.equal(out, eager), f"{name}: replayed output differs by {(out.float() - eager.float()).abs().max().item()}"
+        for g, r in zip(grads, ref):
+            scale = r.grad.float().abs().max().item()
+            assert (g.float() - r.grad.float()).abs().max().item() <= 1e-2 * scale, f"{name}: replayed gradient differs"
