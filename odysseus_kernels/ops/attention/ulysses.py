@@ -158,7 +158,7 @@ def usp_groups(ulysses_degree: int, group=None) -> USPGroups:
     of ``ulysses_degree`` ranks; ranks with the same Ulysses index form a ring. Every rank of the
     world must call this (torch.distributed creates groups collectively). The groups are cached per
     ``(group, ulysses_degree)`` for the life of ``group`` (as comm's control groups are): later calls
-    return the same groups and create none.
+    return the same groups and create none (after destroying one of them, pass a new parent group).
     """
     info = group_info(group)
     if ulysses_degree < 1 or info.size % ulysses_degree:
