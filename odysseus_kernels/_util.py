@@ -1,4 +1,5 @@
-"""Tiny helpers shared across layers (no torch.distributed, no torch needed)."""
+"""Tiny helpers shared across layers (no torch.distributed; torch only inside :func:`acc_dtype`, so the
+cost model can import this module without torch)."""
 from __future__ import annotations
 
 import contextlib
@@ -33,3 +34,11 @@ def layer_is_linear(linear_layers: str, hybrid_ratio: int, layer: int) -> bool:
     if linear_layers == "hybrid":
         return layer % (hybrid_ratio + 1) != hybrid_ratio
     return False
+
+
+def acc_dtype(dtype):
+    """Accumulator dtype of an input ``torch.dtype``: fp32 for fp32/fp16/bf16 inputs, fp64 for fp64
+    inputs (exact oracles). The one definition: every op and reference imports it from here."""
+    import torch  # already loaded by any caller holding a torch.dtype; not at module import (see above)
+
+    return torch.float64 if dtype == torch.float64 else torch.float32

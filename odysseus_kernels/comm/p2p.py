@@ -14,8 +14,8 @@ from .ledger import record
 
 # Tags separate the two directions (gloo matches by tag; NCCL matches per peer in posting order,
 # which the fixed order below keeps identical on every rank, also when next == prev at N = 2).
-_TAG_FORWARD = 11
-_TAG_BACKWARD = 12
+from .tags import RING_BACKWARD as _TAG_BACKWARD
+from .tags import RING_FORWARD as _TAG_FORWARD
 
 
 def _as_list(x) -> list[torch.Tensor]:

@@ -43,6 +43,7 @@ import math
 import torch
 
 from .._host import host_values
+from .._util import acc_dtype
 from ..comm import all_gather_async, get_validation, group_info, rank_consistent
 from ..kernels.linear_attention import (
     chunk_bwd_dh,
@@ -56,7 +57,7 @@ from ..kernels.linear_attention import (
     state_scan,
 )
 from ..kernels.linear_attention.api import BACKENDS, resolve
-from ..kernels.linear_attention.reference import acc_dtype, decay_grad, shard_cumsum
+from ..kernels.linear_attention.reference import decay_grad, shard_cumsum
 
 
 def _gather_states(m: torch.Tensor, info):

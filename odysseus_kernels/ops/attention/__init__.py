@@ -1,6 +1,7 @@
 """Sequence-parallel softmax attention: ring (contiguous, zigzag), TokenRing, Ulysses, USP and
-all-gather-KV, and the 2021 Ring Self-Attention baseline, all exact in forward and backward, on one ring driver (:mod:`.driver`) with
-schedules planned from chunk lists (:mod:`.blocks`)."""
+all-gather-KV, and the 2021 Ring Self-Attention baseline, all exact in forward and backward. The
+rings are schedules on the package's one ring driver (:mod:`odysseus_kernels.ops.ring`), planned
+from chunk lists (:mod:`.blocks`); :mod:`.scheduled` is their autograd glue."""
 from .allgather_kv import allgather_kv_attention, allgather_kv_comm_bytes
 from .ring import ring_attention, ring_comm_bytes
 from .rsa import ring_self_attention, rsa_comm_bytes, rsa_memory_bytes

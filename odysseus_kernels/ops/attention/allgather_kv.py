@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from ...comm import all_gather, group_info, rank_consistent, reduce_scatter
+from ..._util import acc_dtype
+from ...comm import all_gather, group_info, reduce_scatter
 from .blocks import plan_blocks
-from .common import (DEFAULT_LAYOUT, acc_dtype, blocks_backward, blocks_forward, empty_attention, is_empty,
-                     new_accumulators, resolve_layout, row_delta, scale_of, validate_qkv)
+from .common import (DEFAULT_LAYOUT, blocks_backward, blocks_forward, empty_attention, is_empty,
+                     new_accumulators, row_delta, scale_of, validated_layout)
 
 
 class _AllGatherKV(torch.autograd.Function):
@@ -69,14 +70,9 @@ def allgather_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         out = ok.allgather_kv_attention(q_local, k_local, v_local, causal=True)
     """
     info = group_info(group)
-    with rank_consistent("allgather_kv_attention", info) as check:
-        validate_qkv("allgather_kv_attention", check, q, k, v, layout=layout, causal=causal,
-                     softmax_scale=softmax_scale, extra={"window_size": window_size}, cu_seqlens=cu_seqlens)
-        if k.shape != v.shape:
-            raise ValueError(f"allgather_kv_attention: k and v must have the same shape, got {tuple(k.shape)} and "
-                             f"{tuple(v.shape)}")
-        spans, mask = resolve_layout("allgather_kv_attention", layout, info.size, q.shape[1], causal, window_size,
-                                     cu_seqlens)
+    spans, mask = validated_layout("allgather_kv_attention", info, q, k, v, layout=layout, causal=causal,
+                                   softmax_scale=softmax_scale, window_size=window_size, cu_seqlens=cu_seqlens,
+                                   same_kv_shape=True)
     if is_empty(q, k):
         return empty_attention(q, k, v, return_lse)
     out, lse = _AllGatherKV.apply(q, k, v, info, spans, mask, scale_of(q, softmax_scale), backend)

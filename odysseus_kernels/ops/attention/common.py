@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ..._util import acc_dtype
+from ...comm import rank_consistent
 from ...kernels.attention import attention_block_bwd, attention_block_fwd
 from ...kernels.attention.api import resolve_backend
 from ..._host import host_values
@@ -16,13 +18,6 @@ try:  # the package-wide default layout (the same for shard_sequence / gather_se
     from ..layout import DEFAULT_LAYOUT
 except ImportError:  # pragma: no cover - older layout module
     DEFAULT_LAYOUT = "contiguous"
-
-FP32 = torch.float32
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulator dtype: fp32 for fp32/fp16/bf16 inputs, fp64 for fp64 inputs (exact oracles)."""
-    return torch.float64 if dtype == torch.float64 else FP32
 
 
 def validate_window(op: str, window) -> tuple[int, int]:
@@ -49,9 +44,10 @@ def empty_attention(q, k, v, return_lse: bool):
 
 
 def validate_qkv(op: str, check, q, k, v, *, layout: str | None, causal: bool, softmax_scale, extra=None,
-                 cu_seqlens=None) -> None:
+                 cu_seqlens=None, same_kv_shape: bool = False) -> None:
     """Local checks of attention inputs (raise inside a ``rank_consistent`` block) and the metadata
-    that must agree across ranks."""
+    that must agree across ranks. ``same_kv_shape``: k and v travel stacked (ring, RSA, all-gather-KV),
+    so their head dims must match too."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -86,6 +82,22 @@ def validate_qkv(op: str, check, q, k, v, *, layout: str | None, causal: bool, s
             raise ValueError(f"{op}: layout must be one of {LAYOUTS}, got {layout!r}")
         if layout.endswith("zigzag") and q.shape[1] % 2:
             raise ValueError(f"{op}: a zigzag shard holds two equal chunks, so seq_local must be even, got {q.shape[1]}")
+    if same_kv_shape and k.shape != v.shape:
+        raise ValueError(f"{op}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+
+
+def validated_layout(op: str, info, q, k, v, *, layout: str, causal: bool, softmax_scale, window_size, cu_seqlens,
+                     same_kv_shape: bool = False, more=None):
+    """The entry of an attention op over a layout: the local checks of :func:`validate_qkv`,
+    ``more()`` (op-specific checks) and the layout's spans and mask (:func:`resolve_layout`), all
+    inside one cross-rank check. Returns ``(spans, mask)``."""
+    with rank_consistent(op, info) as check:
+        validate_qkv(op, check, q, k, v, layout=layout, causal=causal, softmax_scale=softmax_scale,
+                     extra={"window_size": window_size}, cu_seqlens=cu_seqlens, same_kv_shape=same_kv_shape)
+        spans, mask = resolve_layout(op, layout, info.size, q.shape[1], causal, window_size, cu_seqlens)
+        if more is not None:
+            more()
+    return spans, mask
 
 
 def scale_of(q: torch.Tensor, softmax_scale) -> float:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import torch
 
-from ...comm import group_info, rank_consistent
+from ..._util import acc_dtype
+from ...comm import group_info
+from ..ring import Relay, Rotation
 from .blocks import plan_blocks, ring_steps
-from .common import (DEFAULT_LAYOUT, acc_dtype, blocks_backward, blocks_forward, empty_attention, fused_steps, is_empty,
-                     new_accumulators, resolve_layout, row_delta, scale_of, shard_positions, validate_qkv)
-from .driver import NOTHING, Rotation, ScheduledAttention
-
-_TAG_DKV = 22
+from .common import (DEFAULT_LAYOUT, blocks_backward, blocks_forward, empty_attention, fused_steps, is_empty,
+                     new_accumulators, row_delta, scale_of, shard_positions, validated_layout)
+from .scheduled import ScheduledAttention
 
 
 class RingForward(Rotation):
@@ -77,7 +77,8 @@ class RingForward(Rotation):
 
 
 class RingBackward(RingForward):
-    """Backward schedule: K/V fetched as in forward; dK/dV accumulators returned one hop behind."""
+    """Backward schedule: K/V fetched as in forward; the dK/dV accumulator of each shard travels one
+    hop behind it (a :class:`~odysseus_kernels.ops.ring.Relay`) and ends on the shard's owner."""
 
     def __init__(self, info, spans, q, k, v, out, lse, dout, *, mask, scale, backend):
         super().__init__(info, spans, q, k, v, mask=mask, scale=scale, backend=backend)
@@ -91,19 +92,8 @@ class RingBackward(RingForward):
         else:
             self.delta = row_delta(dout, out, self.acc_dtype)  # [B, H, C]
             self.dq = torch.zeros(q.shape, dtype=self.acc_dtype, device=q.device)
-        self.acc = {}      # step -> accumulator [2, B, C, H_kv, D] leaving after that step
-        self.incoming = {}  # step -> receive buffer of the accumulator arriving for that step
-        self.own = None
-
-    def returns(self, t):
-        if t < 1:
-            return NOTHING
-        buf = torch.empty_like(self.acc[t])
-        self.incoming[t + 1] = buf  # step t+1 (or, after the last step, this rank's own accumulator)
-        if t == self.steps - 1:  # home: straight to the owner (== next when the ring is complete)
-            n, r = self.info.size, self.info.rank
-            return ([((r - t) % n, self.acc.pop(t), _TAG_DKV)], [((r + t) % n, buf, _TAG_DKV)])
-        return ([(self.info.next, self.acc.pop(t), _TAG_DKV)], [(self.info.prev, buf, _TAG_DKV)])
+        self.relay = Relay(info, self.steps)  # [2, B, C, H_kv, D] accumulators of dK/dV
+        self.returns = self.relay.returns
 
     def compute(self, t, handle):
         if self.fused:
@@ -112,13 +102,7 @@ class RingBackward(RingForward):
         part = torch.zeros((2,) + tuple(k.shape), dtype=self.acc_dtype, device=k.device)
         blocks_backward(self.dout, self.q, k, v, self.o, self.lse_final, self.delta, self.blocks(t), self.dq,
                         part[0], part[1], scale=self.scale, backend=self.backend, mask=self.mask)
-        if t == 0:
-            self.own = part
-        elif t == 1:
-            self.acc[t] = part
-        else:
-            handle.wait()  # the accumulator for this shard, sent by the previous rank
-            self.acc[t] = self.incoming.pop(t).add_(part)
+        self.relay.add(t, part, handle)
 
     def _compute_fused(self, t, handle):
         """Two launches: dQ (accumulated in-kernel) first, then, once the travelling dK/dV accumulator
@@ -134,26 +118,18 @@ class RingBackward(RingForward):
         if visible:
             attention_block_bwd_triton(self.dout, self.q, k, v, self.o, self.lse_final, dq=self.dq, accumulate=t > 0,
                                        which="dq", **kw)
-        if t <= 1:
-            new = torch.empty if visible else torch.zeros
-            part = new((2,) + tuple(k.shape), dtype=self.acc_dtype, device=k.device)
-            if t == 0:
-                self.own = part
-            else:
-                self.acc[t] = part
-        else:
-            handle.wait()  # the accumulator for this shard, sent by the previous rank
-            part = self.acc[t] = self.incoming.pop(t)
+        new = torch.empty if visible else torch.zeros
+        part = self.relay.buffer(t, handle, lambda: new((2,) + tuple(k.shape), dtype=self.acc_dtype, device=k.device))
         if visible:
             attention_block_bwd_triton(self.dout, self.q, k, v, self.o, self.lse_final, dk=part[0], dv=part[1],
                                        accumulate=t > 1, which="dkdv", **kw)
 
     def finish(self):
-        if self.steps > 1:
-            self.own += self.incoming.pop(self.steps)
+        self.relay.finish()
 
     def grads(self):
-        return self.dq, self.own[0], self.own[1]
+        own = self.relay.result
+        return self.dq, own[0], own[1]
 
 
 def ring_comm_bytes(world: int, batch: int, seq_local: int, kv_heads: int, head_dim: int, elem_bytes: int,
@@ -212,14 +188,9 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=N
         out = ok.ring_attention(q, k, v, causal=True, layout="zigzag")
     """
     info = group_info(group)
-    with rank_consistent("ring_attention", info) as check:
-        validate_qkv("ring_attention", check, q, k, v, layout=layout, causal=causal, softmax_scale=softmax_scale,
-                     extra={"window_size": window_size}, cu_seqlens=cu_seqlens)
-        if k.shape != v.shape:
-            raise ValueError(f"ring_attention: k and v must have the same shape, got {tuple(k.shape)} and "
-                             f"{tuple(v.shape)}")
-        spans, mask = resolve_layout("ring_attention", layout, info.size, q.shape[1], causal, window_size,
-                                     cu_seqlens)
+    spans, mask = validated_layout("ring_attention", info, q, k, v, layout=layout, causal=causal,
+                                   softmax_scale=softmax_scale, window_size=window_size, cu_seqlens=cu_seqlens,
+                                   same_kv_shape=True)
     if is_empty(q, k):
         return empty_attention(q, k, v, return_lse)
     out, lse = ring_attention_spans(q, k, v, info=info, spans=spans, mask=mask, scale=scale_of(q, softmax_scale),

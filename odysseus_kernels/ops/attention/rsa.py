@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import torch
 
+from ..._util import acc_dtype
 from ...comm import group_info, rank_consistent, reduce_scatter
 from ...kernels.attention.rsa import rsa_apply, rsa_block_grads, rsa_delta, rsa_scores
 from ..layout import local_positions
-from .common import DEFAULT_LAYOUT, acc_dtype, empty_attention, is_empty, scale_of, validate_qkv
-from .driver import Rotation, run_schedule
+from ..ring import Rotation, run_schedule
+from .common import DEFAULT_LAYOUT, empty_attention, is_empty, scale_of, validate_qkv
 
 
 def _mask(qpos, kpos, causal):
@@ -93,10 +94,7 @@ def ring_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, gr
     info = group_info(group)
     with rank_consistent("ring_self_attention", info) as check:
         validate_qkv("ring_self_attention", check, q, k, v, layout=layout, causal=causal,
-                     softmax_scale=softmax_scale)
-        if k.shape != v.shape:
-            raise ValueError(f"ring_self_attention: k and v must have the same shape, got {tuple(k.shape)} and "
-                             f"{tuple(v.shape)}")
+                     softmax_scale=softmax_scale, same_kv_shape=True)
     if is_empty(q, k):
         return empty_attention(q, k, v, return_lse)
     out, lse = _RSA.apply(q, k, v, info, layout, causal, scale_of(q, softmax_scale))

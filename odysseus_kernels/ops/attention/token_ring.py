@@ -28,17 +28,16 @@ from __future__ import annotations
 
 import torch
 
-from ...comm import group_info, rank_consistent
+from ..._util import acc_dtype
+from ...comm import group_info
 from ...kernels.attention import merge_attention
 from ..layout import layout_spans
+from ..ring import NOTHING, Schedule
+from ..ring.tags import TOKEN_RING_BACK, TOKEN_RING_OUT
 from .blocks import Mask, needed_query_slots, plan_blocks, span_rows
-from .common import (DEFAULT_LAYOUT, acc_dtype, blocks_backward, blocks_forward, empty_attention, is_empty,
-                     new_accumulators, resolve_layout, row_delta, rows,
-                     scale_of, validate_qkv)
-from .driver import NOTHING, Schedule, ScheduledAttention
-
-_TAGS_OUT = (31, 32)   # what goes to the key owner (queries, ...)
-_TAGS_BACK = (33, 34)  # what comes back to the query owner (partial results)
+from .common import (DEFAULT_LAYOUT, blocks_backward, blocks_forward, empty_attention, is_empty,
+                     new_accumulators, row_delta, rows, scale_of, validated_layout)
+from .scheduled import ScheduledAttention
 
 
 class _TokenRingBase(Schedule):
@@ -91,13 +90,14 @@ class _TokenRingBase(Schedule):
         mine = self.my_slots_for(dst)
         if mine:
             rr = span_rows(self.spans[self.info.rank], mine)
-            sends += [(dst, rows(x, rr, dim).contiguous(), tag) for (x, dim), tag in zip(self.travelling, _TAGS_OUT)]
+            sends += [(dst, rows(x, rr, dim).contiguous(), tag)
+                      for (x, dim), tag in zip(self.travelling, TOKEN_RING_OUT)]
         theirs = self.src_slots(src)
         if theirs:
             n = self.nrows(src, theirs)
             bufs = [x.new_empty(x.shape[:dim] + (n,) + x.shape[dim + 1:]) for x, dim in self.travelling]
             self.received[t] = bufs
-            recvs += [(src, buf, tag) for buf, tag in zip(bufs, _TAGS_OUT)]
+            recvs += [(src, buf, tag) for buf, tag in zip(bufs, TOKEN_RING_OUT)]
         return sends, recvs
 
     def returns(self, t):
@@ -106,12 +106,12 @@ class _TokenRingBase(Schedule):
         dst, src = self.peers(t)
         sends, recvs = [], []
         if t in self.partial:
-            sends += [(src, x, tag) for x, tag in zip(self.partial.pop(t), _TAGS_BACK)]
+            sends += [(src, x, tag) for x, tag in zip(self.partial.pop(t), TOKEN_RING_BACK)]
         mine = self.my_slots_for(dst)
         if mine:
             bufs = self.new_results(self.nrows(self.info.rank, mine))
             self.returned[t] = (mine, bufs)
-            recvs += [(dst, buf, tag) for buf, tag in zip(bufs, _TAGS_BACK)]
+            recvs += [(dst, buf, tag) for buf, tag in zip(bufs, TOKEN_RING_BACK)]
         return sends, recvs
 
     def compute(self, t, handle):
@@ -240,11 +240,8 @@ def token_ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, g
         out = ok.token_ring_attention(q_local, k_local, v_local, causal=True, layout="zigzag")
     """
     info = group_info(group)
-    with rank_consistent("token_ring_attention", info) as check:
-        validate_qkv("token_ring_attention", check, q, k, v, layout=layout, causal=causal,
-                     softmax_scale=softmax_scale, extra={"window_size": window_size}, cu_seqlens=cu_seqlens)
-        spans, mask = resolve_layout("token_ring_attention", layout, info.size, q.shape[1], causal, window_size,
-                                     cu_seqlens)
+    spans, mask = validated_layout("token_ring_attention", info, q, k, v, layout=layout, causal=causal,
+                                   softmax_scale=softmax_scale, window_size=window_size, cu_seqlens=cu_seqlens)
     if is_empty(q, k):
         return empty_attention(q, k, v, return_lse)
     out, lse = ScheduledAttention.apply(q, k, v, TokenRingForward, TokenRingBackward, info, spans, mask,

@@ -22,32 +22,23 @@ import torch
 
 from ...comm import all_to_all, group_info, new_group, rank_consistent
 from ..local_attention import local_attention
-from .common import DEFAULT_LAYOUT, empty_attention, is_empty, resolve_layout, scale_of, validate_qkv
+from .common import (DEFAULT_LAYOUT, empty_attention, is_empty, resolve_layout, scale_of, validate_qkv,
+                     validated_layout)
 from .ring import ring_attention_spans
 
 
-class _SeqToHeads(torch.autograd.Function):
-    """``[B, C, H, D]`` sequence shard -> ``[B, N*C, H/N, D]`` head shard (rank-major sequence)."""
+class _AllToAll(torch.autograd.Function):
+    """``[B, C, H, D]`` sequence shard <-> ``[B, N*C, H/N, D]`` head shard (rank-major sequence):
+    :func:`seq_to_heads` when ``to_heads``, else :func:`heads_to_seq`; backward runs the other one."""
 
     @staticmethod
-    def forward(ctx, x, info):
-        ctx.info = info
-        return seq_to_heads(x, info)
-
-    @staticmethod
-    def backward(ctx, g):
-        return heads_to_seq(g, ctx.info), None
-
-
-class _HeadsToSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, info):
-        ctx.info = info
-        return heads_to_seq(y, info)
+    def forward(ctx, x, info, to_heads):
+        ctx.info, ctx.to_heads = info, to_heads
+        return (seq_to_heads if to_heads else heads_to_seq)(x, info)
 
     @staticmethod
     def backward(ctx, g):
-        return seq_to_heads(g, ctx.info), None
+        return (heads_to_seq if ctx.to_heads else seq_to_heads)(g, ctx.info), None, None
 
 
 def seq_to_heads(x: torch.Tensor, info) -> torch.Tensor:
@@ -120,18 +111,15 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, grou
         out = ok.ulysses_attention(q_local, k_local, v_local, causal=True)
     """
     info = group_info(group)
-    with rank_consistent("ulysses_attention", info) as check:
-        validate_qkv("ulysses_attention", check, q, k, v, layout=layout, causal=causal, softmax_scale=softmax_scale,
-                     extra={"window_size": window_size}, cu_seqlens=cu_seqlens)
-        spans, mask = resolve_layout("ulysses_attention", layout, info.size, q.shape[1], causal, window_size,
-                                     cu_seqlens)
-        _check_heads("ulysses_attention", q, k, info.size)
+    spans, mask = validated_layout("ulysses_attention", info, q, k, v, layout=layout, causal=causal,
+                                   softmax_scale=softmax_scale, window_size=window_size, cu_seqlens=cu_seqlens,
+                                   more=lambda: _check_heads("ulysses_attention", q, k, info.size))
     if is_empty(q, k):
         return empty_attention(q, k, v, return_lse)
     scale = scale_of(q, softmax_scale)
     n = info.size
     k, v = _expand_kv(k, v, n)
-    qh, kh, vh = (_SeqToHeads.apply(t, info) for t in (q, k, v))
+    qh, kh, vh = (_AllToAll.apply(t, info, True) for t in (q, k, v))
     kw = dict(causal=causal, softmax_scale=scale, window_size=mask.window, cu_seqlens=mask.cu_seqlens,
               return_lse=True, backend=backend)
     if layout == "contiguous":
@@ -140,7 +128,7 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, grou
         to_nat, back = _natural_order(spans, q.device)
         o, lse = local_attention(*(t.index_select(1, to_nat) for t in (qh, kh, vh)), **kw)
         o, lse = o.index_select(1, back), lse.index_select(2, back)
-    out = _HeadsToSeq.apply(o, info)
+    out = _AllToAll.apply(o, info, False)
     return (out, lse_heads_to_seq(lse, info)) if return_lse else out
 
 
@@ -162,14 +150,22 @@ class USPGroups:
     ring_degree: int
 
 
+_usp_cache: dict = {}  # (parent process group, ulysses degree) -> USPGroups
+
+
 def usp_groups(ulysses_degree: int, group=None) -> USPGroups:
     """Build USP's groups over ``group`` (default: the world): consecutive ranks form a Ulysses group
     of ``ulysses_degree`` ranks; ranks with the same Ulysses index form a ring. Every rank of the
-    world must call this (torch.distributed creates groups collectively).
+    world must call this (torch.distributed creates groups collectively). The groups are cached per
+    ``(group, ulysses_degree)`` for the life of ``group`` (as comm's control groups are): later calls
+    return the same groups and create none (after destroying one of them, pass a new parent group).
     """
     info = group_info(group)
     if ulysses_degree < 1 or info.size % ulysses_degree:
         raise ValueError(f"usp_groups: ulysses_degree ({ulysses_degree}) must divide the group size ({info.size})")
+    key = (info.group, ulysses_degree)
+    if key in _usp_cache:
+        return _usp_cache[key]
     u, r = ulysses_degree, info.size // ulysses_degree
     members = [info.global_rank(i) for i in range(info.size)]
     ug = rg = None
@@ -181,7 +177,9 @@ def usp_groups(ulysses_degree: int, group=None) -> USPGroups:
         g = new_group(members[j::u])
         if info.rank % u == j:
             rg = g
-    return USPGroups(ug, rg, u, r)
+    groups = USPGroups(ug, rg, u, r)
+    _usp_cache[key] = groups
+    return groups
 
 
 def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ulysses_group, ring_group,
@@ -223,8 +221,8 @@ def usp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ulysses_
     u, r = ui.size, ri.size
     scale = scale_of(q, softmax_scale)
     k, v = _expand_kv(k, v, u)
-    qh, kh, vh = (_SeqToHeads.apply(t, ui) for t in (q, k, v))
+    qh, kh, vh = (_AllToAll.apply(t, ui, True) for t in (q, k, v))
     ring_spans = [[sp for p in range(i * u, (i + 1) * u) for sp in spans[p]] for i in range(r)]
     o, lse = ring_attention_spans(qh, kh, vh, info=ri, spans=ring_spans, mask=mask, scale=scale, backend=backend)
-    out = _HeadsToSeq.apply(o, ui)
+    out = _AllToAll.apply(o, ui, False)
     return (out, lse_heads_to_seq(lse, ui)) if return_lse else out

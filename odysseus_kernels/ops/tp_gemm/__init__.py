@@ -41,8 +41,9 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from ..._util import acc_dtype
 from ...comm import group_info, rank_consistent
-from ..attention.driver import run_schedule
+from ..ring import run_schedule
 from . import fused
 from .fused import FUSED_DTYPES, fused_supported
 from .pipeline import (
@@ -51,7 +52,6 @@ from .pipeline import (
     Plan,
     Ring,
     WeightGrad,
-    acc_dtype,
     gather_each,
     gemm,
     make_plan,

@@ -40,13 +40,13 @@ import torch
 from ...comm import GroupInfo, comm_stream, exchange, reduce_scatter_async
 from ...kernels.gemm import RowMap, Signal, Wait, persistent_gemm
 from ...kernels.gemm.persistent import INTERPRET
+from ..ring import Rotation
 from .pipeline import row_slices
 
 # SMs left to the communication kernels while the persistent GEMM runs (NCCL's ring/P2P kernels use
 # one CTA per channel). A reasoned default, unmeasured: override with ODYSSEUS_GEMM_SM_MARGIN.
 SM_MARGIN = int(os.environ.get("ODYSSEUS_GEMM_SM_MARGIN", "8"))
 DEFAULT_RS_CHUNKS = 4
-TAG = 41
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -137,10 +137,9 @@ def all_gather_gemm(xv: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
     p, r, d = xv.shape
     n, rank = info.size, info.rank
     gathered = xv.new_empty((n, p, r, d))
-    gathered[rank].copy_(xv)
+    ring = Rotation(info, xv, gathered=gathered)  # copies xv to gathered[rank]; piece t lands in gathered[rank - t]
     st = flags_for(xv.device)
     e = st.next_epoch(n)
-    src = lambda t: (rank - t) % n
     rows = _ag_rows(p, n, r, rank, xv.device)
     a2, out2 = gathered.view(n * p * r, d), y4.view(p * n * r, y4.shape[-1])
     if xv.is_cuda:
@@ -148,15 +147,14 @@ def all_gather_gemm(xv: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
         cs.wait_stream(cur)
         with torch.cuda.stream(cs):
             for t in range(1, n):
-                h = exchange([(info.next, gathered[src(t - 1)], TAG)], [(info.prev, gathered[src(t)], TAG)],
-                             group=info)
+                h = exchange(*ring.fetch(t), group=info)
                 h.wait()  # the comm stream waits for the transfer
                 _signal(st.ag[t:t + 1], e)
         persistent_gemm(a2, w, bias, out=out2, rows=rows, wait=Wait(st.ag, e), margin=margin)
         cur.wait_stream(cs)
         return gathered
     for t in range(1, n):  # the host path: each flag written as its piece arrives
-        exchange([(info.next, gathered[src(t - 1)], TAG)], [(info.prev, gathered[src(t)], TAG)], group=info).wait()
+        exchange(*ring.fetch(t), group=info).wait()
         st.ag[t] = e
     errors = torch.zeros(n, dtype=torch.int32)
     persistent_gemm(a2, w, bias, out=out2, rows=rows, wait=Wait(st.ag, e, spin_limit=1, errors=errors))

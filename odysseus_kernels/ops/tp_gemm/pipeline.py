@@ -10,7 +10,9 @@ copied to move the sequence dim first. A *piece* is ``[n, P, r, d]``: ``n`` rank
 
 Modes (:class:`Plan`), all issuing the same calls in the same order on every rank:
 
-- ``"ring"``: N steps of one batched P2P exchange each (:class:`Ring` on the shared ring driver).
+- ``"ring"``: N steps of one batched P2P exchange each (:class:`Ring`: a
+  :class:`~odysseus_kernels.ops.ring.Rotation` and a :class:`~odysseus_kernels.ops.ring.Relay` on
+  the package's ring driver).
   All-gather side: rank r multiplies its own shard first and the shard of rank ``r - t`` at step t,
   while the shard of step t+1 is already in flight (two scratch buffers, or straight into the
   saved gathered buffer). Reduce-scatter side: at step t rank r computes the partial product for
@@ -44,8 +46,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..._util import acc_dtype
 from ...comm import GroupInfo, all_gather_async, reduce_scatter_async
-from ..attention.driver import NOTHING, Schedule, run_schedule
+from ..ring import Relay, Rotation, Schedule, run_schedule
 
 # Auto mode decomposes (ring) only on CUDA and only when one step's GEMM does at least this many
 # FLOPs (2*m*k*n of one shard's product): ~17 GFLOP, ~25 us of bf16 tensor-core work on an H100,
@@ -88,10 +91,6 @@ def make_plan(info: GroupInfo, impl: str, chunks: int | None, device_type: str, 
     if device_type == "cuda" and fused_ok:
         return Plan(info, "fused", chunks or DEFAULT_CHUNKS)
     return Plan(info, "ring" if device_type == "cuda" and flops_per_step >= MIN_OVERLAP_FLOPS else "plain")
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def row_slices(rows: int, chunks: int) -> list[slice]:
@@ -164,67 +163,41 @@ class WeightGrad:
 
 
 class Ring(Schedule):
-    """One ring pass (see the module docstring): an all-gather side (``gather`` ``[P, R, d]`` rotates;
-    ``visit(src, payload)`` at each step), a reduce-scatter side (``partial(dst)`` -> the partial for
-    rank ``dst`` in the accumulation dtype; :attr:`result` is this rank's sum), or both at once, plus
-    ``side(ranks)``: extra compute (a weight gradient) that fills step t, with ``ranks`` the slice of
-    the rank whose partial that step computes (every rank exactly once over the pass)."""
-
-    TAG_GATHER, TAG_REDUCE = 31, 32
+    """One ring pass (see the module docstring): an all-gather side (``gather`` ``[P, R, d]`` rotates,
+    a :class:`~odysseus_kernels.ops.ring.Rotation`; ``visit(src, payload)`` at each step), a
+    reduce-scatter side (``partial(dst)`` -> the partial for rank ``dst`` in the accumulation dtype,
+    summed by a :class:`~odysseus_kernels.ops.ring.Relay` with ``lag=1``; :attr:`result` is this
+    rank's sum), or both at once, plus ``side(ranks)``: extra compute (a weight gradient) that fills
+    step t, with ``ranks`` the slice of the rank whose partial that step computes (every rank exactly
+    once over the pass)."""
 
     def __init__(self, info: GroupInfo, *, gather=None, gathered=None, visit=None, partial=None, ship_dtype=None,
                  side=None):
         self.info, self.steps = info, info.size
-        self.gather, self.gathered, self.visit = gather, gathered, visit
-        self.partial, self.ship_dtype, self.side = partial, ship_dtype, side
-        self.scratch = []
-        if gather is not None:
-            if gathered is not None:
-                gathered[info.rank].copy_(gather)
-            else:  # double buffer: receive step t+1 into one while step t reads the other
-                self.scratch = [torch.empty_like(gather) for _ in range(min(2, info.size - 1))]
-        self.sending, self.incoming, self.result = {}, {}, None
+        self.partial, self.side = partial, side
+        self.rotation = None if gather is None else Rotation(info, gather, visit, gathered=gathered)
+        self.relay = None if partial is None else Relay(info, info.size, lag=1, ship_dtype=ship_dtype)
+        if self.rotation is not None:
+            self.fetch = self.rotation.fetch
+        if self.relay is not None:
+            self.returns = self.relay.returns
 
-    def src(self, t: int) -> int:
-        return (self.info.rank - t) % self.info.size
+    @property
+    def result(self):
+        return self.relay.result
 
     def dst(self, t: int) -> int:
         return (self.info.rank - t - 1) % self.info.size
 
-    def payload(self, t: int) -> torch.Tensor:
-        if t == 0:
-            return self.gather
-        return self.gathered[self.src(t)] if self.gathered is not None else self.scratch[(t - 1) % 2]
-
-    def fetch(self, t):
-        if self.gather is None or t == 0:
-            return NOTHING
-        return ([(self.info.next, self.payload(t - 1), self.TAG_GATHER)],
-                [(self.info.prev, self.payload(t), self.TAG_GATHER)])
-
-    def returns(self, t):
-        if self.partial is None or t >= self.steps - 1:
-            return NOTHING
-        send = self.sending.pop(t)
-        self.incoming[t + 1] = recv = torch.empty_like(send)
-        return [(self.info.next, send, self.TAG_REDUCE)], [(self.info.prev, recv, self.TAG_REDUCE)]
-
     def compute(self, t, handle):
         # Every GEMM of the step is queued before the wait, so they overlap the transfers in flight.
-        if self.gather is not None:
-            self.visit(self.src(t), self.payload(t))
-        part = self.partial(self.dst(t)) if self.partial is not None else None
+        if self.rotation is not None:
+            self.rotation.compute(t, handle)
+        part = self.partial(self.relay.owner(t)) if self.relay is not None else None
         if self.side is not None:
             self.side(slice(self.dst(t), self.dst(t) + 1))
-        if part is None:
-            return
-        if t > 0:
-            handle.wait()
-            part.add_(self.incoming.pop(t))
-        if t == self.steps - 1:
-            self.result = part
-        else:
-            self.sending[t] = part.to(self.ship_dtype)
+        if part is not None:
+            self.relay.add(t, part, handle)
 
 
 def gather_each(xv: torch.Tensor, plan: Plan, visit, *, keep: bool):
