@@ -120,8 +120,19 @@ def plan_blocks(q_spans, k_spans, mask: Mask) -> list[Block]:
     return list(_plan_blocks(_key(q_spans), _key(k_spans), mask))
 
 
+def _increasing(spans) -> bool:
+    return all(n > 0 for _, n in spans) and all(a + n <= b for (a, n), (b, _) in zip(spans, spans[1:]))
+
+
 @functools.lru_cache(maxsize=16384)
 def _plan_blocks(q_spans, k_spans, mask: Mask) -> tuple:
+    if (q_spans == k_spans and q_spans and mask.causal and tuple(mask.window) == NO_WINDOW
+            and mask.cu_seqlens is None and _increasing(q_spans)):
+        # A shard against itself, causal only, spans in increasing global order (step 0 of a ring in the
+        # contiguous or zigzag layout): local order is global order, so the exact mask is top-left causal
+        # over the local rows: one block instead of one per span pair.
+        n = sum(m for _, m in q_spans)
+        return (Block(0, n, 0, n, True, 0, 0),)
     qo, ko = _starts(q_spans), _starts(k_spans)
     k_end = [ko[i] + k_spans[i][1] for i in range(len(k_spans))]
     rows = []  # (full runs of key span indices, masked key span indices) per query span
