@@ -325,6 +325,32 @@ def test_calibration_files_set_achieved_rates(tmp_path):
     assert cm.profile_for_device("NVIDIA A10") == "a10-pcie"
 
 
+def test_calibration_without_results_keeps_the_defaults_and_says_so(tmp_path):
+    default = cm.load_hardware("a100")
+    (tmp_path / "compile_gate").mkdir()  # results of other benchmarks only: no calibration data
+    (tmp_path / "attention.json").write_text(json.dumps({"rows": []}))
+    for paths in (str(tmp_path / "missing"), str(tmp_path), []):
+        hw, report = cm.calibrate("a100", paths)
+        assert hw == default, paths
+        assert report[-1] == f"no calibration data found: using the documented defaults of {default.name}", report
+    _, report = cm.calibrate("a100", str(tmp_path / "missing"))
+    assert "no such file or directory" in report[0]
+
+
+def test_import_odysseus_kernels_does_not_import_the_cost_model():
+    import subprocess
+    import sys
+
+    code = ("import sys, odysseus_kernels as ok\n"
+            "assert 'odysseus_kernels.costmodel' not in sys.modules\n"
+            "assert 'matplotlib' not in sys.modules\n"
+            "assert ok.costmodel.plan and 'odysseus_kernels.costmodel' in sys.modules\n"
+            "assert 'matplotlib' not in sys.modules\n"
+            "print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
 # ---- CLI, playground hook ------------------------------------------------------------------------
 
 def test_cli_plan_prints_a_ranked_table_and_writes_json(tmp_path, capsys):

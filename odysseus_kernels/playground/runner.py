@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import torch
 
 from .. import layers as L
-from ..comm import comm_ledger, group_info, new_group
+from ..comm import comm_ledger, group_info
 from ..costmodel.strategies import usp_degrees
 from ..models import LlamaConfig, LlamaModel, make_batch, token_loss_sum
 from ..ops import local_positions, shard_sequence
+from ..ops.attention import usp_groups
 
 SOFTMAX_STRATEGIES = ("tp_sp", "odysseus", "ulysses", "ring", "zigzag", "token_ring", "usp", "allgather_kv", "rsa")
 LINEAR_STRATEGIES = ("lasp2", "lasp2h")
@@ -119,20 +120,10 @@ def _apply(strategy: str, model, group, rc: RunConfig, world: int):
     if strategy == "zigzag":
         return L.apply_ring(model, group, layout="zigzag")
     if strategy == "usp":
-        u, r = usp_degrees(world, rc.heads, rc.kv_heads, rc.ulysses_degree)
-        info = group_info(group)
-        # ranks [i*u, (i+1)*u) form a Ulysses group, ranks {j, j+u, ...} a ring group; every rank
-        # creates every group (torch.distributed requires it).
-        ug = rg = None
-        for i in range(r):
-            g = new_group(list(range(i * u, (i + 1) * u)))
-            if info.rank // u == i:
-                ug = g
-        for j in range(u):
-            g = new_group(list(range(j, world, u)))
-            if info.rank % u == j:
-                rg = g
-        return L.apply_usp(model, ulysses_group=ug, ring_group=rg, sp_group=group, layout="zigzag")
+        u, _ = usp_degrees(world, rc.heads, rc.kv_heads, rc.ulysses_degree)
+        g = usp_groups(u, group)
+        return L.apply_usp(model, ulysses_group=g.ulysses_group, ring_group=g.ring_group, sp_group=group,
+                           layout="zigzag")
     return getattr(L, f"apply_{strategy}")(model, group)
 
 
