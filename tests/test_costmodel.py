@@ -72,15 +72,21 @@ def test_token_ring_zigzag_sends_three_quarters_of_a_q_rotation(n):
     L = 2 * C * n
     T = B * C * 2
     per_rank = [_vol("token_ring", n, "bf16", rank=r, include_weights=False) for r in range(n)]
-    q_rows = [sum(c.recv_fwd * c.count for c in v.calls if c.phase == "forward") / (H * D * b) for v in per_rank]
-    assert sum(q_rows) / n == pytest.approx(0.75 * (n - 1) * T)
-    # rank-dependent: the last rank receives the fewest query rows, the first the most
-    assert q_rows[0] == (n - 1) * T and q_rows[-1] == (n - 1) * T - (n - 1) * T / 2
+    wire = cm.strategies.token_ring_wire(SMALL, b)  # per query row: Q out; fp32 (out, lse) back
+    assert wire["forward"] == {"query": H * D * b, "result": H * (D * 4 + 4)}
+    assert wire["backward"] == {"query": H * (2 * D * b + 2 * 4), "result": H * D * 4}
+    fwd = [v.received("p2p", "forward") for v in per_rank]
+    # on average 3/4 of a full rotation of queries one way and of partial results the other
+    assert sum(fwd) / n == pytest.approx(0.75 * (n - 1) * T * (wire["forward"]["query"] + wire["forward"]["result"]))
+    # rank-dependent: rank r receives (N-1)C - rC/2 query rows and (N-1)C/2 + rC/2 result rows
+    for r, got in enumerate(fwd):
+        rows_in, rows_back = (n - 1) * T - r * T / 2, (n - 1) * T / 2 + r * T / 2
+        assert got == rows_in * wire["forward"]["query"] + rows_back * wire["forward"]["result"]
+        # and sends what its mirror rank N-1-r receives
+        assert per_rank[r].sent("p2p", "forward") == fwd[n - 1 - r]
     # no mask: every step moves all local queries one way and all (fp32 out, lse) the other way
     full = _vol("token_ring", n, "bf16", L=L, causal=False, include_weights=False)
     assert full.received("p2p", "forward") == (n - 1) * T * H * (D * b + D * 4 + 4)
-    wire = cm.strategies.token_ring_wire(SMALL, b)
-    assert wire["backward"] == {"query": H * (2 * D * b + 2 * 4), "result": H * D * 4}
     # the default (rank=None) is the busiest rank
     assert _vol("token_ring", n, "bf16", include_weights=False).received() == max(v.received() for v in per_rank)
 
@@ -127,8 +133,11 @@ def test_tp_sp_and_odysseus(n):
     assert tp.received("all_gather", "forward") == 2 * (n - 1) * x  # attention + MLP inputs
     assert tp.received("reduce_scatter", "forward") == 2 * (n - 1) * x  # o_proj and down_proj outputs
     assert tp.received("all_gather", "backward") == tp.received("reduce_scatter", "backward") == 2 * (n - 1) * x
-    regather = cm.comm_volume("tp_sp", m, L, B, n, "bf16", impl=cm.OURS.with_(tp_regather=True))
+    regather = cm.comm_volume("tp_sp", m, L, B, n, "bf16", impl=cm.OURS.with_(tp_save_gathered=False))
     assert regather.received("all_gather", "backward") == 4 * (n - 1) * x
+    assert cm.comm_volume("tp_sp", m, L, B, n, "bf16", impl=cm.PUBLISHED["megatron"]).by_kind() == regather.by_kind()
+    ring = cm.comm_volume("tp_sp", m, L, B, n, "bf16", impl=cm.OURS.with_(tp_impl="ring"))
+    assert ring.by_kind(("forward", "backward")) == {"p2p": (8 * (n - 1) * x, 8 * (n - 1) * x)}
     norms = 2 * (2 * m.hidden * b * (n - 1) // n)  # two RMSNorm weights all-reduced
     assert tp.received(phase="grad_sync") == norms
     ody = cm.comm_volume("odysseus", m, L, B, n, "bf16")
