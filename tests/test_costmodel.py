@@ -6,7 +6,6 @@ import doctest
 import importlib
 import json
 import time
-import types
 
 import pytest
 
@@ -15,7 +14,7 @@ from tests.distributed import run_world
 
 B, C, H, HKV, D = 2, 4, 4, 2, 8  # small shapes shared with the ledger run (world 4: L = 16)
 SMALL = cm.ModelConfig(name="small", layers=1, hidden=H * D, heads=H, kv_heads=HKV, head_dim=D, intermediate=48,
-                       vocab=64)
+                       vocab_size=64)
 DTYPES = [pytest.param("float32", 4, id="fp32"), pytest.param("bf16", 2, id="bf16"),
           pytest.param("float64", 8, id="fp64")]
 WORLDS = [pytest.param(n, id=f"N{n}") for n in (2, 3, 4, 8)]
@@ -399,13 +398,16 @@ def test_cli_other_commands_and_errors(capsys):
 
 
 def test_playground_theory_column():
-    rc = types.SimpleNamespace(layers=2, hidden=64, heads=4, kv_heads=4, intermediate=128, vocab=128, hybrid_ratio=1,
-                               seq_len=64, batch=1, dtype="float32", ulysses_degree=None)
+    from odysseus_kernels.playground.runner import RunConfig
+
+    rc = RunConfig(layers=2, hidden=64, heads=4, kv_heads=4, intermediate=128, vocab=128, hybrid_ratio=1, seq_len=64,
+                   batch=1, dtype="float32")
     got = cm.playground_comm_per_layer("zigzag", rc, 4)
     assert got == 2 * 3 * 64 * 64 * 4 // 4 * 2 + 2 * 3 * 16 * 64 * 4 * 2 // 2  # fwd K,V + bwd K,V + fp32 dK,dV
     hyb = cm.playground_comm_per_layer("lasp2h", rc, 4)
-    model = cm.ModelConfig(layers=2, hidden=64, heads=4, kv_heads=4, intermediate=128, vocab=128,
+    model = cm.ModelConfig(layers=2, hidden=64, heads=4, kv_heads=4, intermediate=128, vocab_size=128,
                            linear_layers="hybrid", hybrid_ratio=1)
+    assert cm.ModelConfig.from_llama_config(rc.model_config("lasp2h")) == model  # one shape, one rule set
     total = cm.comm_volume("lasp2h", model, 64, 1, 4, "float32", layer="all")
     assert hyb == total.received(phase=("forward", "backward")) / 2
 

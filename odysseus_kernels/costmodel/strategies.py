@@ -37,6 +37,7 @@ from ..ops.attention.ulysses import ulysses_comm_bytes
 from ..ops.lasp2 import lasp2_comm_bytes
 from ..ops.tp_gemm import tp_gemm_comm_bytes
 from .collectives import Call, CommVolume, calls_of, p2p
+from ..models.shape import ModelShape
 from .config import ModelConfig, World, dtype_bytes
 from .impl import OURS, Impl
 from .published import Published
@@ -426,7 +427,7 @@ def _as_model(m) -> ModelConfig:
         return m
     if isinstance(m, str):
         return ModelConfig.preset(m)
-    if hasattr(m, "vocab_size"):
+    if isinstance(m, ModelShape):
         return ModelConfig.from_llama_config(m)
     raise TypeError(f"model_cfg: expected a ModelConfig, a preset name or a LlamaConfig, got {type(m).__name__}")
 
@@ -436,16 +437,14 @@ def playground_comm_per_layer(strategy: str, rc, world: int, seq_len: int | None
     """The playground's "theory" column: bytes received per rank per layer, forward + backward
     (activation traffic, no gradient sync), busiest rank, averaged over the model's layers.
 
-    ``rc`` is the playground's ``RunConfig`` (``zigzag`` there is ring with the zigzag layout).
+    ``rc`` is the playground's ``RunConfig`` (``zigzag`` there is ring with the zigzag layout); the
+    model is the one it trains under ``strategy`` (``rc.model_config(strategy)``).
     """
-    linear = {"lasp2": "all", "lasp2h": "hybrid"}.get(strategy, "none")
-    model = ModelConfig(layers=rc.layers, hidden=rc.hidden, heads=rc.heads, kv_heads=rc.kv_heads,
-                        intermediate=rc.intermediate, vocab=rc.vocab, linear_layers=linear,
-                        hybrid_ratio=getattr(rc, "hybrid_ratio", 1))
+    model = ModelConfig.from_llama_config(rc.model_config(strategy))
     L = rc.seq_len if seq_len is None else seq_len
     v = comm_volume(strategy, model, L, rc.batch, world, rc.dtype, layer="all", impl=impl,
                     ulysses_degree=getattr(rc, "ulysses_degree", None))
-    return v.received(phase=("forward", "backward")) / rc.layers
+    return v.received(phase=("forward", "backward")) / model.layers
 
 
 __all__ = ["STRATEGIES", "PACKAGE_STRATEGIES", "DESCRIPTIONS", "check", "comm_volume", "layer_calls",

@@ -28,6 +28,10 @@ MLP_CHUNKING_STRATEGIES = tuple(s for s in STRATEGIES if s not in NO_MLP_CHUNKIN
 
 @dataclass
 class RunConfig:
+    """A playground run: the model's shape (``layers`` ... ``hybrid_ratio``, the command line's
+    flags; :meth:`model_config` turns them into the :class:`~odysseus_kernels.models.LlamaConfig`
+    each strategy trains, validated there) and the run settings."""
+
     strategies: tuple = STRATEGIES
     seq_len: int = 64
     batch: int = 1
@@ -47,12 +51,17 @@ class RunConfig:
     mlp_chunk_size: int | None = None
     seed: int = 0
 
+    def model_config(self, strategy: str) -> LlamaConfig:
+        """The model ``strategy`` trains: LASP-2 an all-linear one, LASP-2H a hybrid, the rest softmax."""
+        linear = {"lasp2": "all", "lasp2h": "hybrid"}.get(strategy, "none")
+        return LlamaConfig(vocab_size=self.vocab, hidden=self.hidden, layers=self.layers, heads=self.heads,
+                           kv_heads=self.kv_heads, intermediate=self.intermediate, linear_layers=linear,
+                           hybrid_ratio=self.hybrid_ratio, mlp_chunk_size=self.mlp_chunk_size)
+
 
 def model_config(rc: RunConfig, strategy: str) -> LlamaConfig:
-    linear = {"lasp2": "all", "lasp2h": "hybrid"}.get(strategy, "none")
-    return LlamaConfig(vocab_size=rc.vocab, hidden=rc.hidden, layers=rc.layers, heads=rc.heads,
-                       kv_heads=rc.kv_heads, intermediate=rc.intermediate, linear_layers=linear,
-                       hybrid_ratio=rc.hybrid_ratio, mlp_chunk_size=rc.mlp_chunk_size)
+    """``rc.model_config(strategy)``."""
+    return rc.model_config(strategy)
 
 
 def check_config(rc: RunConfig, world: int) -> None:
@@ -60,15 +69,12 @@ def check_config(rc: RunConfig, world: int) -> None:
     for s in rc.strategies:
         if s not in STRATEGIES:
             raise ValueError(f"unknown strategy {s!r}; choose from {', '.join(STRATEGIES)}")
-    if rc.hidden % rc.heads or rc.heads % rc.kv_heads:
-        raise ValueError(f"--hidden ({rc.hidden}) must divide by --heads ({rc.heads}) and --heads by --kv-heads "
-                         f"({rc.kv_heads})")
+    rc.model_config("ring")  # the shape's own rules (hidden / heads / kv_heads divisibility, positive sizes)
     for s in rc.strategies:
         zig = s in ("zigzag", "token_ring", "usp")
         k = 2 * world if zig else world
         if s == "usp":
-            u, r = usp_degrees(world, rc.heads, rc.kv_heads, rc.ulysses_degree)
-            k = 2 * world
+            usp_degrees(world, rc.heads, rc.kv_heads, rc.ulysses_degree)
         if rc.seq_len % k:
             raise ValueError(f"{s}: --seq-len {rc.seq_len} must be divisible by {k} "
                              f"({'2 x ' if zig else ''}world size {world}); try --seq-len {k * max(1, rc.seq_len // k)}")
