@@ -26,37 +26,52 @@ NO_MLP_CHUNKING = ("tp_sp", "odysseus")
 MLP_CHUNKING_STRATEGIES = tuple(s for s in STRATEGIES if s not in NO_MLP_CHUNKING)
 
 
-@dataclass
-class RunConfig:
-    """A playground run: the model's shape (``layers`` ... ``hybrid_ratio``, the command line's
-    flags; :meth:`model_config` turns them into the :class:`~odysseus_kernels.models.LlamaConfig`
-    each strategy trains, validated there) and the run settings."""
+# The playground's model unless told otherwise: 2 layers, d = 64, 4 heads, MHA, SwiGLU 128, vocab 128.
+DEFAULT_MODEL = LlamaConfig(layers=2, hidden=64, heads=4, kv_heads=4, intermediate=128, vocab_size=128, hybrid_ratio=1)
+# the command line's model flags -> LlamaConfig fields
+MODEL_FLAGS = {"layers": "layers", "hidden": "hidden", "heads": "heads", "kv_heads": "kv_heads",
+               "intermediate": "intermediate", "vocab": "vocab_size", "hybrid_ratio": "hybrid_ratio",
+               "mlp_chunk_size": "mlp_chunk_size"}
 
+
+@dataclass
+class _RunSettings:
     strategies: tuple = STRATEGIES
     seq_len: int = 64
     batch: int = 1
-    layers: int = 2
-    hidden: int = 64
-    heads: int = 4
-    kv_heads: int = 4
-    intermediate: int = 128
-    vocab: int = 128
-    hybrid_ratio: int = 1
+    model: LlamaConfig = DEFAULT_MODEL
     dtype: str = "float32"
     steps: int = 3
     warmup: int = 1
     lr: float = 1e-2
     device: str = "cpu"
     ulysses_degree: int | None = None
-    mlp_chunk_size: int | None = None
     seed: int = 0
+
+
+class RunConfig(_RunSettings):
+    """A playground run: the model (``model``, a :class:`~odysseus_kernels.models.LlamaConfig`; its
+    softmax form, see :meth:`model_config`) and the run settings.
+
+    The model's fields may also be given (and read) flat, as the command line's flags:
+    ``RunConfig(hidden=32, heads=4, kv_heads=2, vocab=64, ...)`` changes those fields of ``model``
+    (``vocab`` is ``vocab_size``), validated by the model's own rules; ``rc.hidden`` reads ``rc.model.hidden``.
+    """
+
+    def __init__(self, *args, model: LlamaConfig | None = None, **kw):
+        flags = {MODEL_FLAGS[k]: kw.pop(k) for k in list(kw) if k in MODEL_FLAGS}
+        model = DEFAULT_MODEL if model is None else model
+        super().__init__(*args, model=model.with_(**flags) if flags else model, **kw)
+
+    def __getattr__(self, name):
+        model = self.__dict__.get("model")
+        if name in MODEL_FLAGS and model is not None:
+            return getattr(model, MODEL_FLAGS[name])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def model_config(self, strategy: str) -> LlamaConfig:
         """The model ``strategy`` trains: LASP-2 an all-linear one, LASP-2H a hybrid, the rest softmax."""
-        linear = {"lasp2": "all", "lasp2h": "hybrid"}.get(strategy, "none")
-        return LlamaConfig(vocab_size=self.vocab, hidden=self.hidden, layers=self.layers, heads=self.heads,
-                           kv_heads=self.kv_heads, intermediate=self.intermediate, linear_layers=linear,
-                           hybrid_ratio=self.hybrid_ratio, mlp_chunk_size=self.mlp_chunk_size)
+        return self.model.with_(linear_layers={"lasp2": "all", "lasp2h": "hybrid"}.get(strategy, "none"))
 
 
 def model_config(rc: RunConfig, strategy: str) -> LlamaConfig:
@@ -69,7 +84,6 @@ def check_config(rc: RunConfig, world: int) -> None:
     for s in rc.strategies:
         if s not in STRATEGIES:
             raise ValueError(f"unknown strategy {s!r}; choose from {', '.join(STRATEGIES)}")
-    rc.model_config("ring")  # the shape's own rules (hidden / heads / kv_heads divisibility, positive sizes)
     for s in rc.strategies:
         zig = s in ("zigzag", "token_ring", "usp")
         k = 2 * world if zig else world
