@@ -155,6 +155,61 @@ def test_replicated_weights_sync_every_tensor_and_zero3_gathers_them(n):
     assert z.received("all_gather", "forward") == sum((n - 1) * (2 * p // n) for p in SMALL.layer_params().values())
 
 
+@pytest.mark.parametrize("dtype, b", DTYPES)
+def test_volumes_are_the_ops_closed_forms(dtype, b):
+    """One place per formula: what the cost model predicts for our ops is what their closed forms say."""
+    from odysseus_kernels.ops.attention import (allgather_kv_comm_bytes, ring_comm_bytes, rsa_comm_bytes,
+                                                token_ring_comm_bytes, ulysses_comm_bytes)
+    from odysseus_kernels.ops.lasp2 import lasp2_comm_bytes
+    from odysseus_kernels.ops.tp_gemm import tp_gemm_comm_bytes
+
+    n, c = 4, 2 * C
+    kw = dict(include_weights=False)
+
+    def got(strategy, kind, phase, model=SMALL, **extra):
+        return _vol(strategy, n, dtype, model=model, **kw, **extra).received(kind, phase)
+
+    for phase in ("forward", "backward"):
+        assert got("ring", "p2p", phase) == ring_comm_bytes(n, B, c, HKV, D, b)[phase]
+        assert got("rsa", "p2p", phase) == rsa_comm_bytes(n, B, c, HKV, D, b)[phase]
+        assert got("ulysses", "all_to_all", phase) == ulysses_comm_bytes(n, B, c, H, HKV, D, b)[phase]
+        kind = "all_gather" if phase == "forward" else "reduce_scatter"
+        assert got("allgather_kv", kind, phase) == allgather_kv_comm_bytes(n, B, c, HKV, D, b)[phase]
+        lin = SMALL.with_(linear_layers="all")
+        assert got("lasp2", "all_gather", phase, model=lin) == lasp2_comm_bytes(n, B, H, D, D, b)[phase]
+        for r in range(n):
+            assert got("token_ring", "p2p", phase, rank=r) == token_ring_comm_bytes(n, r, B, c, H, D, b, "zigzag",
+                                                                                    True)[phase]
+    assert got("rsa", "reduce_scatter", "backward") == rsa_comm_bytes(n, B, c, HKV, D, b)["backward_reduce_scatter"]
+    m = SMALL.with_(kv_heads=4)
+    tp = tp_gemm_comm_bytes(n, B * c, m.hidden, m.hidden, b)
+    v = _vol("tp_sp", n, dtype, model=m)  # two AG-GEMMs and two GEMM-RSs per layer (attention, MLP)
+    assert v.received(("all_gather", "reduce_scatter"), "forward") == 2 * (tp["all_gather_linear"]
+                                                                           + tp["linear_reduce_scatter"])
+    assert v.received(("all_gather", "reduce_scatter"), "backward") == 2 * (tp["all_gather_linear_backward"]
+                                                                            + tp["linear_reduce_scatter_backward"])
+
+
+def test_impl_holds_only_the_ops_arguments_and_merges_follow_the_kernels():
+    import dataclasses
+
+    assert {f.name for f in dataclasses.fields(cm.Impl)} == {"tp_impl", "tp_save_gathered"}
+    with pytest.raises(ValueError, match="tp_impl"):
+        cm.Impl(tp_impl="nccl")
+    # ring attention's Triton path merges (out, lse) and accumulates dQ/dK/dV inside the kernel;
+    # TokenRing's owner merges returned partials outside it; ring-flash-attn merges in eager PyTorch
+    assert cm.timing.merge_bytes("zigzag", cm.OURS) == (0.0, 0.0)
+    assert cm.timing.merge_bytes("token_ring", cm.OURS) == (12.0, 12.0)
+    assert cm.timing.merge_bytes("ring", cm.PUBLISHED["ring-flash-attn"]) == (38.0, 30.0)
+    # a published system changes only what it describes: ring-flash-attn's fp32 dK/dV travel N hops
+    n = 4
+    ours, theirs = (_vol("ring", n, "bf16", include_weights=False, impl=i)
+                    for i in (None, cm.PUBLISHED["ring-flash-attn"]))
+    kv = B * 2 * C * HKV * D
+    assert theirs.received("p2p", "forward") == ours.received("p2p", "forward")
+    assert theirs.received("p2p", "backward") == ours.received("p2p", "forward") + 2 * n * kv * 4
+
+
 def test_ledger_formulas_floor_like_the_ledger():
     assert cm.Call("reduce_scatter", "forward", 3, nbytes=10).ledger_bytes() == (6, 6)
     assert cm.Call("all_to_all", "forward", 3, nbytes=10, out_nbytes=20).ledger_bytes() == (6, 13)

@@ -1,6 +1,7 @@
 """What the cost model is asked about: the model's shape, the world of GPUs, and the training set-up.
 
-Pure data (no torch): the cost model must run on a laptop in milliseconds.
+Pure data: the model's shape is :class:`~odysseus_kernels.models.ModelShape` (shared with the model
+and the playground), extended here with what only the cost model needs.
 """
 from __future__ import annotations
 
