@@ -208,6 +208,11 @@ def test_impl_holds_only_the_ops_arguments_and_merges_follow_the_kernels():
     kv = B * 2 * C * HKV * D
     assert theirs.received("p2p", "forward") == ours.received("p2p", "forward")
     assert theirs.received("p2p", "backward") == ours.received("p2p", "forward") + 2 * n * kv * 4
+    # a TokenRing "published" with our own wire formats moves exactly our bytes, rank by rank
+    same = cm.Published(name="ours again", token_ring_out_bytes=4, token_ring_stats_bytes=4)
+    for r in range(n):
+        a, b = (_vol("token_ring", n, "bf16", include_weights=False, rank=r, impl=i) for i in (None, same))
+        assert a.by_kind() == b.by_kind(), r
 
 
 def test_ledger_formulas_floor_like_the_ledger():

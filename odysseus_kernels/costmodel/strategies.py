@@ -32,7 +32,7 @@ from dataclasses import replace
 from ..ops.attention.allgather_kv import allgather_kv_comm_bytes
 from ..ops.attention.ring import ring_comm_bytes
 from ..ops.attention.rsa import rsa_comm_bytes
-from ..ops.attention.token_ring import token_ring_comm_bytes, token_ring_rows
+from ..ops.attention.token_ring import token_ring_comm_bytes
 from ..ops.attention.ulysses import ulysses_comm_bytes
 from ..ops.lasp2 import lasp2_comm_bytes
 from ..ops.tp_gemm import tp_gemm_comm_bytes
@@ -199,7 +199,9 @@ def _token_ring_calls(model, n, batch, C, b, impl, rank, causal, layout) -> list
     without a mask) the rows rank r sends out are the rows rank N-1-r receives, and vice versa."""
     r = 0 if rank is None else rank
     lay = layout or "zigzag"
-    if isinstance(impl, Published) and impl.changes_token_ring:
+    if isinstance(impl, Published) and impl.changes_token_ring:  # their wire format on our schedule's rows
+        from ..ops.attention.token_ring import token_ring_rows
+
         w = token_ring_wire(model, b, impl)
         rows_in, rows_back = token_ring_rows(n, r, C, lay, causal)
         return [p2p(ph, n, send_fwd=batch * (rows_back * w[ph]["query"] + rows_in * w[ph]["result"]),
