@@ -2,7 +2,6 @@
 
 ``import odysseus_kernels as ok``; everything public is re-exported here.
 """
-from . import costmodel  # noqa: F401  (pure math; ok.costmodel.plan / predict / comm_volume)
 from . import layers, models  # noqa: F401  (apply_<strategy>, the Llama-style model)
 from .comm import (CommLedger, CommTimeout, comm_ledger, comm_timeout, get_comm_timeout, get_validation, group_info,
                    set_comm_timeout, set_validation, skip_cross_rank_checks, validation)
@@ -23,6 +22,15 @@ from .ops.attention import (
 )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """``ok.costmodel`` is imported on first use (it is not needed to run the ops)."""
+    if name == "costmodel":
+        import importlib
+
+        return importlib.import_module(".costmodel", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "DEFAULT_LAYOUT", "CommLedger", "PackedShard", "all_gather_linear", "costmodel", "lasp2_linear_attention", "layers", "linear_reduce_scatter", "models", "USPGroups", "gather_packed", "shard_packed", "allgather_kv_attention", "comm_ledger", "extension_available", "gather_sequence",

@@ -6,7 +6,6 @@ import doctest
 import importlib
 import json
 import time
-import types
 
 import pytest
 
@@ -15,7 +14,7 @@ from tests.distributed import run_world
 
 B, C, H, HKV, D = 2, 4, 4, 2, 8  # small shapes shared with the ledger run (world 4: L = 16)
 SMALL = cm.ModelConfig(name="small", layers=1, hidden=H * D, heads=H, kv_heads=HKV, head_dim=D, intermediate=48,
-                       vocab=64)
+                       vocab_size=64)
 DTYPES = [pytest.param("float32", 4, id="fp32"), pytest.param("bf16", 2, id="bf16"),
           pytest.param("float64", 8, id="fp64")]
 WORLDS = [pytest.param(n, id=f"N{n}") for n in (2, 3, 4, 8)]
@@ -72,15 +71,21 @@ def test_token_ring_zigzag_sends_three_quarters_of_a_q_rotation(n):
     L = 2 * C * n
     T = B * C * 2
     per_rank = [_vol("token_ring", n, "bf16", rank=r, include_weights=False) for r in range(n)]
-    q_rows = [sum(c.recv_fwd * c.count for c in v.calls if c.phase == "forward") / (H * D * b) for v in per_rank]
-    assert sum(q_rows) / n == pytest.approx(0.75 * (n - 1) * T)
-    # rank-dependent: the last rank receives the fewest query rows, the first the most
-    assert q_rows[0] == (n - 1) * T and q_rows[-1] == (n - 1) * T - (n - 1) * T / 2
+    wire = cm.strategies.token_ring_wire(SMALL, b)  # per query row: Q out; fp32 (out, lse) back
+    assert wire["forward"] == {"query": H * D * b, "result": H * (D * 4 + 4)}
+    assert wire["backward"] == {"query": H * (2 * D * b + 2 * 4), "result": H * D * 4}
+    fwd = [v.received("p2p", "forward") for v in per_rank]
+    # on average 3/4 of a full rotation of queries one way and of partial results the other
+    assert sum(fwd) / n == pytest.approx(0.75 * (n - 1) * T * (wire["forward"]["query"] + wire["forward"]["result"]))
+    # rank-dependent: rank r receives (N-1)C - rC/2 query rows and (N-1)C/2 + rC/2 result rows
+    for r, got in enumerate(fwd):
+        rows_in, rows_back = (n - 1) * T - r * T / 2, (n - 1) * T / 2 + r * T / 2
+        assert got == rows_in * wire["forward"]["query"] + rows_back * wire["forward"]["result"]
+        # and sends what its mirror rank N-1-r receives
+        assert per_rank[r].sent("p2p", "forward") == fwd[n - 1 - r]
     # no mask: every step moves all local queries one way and all (fp32 out, lse) the other way
     full = _vol("token_ring", n, "bf16", L=L, causal=False, include_weights=False)
     assert full.received("p2p", "forward") == (n - 1) * T * H * (D * b + D * 4 + 4)
-    wire = cm.strategies.token_ring_wire(SMALL, b)
-    assert wire["backward"] == {"query": H * (2 * D * b + 2 * 4), "result": H * D * 4}
     # the default (rank=None) is the busiest rank
     assert _vol("token_ring", n, "bf16", include_weights=False).received() == max(v.received() for v in per_rank)
 
@@ -127,8 +132,11 @@ def test_tp_sp_and_odysseus(n):
     assert tp.received("all_gather", "forward") == 2 * (n - 1) * x  # attention + MLP inputs
     assert tp.received("reduce_scatter", "forward") == 2 * (n - 1) * x  # o_proj and down_proj outputs
     assert tp.received("all_gather", "backward") == tp.received("reduce_scatter", "backward") == 2 * (n - 1) * x
-    regather = cm.comm_volume("tp_sp", m, L, B, n, "bf16", impl=cm.OURS.with_(tp_regather=True))
+    regather = cm.comm_volume("tp_sp", m, L, B, n, "bf16", impl=cm.OURS.with_(tp_save_gathered=False))
     assert regather.received("all_gather", "backward") == 4 * (n - 1) * x
+    assert cm.comm_volume("tp_sp", m, L, B, n, "bf16", impl=cm.PUBLISHED["megatron"]).by_kind() == regather.by_kind()
+    ring = cm.comm_volume("tp_sp", m, L, B, n, "bf16", impl=cm.OURS.with_(tp_impl="ring"))
+    assert ring.by_kind(("forward", "backward")) == {"p2p": (8 * (n - 1) * x, 8 * (n - 1) * x)}
     norms = 2 * (2 * m.hidden * b * (n - 1) // n)  # two RMSNorm weights all-reduced
     assert tp.received(phase="grad_sync") == norms
     ody = cm.comm_volume("odysseus", m, L, B, n, "bf16")
@@ -145,6 +153,66 @@ def test_replicated_weights_sync_every_tensor_and_zero3_gathers_them(n):
     z = _vol("ring", n, "bf16", weights="zero3")
     assert z.received(phase="grad_sync") == 0
     assert z.received("all_gather", "forward") == sum((n - 1) * (2 * p // n) for p in SMALL.layer_params().values())
+
+
+@pytest.mark.parametrize("dtype, b", DTYPES)
+def test_volumes_are_the_ops_closed_forms(dtype, b):
+    """One place per formula: what the cost model predicts for our ops is what their closed forms say."""
+    from odysseus_kernels.ops.attention import (allgather_kv_comm_bytes, ring_comm_bytes, rsa_comm_bytes,
+                                                token_ring_comm_bytes, ulysses_comm_bytes)
+    from odysseus_kernels.ops.lasp2 import lasp2_comm_bytes
+    from odysseus_kernels.ops.tp_gemm import tp_gemm_comm_bytes
+
+    n, c = 4, 2 * C
+    kw = dict(include_weights=False)
+
+    def got(strategy, kind, phase, model=SMALL, **extra):
+        return _vol(strategy, n, dtype, model=model, **kw, **extra).received(kind, phase)
+
+    for phase in ("forward", "backward"):
+        assert got("ring", "p2p", phase) == ring_comm_bytes(n, B, c, HKV, D, b)[phase]
+        assert got("rsa", "p2p", phase) == rsa_comm_bytes(n, B, c, HKV, D, b)[phase]
+        assert got("ulysses", "all_to_all", phase) == ulysses_comm_bytes(n, B, c, H, HKV, D, b)[phase]
+        kind = "all_gather" if phase == "forward" else "reduce_scatter"
+        assert got("allgather_kv", kind, phase) == allgather_kv_comm_bytes(n, B, c, HKV, D, b)[phase]
+        lin = SMALL.with_(linear_layers="all")
+        assert got("lasp2", "all_gather", phase, model=lin) == lasp2_comm_bytes(n, B, H, D, D, b)[phase]
+        for r in range(n):
+            assert got("token_ring", "p2p", phase, rank=r) == token_ring_comm_bytes(n, r, B, c, H, D, b, "zigzag",
+                                                                                    True)[phase]
+    assert got("rsa", "reduce_scatter", "backward") == rsa_comm_bytes(n, B, c, HKV, D, b)["backward_reduce_scatter"]
+    m = SMALL.with_(kv_heads=4)
+    tp = tp_gemm_comm_bytes(n, B * c, m.hidden, m.hidden, b)
+    v = _vol("tp_sp", n, dtype, model=m)  # two AG-GEMMs and two GEMM-RSs per layer (attention, MLP)
+    assert v.received(("all_gather", "reduce_scatter"), "forward") == 2 * (tp["all_gather_linear"]
+                                                                           + tp["linear_reduce_scatter"])
+    assert v.received(("all_gather", "reduce_scatter"), "backward") == 2 * (tp["all_gather_linear_backward"]
+                                                                            + tp["linear_reduce_scatter_backward"])
+
+
+def test_impl_holds_only_the_ops_arguments_and_merges_follow_the_kernels():
+    import dataclasses
+
+    assert {f.name for f in dataclasses.fields(cm.Impl)} == {"tp_impl", "tp_save_gathered"}
+    with pytest.raises(ValueError, match="tp_impl"):
+        cm.Impl(tp_impl="nccl")
+    # ring attention's Triton path merges (out, lse) and accumulates dQ/dK/dV inside the kernel;
+    # TokenRing's owner merges returned partials outside it; ring-flash-attn merges in eager PyTorch
+    assert cm.timing.merge_bytes("zigzag", cm.OURS) == (0.0, 0.0)
+    assert cm.timing.merge_bytes("token_ring", cm.OURS) == (12.0, 12.0)
+    assert cm.timing.merge_bytes("ring", cm.PUBLISHED["ring-flash-attn"]) == (38.0, 30.0)
+    # a published system changes only what it describes: ring-flash-attn's fp32 dK/dV travel N hops
+    n = 4
+    ours, theirs = (_vol("ring", n, "bf16", include_weights=False, impl=i)
+                    for i in (None, cm.PUBLISHED["ring-flash-attn"]))
+    kv = B * 2 * C * HKV * D
+    assert theirs.received("p2p", "forward") == ours.received("p2p", "forward")
+    assert theirs.received("p2p", "backward") == ours.received("p2p", "forward") + 2 * n * kv * 4
+    # a TokenRing "published" with our own wire formats moves exactly our bytes, rank by rank
+    same = cm.Published(name="ours again", token_ring_out_bytes=4, token_ring_stats_bytes=4)
+    for r in range(n):
+        a, b = (_vol("token_ring", n, "bf16", include_weights=False, rank=r, impl=i) for i in (None, same))
+        assert a.by_kind() == b.by_kind(), r
 
 
 def test_ledger_formulas_floor_like_the_ledger():
@@ -325,6 +393,32 @@ def test_calibration_files_set_achieved_rates(tmp_path):
     assert cm.profile_for_device("NVIDIA A10") == "a10-pcie"
 
 
+def test_calibration_without_results_keeps_the_defaults_and_says_so(tmp_path):
+    default = cm.load_hardware("a100")
+    (tmp_path / "compile_gate").mkdir()  # results of other benchmarks only: no calibration data
+    (tmp_path / "attention.json").write_text(json.dumps({"rows": []}))
+    for paths in (str(tmp_path / "missing"), str(tmp_path), []):
+        hw, report = cm.calibrate("a100", paths)
+        assert hw == default, paths
+        assert report[-1] == f"no calibration data found: using the documented defaults of {default.name}", report
+    _, report = cm.calibrate("a100", str(tmp_path / "missing"))
+    assert "no such file or directory" in report[0]
+
+
+def test_import_odysseus_kernels_does_not_import_the_cost_model():
+    import subprocess
+    import sys
+
+    code = ("import sys, odysseus_kernels as ok\n"
+            "assert 'odysseus_kernels.costmodel' not in sys.modules\n"
+            "assert 'matplotlib' not in sys.modules\n"
+            "assert ok.costmodel.plan and 'odysseus_kernels.costmodel' in sys.modules\n"
+            "assert 'matplotlib' not in sys.modules\n"
+            "print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
 # ---- CLI, playground hook ------------------------------------------------------------------------
 
 def test_cli_plan_prints_a_ranked_table_and_writes_json(tmp_path, capsys):
@@ -364,13 +458,16 @@ def test_cli_other_commands_and_errors(capsys):
 
 
 def test_playground_theory_column():
-    rc = types.SimpleNamespace(layers=2, hidden=64, heads=4, kv_heads=4, intermediate=128, vocab=128, hybrid_ratio=1,
-                               seq_len=64, batch=1, dtype="float32", ulysses_degree=None)
+    from odysseus_kernels.playground.runner import RunConfig
+
+    rc = RunConfig(layers=2, hidden=64, heads=4, kv_heads=4, intermediate=128, vocab=128, hybrid_ratio=1, seq_len=64,
+                   batch=1, dtype="float32")
     got = cm.playground_comm_per_layer("zigzag", rc, 4)
     assert got == 2 * 3 * 64 * 64 * 4 // 4 * 2 + 2 * 3 * 16 * 64 * 4 * 2 // 2  # fwd K,V + bwd K,V + fp32 dK,dV
     hyb = cm.playground_comm_per_layer("lasp2h", rc, 4)
-    model = cm.ModelConfig(layers=2, hidden=64, heads=4, kv_heads=4, intermediate=128, vocab=128,
+    model = cm.ModelConfig(layers=2, hidden=64, heads=4, kv_heads=4, intermediate=128, vocab_size=128,
                            linear_layers="hybrid", hybrid_ratio=1)
+    assert cm.ModelConfig.from_llama_config(rc.model_config("lasp2h")) == model  # one shape, one rule set
     total = cm.comm_volume("lasp2h", model, 64, 1, 4, "float32", layer="all")
     assert hyb == total.received(phase=("forward", "backward")) / 2
 

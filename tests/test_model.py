@@ -51,8 +51,30 @@ def test_model_loss_is_finite_and_chunking_does_not_change_it():
     ids, labels = make_batch(cfg, 2, 24, seed=3)
     losses = []
     for chunk in (None, 5):
-        cfg.mlp_chunk_size = chunk
-        model = LlamaModel(cfg).double()
+        model = LlamaModel(cfg.with_(mlp_chunk_size=chunk)).double()
         losses.append(token_loss_sum(model(ids, torch.arange(24)), labels).item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-12)
     assert 0 < losses[0] < float("inf")
+
+
+@pytest.mark.parametrize("kw, match", [
+    pytest.param(dict(hidden=30, heads=4), r"hidden \(30\) must be divisible by heads \(4\)", id="hidden-heads"),
+    pytest.param(dict(heads=4, kv_heads=3), r"heads \(4\) must be divisible by kv_heads \(3\)", id="heads-kv"),
+    pytest.param(dict(linear_layers="some"), "linear_layers", id="linear-layers"),
+    pytest.param(dict(layers=0), "layers: expected a positive int", id="layers"),
+])
+def test_one_model_shape_and_one_rule_set_for_model_cost_model_and_playground(kw, match):
+    from odysseus_kernels.costmodel import ModelConfig
+    from odysseus_kernels.models import ModelShape
+    from odysseus_kernels.playground.runner import RunConfig, check_config
+
+    assert issubclass(LlamaConfig, ModelShape) and issubclass(ModelConfig, ModelShape)
+    for cls in (ModelShape, LlamaConfig, ModelConfig):
+        with pytest.raises(ValueError, match=match):
+            cls(**kw)
+    if "linear_layers" not in kw:
+        with pytest.raises(ValueError, match=match):  # the playground's flags go through the same rules
+            check_config(RunConfig(**{("vocab" if k == "vocab_size" else k): v for k, v in kw.items()}), 1)
+    cfg = LlamaConfig(hidden=48, heads=6, kv_heads=2)
+    assert (cfg.head_dim, cfg.q_dim, cfg.kv_dim) == (8, 48, 16)
+    assert ModelConfig.from_llama_config(cfg).to_dict()["vocab_size"] == cfg.vocab_size

@@ -29,8 +29,10 @@ def _value(text: str):
 
 def _model(a) -> ModelConfig:
     m = ModelConfig.preset(a.model) if a.model else ModelConfig(name="custom")
-    kw = {k: getattr(a, k) for k in ("layers", "hidden", "heads", "kv_heads", "intermediate", "vocab",
-                                     "linear_layers", "hybrid_ratio") if getattr(a, k) is not None}
+    kw = {k: getattr(a, k) for k in ("layers", "hidden", "heads", "kv_heads", "intermediate", "linear_layers",
+                                     "hybrid_ratio") if getattr(a, k) is not None}
+    if a.vocab is not None:
+        kw["vocab_size"] = a.vocab
     return m.with_(**kw) if kw else m
 
 

@@ -57,12 +57,18 @@ def profile_for_device(device: str) -> str | None:
     return None
 
 
-def _files(paths) -> list[str]:
+def _files(paths, report: list) -> list[str]:
+    """The JSON files under ``paths``; a path that does not exist is reported, not an error."""
     if isinstance(paths, str):
         paths = [paths]
     out = []
     for p in paths:
-        out += sorted(glob.glob(os.path.join(p, "*.json"))) if os.path.isdir(p) else [p]
+        if os.path.isdir(p):
+            out += sorted(glob.glob(os.path.join(p, "*.json")))
+        elif os.path.exists(p):
+            out.append(p)
+        else:
+            report.append(f"skipped {p}: no such file or directory (run the benchmarks on a GPU to create it)")
     return out
 
 
@@ -70,18 +76,20 @@ def calibrate(hardware, paths="benchmarks/results") -> tuple[HardwareProfile, li
     """Apply every matching calibration file under ``paths`` (files or directories) to ``hardware``.
 
     Returns ``(profile, report)``, the report saying which file set what and which were skipped.
+    Missing paths, or paths without calibration data, leave the profile's documented defaults
+    unchanged and say so in the report (the last line then starts with ``"no calibration data"``).
 
     Example::
 
         >>> hw, report = calibrate("h100", [])   # nothing to apply
         >>> hw.gemm_eff == load_hardware("h100").gemm_eff, report
-        (True, ['no calibration files found'])
+        (True, ['no calibration data found: using the documented defaults of h100-sxm'])
     """
     hw = load_hardware(hardware)
     base = hw.name
     values: dict[str, list[float]] = {}
-    report = []
-    files = _files(paths)
+    report: list[str] = []
+    files = _files(paths, report)
     for f in files:
         try:
             with open(f) as fh:
@@ -105,8 +113,9 @@ def calibrate(hardware, paths="benchmarks/results") -> tuple[HardwareProfile, li
             elif kind in _BW_KINDS and "gbps" in m:
                 values.setdefault(kind, []).append(float(m["gbps"]))
         report.append(f"used {f}")
-    if not files:
-        return hw, ["no calibration files found"]
+    if not values:
+        report.append(f"no calibration data found: using the documented defaults of {base}")
+        return hw, report
     upd = {}
     for kind, vs in values.items():
         field = _FLOP_KINDS.get(kind) or _BW_KINDS[kind]

@@ -29,8 +29,10 @@ class Call:
 
     ``nbytes`` is the tensor size the ledger formula takes (see the module doc); for ``p2p`` the
     bytes this rank sends to the next rank (``fwd``) and to the previous one (``bwd``) and receives
-    from the previous (``recv_fwd``) and next (``recv_bwd``) are given explicitly. ``scope`` names the
-    process group (``"sp"``, ``"ulysses"``, ``"ring"``) for the time model.
+    from the previous (``recv_fwd``) and next (``recv_bwd``) are given explicitly. ``ledger`` gives
+    ``(sent, received)`` of one call directly (the calls built from an op's closed form: see
+    :func:`calls_of`). ``scope`` names the process group (``"sp"``, ``"ulysses"``, ``"ring"``) for the
+    time model.
     """
 
     kind: str
@@ -45,12 +47,15 @@ class Call:
     recv_fwd: int = 0
     recv_bwd: int = 0
     hops: int = 1  # p2p: how many ring hops the message travels (1: neighbours)
+    ledger: tuple[int, int] | None = None  # (sent, received) of one call as an op's closed form gives them
 
     def ledger_bytes(self) -> tuple[int, int]:
         """``(sent, received)`` of ONE call, exactly as the ledger records it."""
         n = self.group
         if n <= 1:
             return 0, 0
+        if self.ledger is not None:
+            return self.ledger
         if self.kind == "all_gather":
             return (n - 1) * self.nbytes, (n - 1) * self.nbytes
         if self.kind == "reduce_scatter":
@@ -73,6 +78,20 @@ def p2p(phase: str, group: int, *, send_fwd=0, send_bwd=0, recv_fwd=None, recv_b
     return Call("p2p", phase, group, count=count, scope=scope, send_fwd=int(send_fwd), send_bwd=int(send_bwd),
                 recv_fwd=int(send_fwd if recv_fwd is None else recv_fwd),
                 recv_bwd=int(send_bwd if recv_bwd is None else recv_bwd), hops=hops)
+
+
+def calls_of(kind: str, phase: str, group: int, sent: int, received: int | None = None, *, count: int = 1,
+             scope: str = "sp") -> Call:
+    """``count`` equal calls that move ``sent`` / ``received`` bytes in all (an op's closed-form
+    totals; ``received`` defaults to ``sent``). One call of the whole when the totals do not split
+    evenly."""
+    received = sent if received is None else received
+    if count < 1 or sent % count or received % count:
+        count = 1
+    s, r = sent // count, received // count
+    if kind == "p2p":
+        return p2p(phase, group, send_fwd=s, recv_fwd=r, count=count, scope=scope)
+    return Call(kind, phase, group, count=count, scope=scope, ledger=(s, r))
 
 
 class CommVolume:
@@ -210,4 +229,4 @@ def call_time(c: Call, hw: HardwareProfile, shape: GroupShape) -> float:
     raise ValueError(f"Call.kind: expected one of {KINDS}, got {c.kind!r}")
 
 
-__all__ = ["KINDS", "PHASES", "Call", "CommVolume", "call_time", "p2p"]
+__all__ = ["KINDS", "PHASES", "Call", "CommVolume", "call_time", "calls_of", "p2p"]

@@ -1,13 +1,14 @@
 """What the cost model is asked about: the model's shape, the world of GPUs, and the training set-up.
 
-Pure data (no torch): the cost model must run on a laptop in milliseconds.
+Pure data: the model's shape is :class:`~odysseus_kernels.models.ModelShape` (shared with the model
+and the playground), extended here with what only the cost model needs.
 """
 from __future__ import annotations
 
-from .._util import layer_is_linear
-
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields
+
+from ..models.shape import ModelShape
 
 _DTYPE_BYTES = {
     "float64": 8, "fp64": 8, "double": 8,
@@ -40,14 +41,16 @@ def dtype_class(dtype) -> str:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Shape of a Llama-style decoder (same fields and layer rule as :class:`~odysseus_kernels.models.LlamaConfig`).
+class ModelConfig(ModelShape):
+    """Shape of a Llama-style decoder for the cost model: the model's
+    :class:`~odysseus_kernels.models.ModelShape` (same fields, rules and validation as
+    :class:`~odysseus_kernels.models.LlamaConfig`) plus what only the cost model needs.
 
     Args:
-        layers, hidden, heads, kv_heads, intermediate, vocab: the usual sizes (SwiGLU MLP).
-        head_dim: per-head size (default ``hidden // heads``).
-        linear_layers: ``"none"``, ``"all"`` or ``"hybrid"`` (``hybrid_ratio`` linear layers per softmax
-            layer: with ratio 3, layers 0-2 linear, 3 softmax, ...).
+        layers, hidden, heads, kv_heads, intermediate, vocab_size, head_dim, linear_layers,
+            hybrid_ratio: see :class:`~odysseus_kernels.models.ModelShape` (``vocab`` reads
+            ``vocab_size``).
+        name: a label (the preset's name).
         attn_out_gate: linear-attention layers carry an output gate projection (``d x d``), as
             Linear-Llama3 in the LASP-2 paper (Linear-MoE's ``o_gate_proj``).
         tie_embeddings: the LM head shares the embedding matrix.
@@ -60,52 +63,12 @@ class ModelConfig:
     """
 
     name: str = "custom"
-    layers: int = 2
-    hidden: int = 64
-    heads: int = 4
-    kv_heads: int = 4
-    intermediate: int = 128
-    vocab: int = 256
-    head_dim: int | None = None
-    linear_layers: str = "none"
-    hybrid_ratio: int = 3
     attn_out_gate: bool = False
     tie_embeddings: bool = False
 
-    def __post_init__(self):
-        for f in ("layers", "hidden", "heads", "kv_heads", "intermediate", "vocab"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"ModelConfig.{f}: expected a positive int, got {v!r}")
-        if self.head_dim is None:
-            if self.hidden % self.heads:
-                raise ValueError(f"ModelConfig: hidden ({self.hidden}) must be divisible by heads ({self.heads}) "
-                                 "unless head_dim is given")
-            object.__setattr__(self, "head_dim", self.hidden // self.heads)
-        if self.heads % self.kv_heads:
-            raise ValueError(f"ModelConfig: heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
-        if self.linear_layers not in ("none", "all", "hybrid"):
-            raise ValueError(f"ModelConfig.linear_layers: expected 'none', 'all' or 'hybrid', "
-                             f"got {self.linear_layers!r}")
-
-    # ---- derived sizes ------------------------------------------------------------------------
     @property
-    def q_dim(self) -> int:
-        """``H * d_h``: width of q and of the attention output."""
-        return self.heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        """``H_kv * d_h``: width of k and of v."""
-        return self.kv_heads * self.head_dim
-
-    def is_linear(self, layer: int) -> bool:
-        """Whether ``layer`` uses linear attention (the rule of ``LlamaConfig.is_linear``)."""
-        return layer_is_linear(self.linear_layers, self.hybrid_ratio, layer)
-
-    def layer_kinds(self) -> list[str]:
-        """``"linear"`` or ``"softmax"`` per layer."""
-        return ["linear" if self.is_linear(i) else "softmax" for i in range(self.layers)]
+    def vocab(self) -> int:
+        return self.vocab_size
 
     def layer_params(self, kind: str = "softmax") -> dict[str, int]:
         """Parameter count of one layer's weight tensors, by tensor (the names of the package's model)."""
@@ -124,22 +87,12 @@ class ModelConfig:
         """Total parameter count."""
         return sum(sum(self.layer_params(k).values()) for k in self.layer_kinds()) + self.embedding_params()
 
-    def with_(self, **kw) -> "ModelConfig":
-        """A copy with some fields changed (``head_dim`` is re-derived unless given)."""
-        if "head_dim" not in kw and ("hidden" in kw or "heads" in kw):
-            kw["head_dim"] = None
-        return replace(self, **kw)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     @staticmethod
-    def from_llama_config(cfg, name: str = "custom") -> "ModelConfig":
-        """From a :class:`~odysseus_kernels.models.LlamaConfig` (or anything with its fields)."""
-        return ModelConfig(name=name, layers=cfg.layers, hidden=cfg.hidden, heads=cfg.heads,
-                           kv_heads=cfg.kv_heads, intermediate=cfg.intermediate, vocab=cfg.vocab_size,
-                           linear_layers=getattr(cfg, "linear_layers", "none"),
-                           hybrid_ratio=getattr(cfg, "hybrid_ratio", 3))
+    def from_llama_config(cfg, name: str = "custom", **kw) -> "ModelConfig":
+        """From any :class:`~odysseus_kernels.models.ModelShape` (a ``LlamaConfig``, ...): its shape
+        fields, plus ``kw`` (``attn_out_gate``, ...)."""
+        shape = {f.name: getattr(cfg, f.name) for f in fields(ModelShape)}
+        return ModelConfig(name=name, **shape, **kw)
 
     @staticmethod
     def preset(name: str) -> "ModelConfig":
@@ -152,16 +105,21 @@ class ModelConfig:
 
 # Published shapes. Linear-Llama3-1B: the LASP-2 paper's model (Llama-3.2-1B shape, 16 layers,
 # d = 2048, 16 heads of 128, MLP 8192, Llama-3 vocabulary, basic linear attention with an output gate).
+def _preset(name, layers, hidden, heads, kv_heads, intermediate, vocab_size, **kw) -> ModelConfig:
+    return ModelConfig(name=name, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
+                       intermediate=intermediate, vocab_size=vocab_size, **kw)
+
+
 MODEL_PRESETS: dict[str, ModelConfig] = {
-    "llama2-7b": ModelConfig("llama2-7b", 32, 4096, 32, 32, 11008, 32000),
-    "llama3-1b": ModelConfig("llama3-1b", 16, 2048, 32, 8, 8192, 128256, tie_embeddings=True),
-    "linear-llama3-1b": ModelConfig("linear-llama3-1b", 16, 2048, 16, 16, 8192, 128256, linear_layers="all",
-                                    attn_out_gate=True, tie_embeddings=True),
-    "linear-llama3-1b-hybrid": ModelConfig("linear-llama3-1b-hybrid", 16, 2048, 16, 16, 8192, 128256,
-                                           linear_layers="hybrid", hybrid_ratio=3, attn_out_gate=True,
-                                           tie_embeddings=True),
-    "llama3-8b": ModelConfig("llama3-8b", 32, 4096, 32, 8, 14336, 128256),
-    "llama3-70b": ModelConfig("llama3-70b", 80, 8192, 64, 8, 28672, 128256),
+    "llama2-7b": _preset("llama2-7b", 32, 4096, 32, 32, 11008, 32000),
+    "llama3-1b": _preset("llama3-1b", 16, 2048, 32, 8, 8192, 128256, tie_embeddings=True),
+    "linear-llama3-1b": _preset("linear-llama3-1b", 16, 2048, 16, 16, 8192, 128256, linear_layers="all",
+                                attn_out_gate=True, tie_embeddings=True),
+    "linear-llama3-1b-hybrid": _preset("linear-llama3-1b-hybrid", 16, 2048, 16, 16, 8192, 128256,
+                                       linear_layers="hybrid", hybrid_ratio=3, attn_out_gate=True,
+                                       tie_embeddings=True),
+    "llama3-8b": _preset("llama3-8b", 32, 4096, 32, 8, 14336, 128256),
+    "llama3-70b": _preset("llama3-70b", 80, 8192, 64, 8, 28672, 128256),
 }
 
 

@@ -18,7 +18,7 @@ Saved activations per local token per layer (bytes, ``b`` per element):
   product ``4 b i``;
 - linear-attention layers keep q, k, v, out (no lse) and, with an output gate, ``2 b d_q`` more;
 - per strategy: TP-SP / Odysseus attention save the gathered GEMM inputs (``n b d`` each) unless
-  they re-gather; all-gather-KV saves the gathered K, V (``2 (n-1) b d_kv``) unless it re-gathers;
+  they re-gather (``Impl.tp_save_gathered=False``); all-gather-KV saves the gathered K, V (``2 (n-1) b d_kv``);
   RSA saves its score rows ``H L b``; LASP-2 saves the gathered states (``n`` of them) per layer.
 """
 from __future__ import annotations
@@ -26,8 +26,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .config import ModelConfig, TrainConfig
+from ..ops.attention.allgather_kv import allgather_kv_comm_bytes
 from .impl import Impl
-from .strategies import usp_degrees
+from .strategies import lasp1_state_bytes, lasp2_state_bytes, ring_transfers, token_ring_wire, usp_degrees
 
 GIB = 2**30
 
@@ -91,12 +92,12 @@ def activation_bytes_per_token(strategy: str, model: ModelConfig, kind: str, b: 
         core += (2 * b * dq if model.attn_out_gate else 0) + (b * (dq + dkv) if eager else 0)
     mlp = (4 if eager else 3) * b * i
     extra = 0.0
-    if strategy in ("tp_sp", "odysseus") and not impl.tp_regather:
+    if strategy in ("tp_sp", "odysseus") and impl.tp_save_gathered:
         extra += n * b * d * (2 if strategy == "tp_sp" else 1)
     s = strategy
     if s == "lasp2h":
         s = "allgather_kv" if kind == "softmax" else "lasp2"
-    if s == "allgather_kv" and not impl.allgather_kv_regather:
+    if s == "allgather_kv":  # the gathered K/V are kept for backward
         extra += 2 * (n - 1) * b * dkv
     if s == "rsa":
         extra += h * seq_len * b
@@ -146,7 +147,8 @@ def memory(strategy: str, model: ModelConfig, seq_len: int, batch: int, n: int, 
         per_tok = activation_bytes_per_token(strategy, model, kind, b, n, train, impl, seq_len)
         layer_act = per_tok * tokens
         if strategy in ("lasp2", "lasp2h", "lasp1") and kind == "linear":
-            layer_act += n * batch * model.heads * model.head_dim ** 2 * impl.lasp2_state_bytes
+            state = lasp1_state_bytes(model, batch) if strategy == "lasp1" else lasp2_state_bytes(model, batch, b)
+            layer_act += n * state
         per_layer.append(layer_act)
         act += layer_act if train.recompute == "none" else tokens * model.hidden * b
     if train.recompute == "full":
@@ -164,18 +166,20 @@ def _transient(strategy, model, tokens, seq_len, batch, n, b, pb, impl, place, l
     kv = tokens * dkv * b
     cands = [0.0]
     if strategy in ("ring", "zigzag", "rsa"):
-        g = tokens * dkv * Impl.wire(impl.ring_dkv_bytes, b)
-        cands.append(4 * kv + 4 * g + tokens * dq * 4)  # double-buffered K/V and dK/dV, fp32 out
+        t = ring_transfers(max(n, 2), batch, seq_len // n, model.kv_heads, model.head_dim, b, impl)
+        cands.append(2 * t["kv"] + 2 * t["dkv"] + tokens * dq * 4)  # double-buffered K/V and dK/dV, fp32 out
     if strategy == "usp":
         u, _ = usp_degrees(n, model.heads, model.kv_heads, ulysses_degree)
         cands.append(tokens * (2 * dq + 2 * dkv) * b + 4 * kv + tokens * dq * 4)
     if strategy == "token_ring":
-        ob = Impl.wire(impl.token_ring_out_bytes, b)
-        cands.append(2 * tokens * dq * b + 2 * tokens * dq * ob + tokens * dq * 4)
+        w = token_ring_wire(model, b, impl)["forward"]  # per row (all heads): query out, partial back
+        cands.append(2 * tokens * (w["query"] + w["result"]) + tokens * dq * 4)
     if strategy == "ulysses":
         cands.append(tokens * (2 * dq + 2 * dkv) * b)
     if strategy in ("allgather_kv", "lasp2h"):  # gathered K, V and the full dK, dV before the reduce-scatter
-        cands.append(2 * n * kv + 2 * n * tokens * dkv * Impl.wire(impl.allgather_kv_grad_bytes, b))
+        # dK, dV of one shard, in the wire format of the reduce-scatter
+        grads = allgather_kv_comm_bytes(2, 1, tokens, model.kv_heads, model.head_dim, b)["backward"]
+        cands.append(2 * n * kv + n * grads)
     if strategy == "rsa":
         cands.append(tokens * model.heads * seq_len * 4)  # fp32 score rows before the softmax
     if strategy in ("tp_sp", "odysseus"):

@@ -7,6 +7,7 @@ from .config import TrainConfig, World, dtype_bytes, dtype_class, parse_tokens
 from .flops import model_flops_per_step
 from .hardware import HardwareProfile, load_hardware
 from .impl import OURS, Impl
+from .published import published_value
 from .memory import GIB, MemoryBreakdown, memory
 from .strategies import DESCRIPTIONS, STRATEGIES, _as_model, check, comm_volume, usp_degrees
 from .timing import StepTime, step_time
@@ -106,7 +107,8 @@ def predict(strategy: str, model, seq_len, *, batch: int = 1, world=8, dtype="bf
     elif strategy == "odysseus" and odysseus_mlp != "zero3":
         cfg = f"mlp {odysseus_mlp}"
     if strategy in ("ring", "zigzag") and "linear" in m.layer_kinds():
-        cfg = ("linear layers: right product per visiting K/V" if impl.linear_ring_right_product
+        right = published_value(impl, "linear_ring_right_product", False)
+        cfg = ("linear layers: right product per visiting K/V" if right
                else "linear layers in the standard-attention manner (LASP-2 paper's baseline)")
     return Prediction(strategy, True, config=cfg, step_time_s=t.total, tokens_per_s=tokens / t.total, mfu=mfu,
                       memory=mem, fits=mem.peak <= hw.usable_bytes,

@@ -5,7 +5,7 @@ element, T = B*C local tokens, d hidden, d_q = H*d_h, d_kv = H_kv*d_h, i MLP siz
 
 | strategy | forward (received per rank per layer) | backward |
 |---|---|---|
-| ``ring``, ``zigzag`` | p2p: (N-1) x 2*T*d_kv*b (K, V) | K, V again + dK, dV (``Impl.ring_dkv_*``) |
+| ``ring``, ``zigzag`` | p2p: (N-1) x 2*T*d_kv*b (K, V) | K, V again + fp32 dK, dV (N-1 hops) |
 | ``token_ring`` | p2p: Q one way, (out, lse) back; zigzag: only the needed half of Q | Q, dO, lse, D; dQ back |
 | ``ulysses`` | all_to_all of q, k, v, o: (N-1)/N of each local tensor | dO, dq, dk, dv |
 | ``usp`` | Ulysses all-to-alls in the Ulysses group + ring in the ring group | both backwards |
@@ -18,14 +18,29 @@ element, T = B*C local tokens, d hidden, d_q = H*d_h, d_kv = H_kv*d_h, i MLP siz
 | ``odysseus`` | attention as ``tp_sp``; MLP weights all_gathered (ZeRO-3) | MLP weight grads reduce-scattered |
 
 Replicated weights add a ``grad_sync`` phase (one all_reduce per weight tensor after backward).
+
+**One place per formula**: the volumes of this package's ops are their own closed forms
+(``ring_comm_bytes``, ``token_ring_comm_bytes``, ``ulysses_comm_bytes``, ``allgather_kv_comm_bytes``,
+``rsa_comm_bytes``, ``lasp2_comm_bytes``, ``tp_gemm_comm_bytes``), called here and turned into
+ledger :class:`~.collectives.Call` s; the ledger tests of the real ops check both at once. Only the
+published baselines (LASP-1, and the systems of :mod:`.published`) have their formulas here.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 
-from .collectives import Call, CommVolume, p2p
+from ..ops.attention.allgather_kv import allgather_kv_comm_bytes
+from ..ops.attention.ring import ring_comm_bytes
+from ..ops.attention.rsa import rsa_comm_bytes
+from ..ops.attention.token_ring import token_ring_comm_bytes
+from ..ops.attention.ulysses import ulysses_comm_bytes
+from ..ops.lasp2 import lasp2_comm_bytes
+from ..ops.tp_gemm import tp_gemm_comm_bytes
+from .collectives import Call, CommVolume, calls_of, p2p
+from ..models.shape import ModelShape
 from .config import ModelConfig, World, dtype_bytes
 from .impl import OURS, Impl
+from .published import Published
 
 STRATEGIES = ("tp_sp", "odysseus", "ulysses", "ring", "zigzag", "token_ring", "usp", "allgather_kv", "lasp2",
               "lasp2h", "rsa", "lasp1")
@@ -124,110 +139,113 @@ def check(strategy: str, model: ModelConfig, seq_len: int, world, *, impl: Impl 
 
 
 def _kv_heads_eff(model: ModelConfig, n: int, impl: Impl, name: str) -> int:
-    """kv heads after Ulysses' all-to-all preparation (replicated up to the degree when fewer)."""
+    """kv heads after Ulysses' all-to-all preparation (replicated up to the degree when fewer, as
+    ``ulysses_attention`` does; the bytes are ``ulysses_comm_bytes``')."""
     if model.heads % n:
         raise ValueError(f"{name}: heads ({model.heads}) must be divisible by the Ulysses degree ({n})")
     if model.kv_heads % n == 0:
         return model.kv_heads
-    if impl.ulysses_kv_replicate and n % model.kv_heads == 0:
+    if n % model.kv_heads == 0:
         return n
     raise ValueError(f"{name}: kv_heads ({model.kv_heads}) must be divisible by the Ulysses degree ({n}), or divide it "
                      "(then kv heads are replicated)")
 
 
-def _token_ring_need(q_rank: int, owner: int, n: int, causal: bool, zigzag: bool, halve: bool) -> float:
-    """Fraction of ``q_rank``'s local queries that the keys of ``owner`` are needed for."""
-    if not causal:
-        return 1.0
-    if zigzag:  # zigzag: an earlier owner serves all local queries, a later one the second half
-        return 1.0 if owner < q_rank or not halve else 0.5
-    return 1.0 if owner < q_rank else 0.0
+def ring_transfers(n: int, batch: int, seq_local: int, kv_heads: int, head_dim: int, b: int,
+                   impl: Impl = OURS) -> dict:
+    """Per ring step on ``n`` ranks: ``kv`` bytes of K and V received (``kv_hops`` steps) and ``dkv``
+    bytes of the travelling dK/dV accumulators (``dkv_hops`` hops), from ``ring_comm_bytes`` (or
+    the published system's, :meth:`~.published.Published.ring_transfers`)."""
+    if n <= 1:
+        return {"kv": 0, "kv_hops": 0, "dkv": 0, "dkv_hops": 0}
+    v = ring_comm_bytes(n, batch, seq_local, kv_heads, head_dim, b)
+    hops = n - 1
+    ours = {"kv": v["forward"] // hops, "kv_hops": hops, "dkv": (v["backward"] - v["forward"]) // hops,
+            "dkv_hops": hops}
+    if isinstance(impl, Published):
+        return impl.ring_transfers(ours, n, batch * seq_local * kv_heads * head_dim)
+    return ours
 
 
 def token_ring_wire(model: ModelConfig, b: int, impl: Impl = OURS) -> dict:
     """TokenRing's bytes per query row (one sequence, all heads) by phase: ``query`` travels to the
-    K/V owner, ``result`` comes back. **The exact volume is to be matched to the implementation**:
-    this function and ``Impl.token_ring_*`` are the one place to change.
+    K/V owner, ``result`` comes back (for the time and memory models).
 
-    Matched to ``ops/attention/token_ring.py``: forward Q (input dtype) out, ``(out, lse)`` (fp32)
-    back; backward ``(Q, dO)`` (input dtype) and ``(lse, delta)`` (fp32) out, the dQ partial (fp32)
-    back. With causal zigzag only the needed half of the queries travels when the owner comes later.
+    Read off ``token_ring_comm_bytes`` itself: on 2 ranks with a causal contiguous layout, rank 0
+    receives one query row and no result, rank 1 one result row and no query. A published system
+    may differ (:meth:`~.published.Published.token_ring_wire`).
     """
-    a_out = Impl.wire(impl.token_ring_out_bytes, b)
-    a = Impl.wire(impl.token_ring_stats_bytes, b)
-    h, dh = model.heads, model.head_dim
-    return {"forward": {"query": h * dh * b, "result": h * (dh * a_out + a)},
-            "backward": {"query": h * (2 * dh * b + 2 * a), "result": h * dh * a}}
+    q = token_ring_comm_bytes(2, 0, 1, 1, model.heads, model.head_dim, b, "contiguous", True)
+    r = token_ring_comm_bytes(2, 1, 1, 1, model.heads, model.head_dim, b, "contiguous", True)
+    ours = {ph: {"query": q[ph], "result": r[ph]} for ph in ("forward", "backward")}
+    if isinstance(impl, Published):
+        return impl.token_ring_wire(model.heads, model.head_dim, b, ours)
+    return ours
+
+
+def _ring_calls(n, batch, seq_local, kv_heads, head_dim, b, impl, scope) -> list[Call]:
+    """Ring attention's calls: K/V every step; in backward K/V again and the dK/dV accumulators."""
+    t = ring_transfers(n, batch, seq_local, kv_heads, head_dim, b, impl)
+    calls = [p2p("forward", n, send_fwd=t["kv"], count=t["kv_hops"], scope=scope)]
+    if t["dkv_hops"] == t["kv_hops"]:  # ours: the accumulator travels with the next K/V (one exchange per step)
+        return calls + [p2p("backward", n, send_fwd=t["kv"] + t["dkv"], count=t["kv_hops"], scope=scope)]
+    return calls + [p2p("backward", n, send_fwd=t["kv"], count=t["kv_hops"], scope=scope),
+                    p2p("backward", n, send_fwd=t["dkv"], count=t["dkv_hops"], scope=scope)]
+
+
+def _token_ring_calls(model, n, batch, C, b, impl, rank, causal, layout) -> list[Call]:
+    """TokenRing's calls of ``rank``: ``token_ring_comm_bytes`` gives what it receives. What it sends
+    is what its mirror rank ``N-1-r`` receives: in the causal zigzag and contiguous layouts (and
+    without a mask) the rows rank r sends out are the rows rank N-1-r receives, and vice versa."""
+    r = 0 if rank is None else rank
+    lay = layout or "zigzag"
+    if isinstance(impl, Published) and impl.changes_token_ring:  # their wire format on our schedule's rows
+        from ..ops.attention.token_ring import token_ring_rows
+
+        w = token_ring_wire(model, b, impl)
+        rows_in, rows_back = token_ring_rows(n, r, C, lay, causal)
+        return [p2p(ph, n, send_fwd=batch * (rows_back * w[ph]["query"] + rows_in * w[ph]["result"]),
+                    recv_fwd=batch * (rows_in * w[ph]["query"] + rows_back * w[ph]["result"]))
+                for ph in ("forward", "backward")]
+    args = (batch, C, model.heads, model.head_dim, b, lay, causal)
+    recv, sent = token_ring_comm_bytes(n, r, *args), token_ring_comm_bytes(n, n - 1 - r, *args)
+    return [calls_of("p2p", ph, n, sent[ph], recv[ph], count=n - 1) for ph in ("forward", "backward")]
 
 
 def _attention_calls(strategy, model, kind, seq_len, batch, n, b, impl, rank, causal, ulysses_degree,
                      layout=None) -> list[Call]:
-    """Communication of the attention core of one layer (not the projections)."""
-    T = batch * seq_len // n
-    kv = T * model.kv_dim * b
-    calls: list[Call] = []
+    """Communication of the attention core of one layer (not the projections), from the ops' closed forms."""
+    C = seq_len // n
+    h, hkv, dh = model.heads, model.kv_heads, model.head_dim
     if strategy == "lasp2h":
         strategy = "lasp2" if kind == "linear" else "allgather_kv"
-    if strategy in ("ring", "zigzag", "rsa"):
-        g = T * model.kv_dim * Impl.wire(impl.ring_dkv_bytes, b)
-        if strategy == "rsa":  # K ring then V ring, each N-1 steps; backward: both again + reduction
-            calls += [p2p("forward", n, send_fwd=kv, count=n - 1), p2p("forward", n, send_fwd=kv, count=n - 1),
-                      p2p("backward", n, send_fwd=kv, count=n - 1), p2p("backward", n, send_fwd=kv, count=n - 1)]
-            gr = T * model.kv_dim * Impl.wire(impl.rsa_grad_bytes, b)
-            if impl.rsa_grad_reduce_kind == "reduce_scatter":
-                calls += [Call("reduce_scatter", "backward", n, nbytes=n * gr, count=2)]
-            else:
-                calls += [p2p("backward", n, send_fwd=gr, count=2 * (n - 1))]
-            return calls
-        hops = n if impl.ring_dkv_transfers == "n" else n - 1
-        return [p2p("forward", n, send_fwd=2 * kv, count=n - 1),
-                p2p("backward", n, send_fwd=2 * kv, count=n - 1),
-                p2p("backward", n, send_fwd=2 * g, count=hops)]
+    if strategy in ("ring", "zigzag"):
+        return _ring_calls(n, batch, C, hkv, dh, b, impl, "sp")
+    if strategy == "rsa":  # K ring then V ring, each N-1 steps; backward: both again + dK/dV reduce-scattered
+        v = rsa_comm_bytes(n, batch, C, hkv, dh, b)
+        return [calls_of("p2p", "forward", n, v["forward"], count=2 * (n - 1)),
+                calls_of("p2p", "backward", n, v["backward"], count=2 * (n - 1)),
+                calls_of("reduce_scatter", "backward", n, v["backward_reduce_scatter"], count=2)]
     if strategy == "token_ring":
-        wire = token_ring_wire(model, b, impl)
-        zig = (layout or "zigzag") == "zigzag"
-        r = 0 if rank is None else rank
-        steps: dict[tuple, int] = {}  # (my rows out, rows I serve) -> number of steps
-        for s in range(1, n):
-            owner, src = (r + s) % n, (r - s) % n
-            key = (T * _token_ring_need(r, owner, n, causal, zig, impl.token_ring_zigzag_q),
-                   T * _token_ring_need(src, r, n, causal, zig, impl.token_ring_zigzag_q))
-            steps[key] = steps.get(key, 0) + 1
-        for (mine, theirs), count in sorted(steps.items()):
-            for ph in ("forward", "backward") if impl.token_ring_bwd else ("forward",):
-                w = wire[ph]
-                calls.append(p2p(ph, n, send_fwd=mine * w["query"], send_bwd=theirs * w["result"],
-                                 recv_fwd=theirs * w["query"], recv_bwd=mine * w["result"], count=count))
-        return calls
+        return _token_ring_calls(model, n, batch, C, b, impl, rank, causal, layout)
     if strategy in ("ulysses", "usp"):
-        u, rr = (n, 1) if strategy == "ulysses" else usp_degrees(n, model.heads, model.kv_heads, ulysses_degree)
+        u, rr = (n, 1) if strategy == "ulysses" else usp_degrees(n, h, hkv, ulysses_degree)
         hk = _kv_heads_eff(model, u, impl, strategy)
-        qb, kb = T * model.q_dim * b, T * hk * model.head_dim * b
         scope = "sp" if strategy == "ulysses" else "ulysses"
-        for ph in ("forward", "backward"):
-            calls += [Call("all_to_all", ph, u, nbytes=qb, count=2, scope=scope),
-                      Call("all_to_all", ph, u, nbytes=kb, count=2, scope=scope)]
-        if strategy == "usp" and rr > 1:
-            kv_r = T * hk * model.head_dim * b  # after the all-to-all: u*T tokens x hk/u heads
-            g = T * hk * model.head_dim * Impl.wire(impl.ring_dkv_bytes, b)
-            hops = rr if impl.ring_dkv_transfers == "n" else rr - 1
-            calls += [p2p("forward", rr, send_fwd=2 * kv_r, count=rr - 1, scope="ring"),
-                      p2p("backward", rr, send_fwd=2 * kv_r, count=rr - 1, scope="ring"),
-                      p2p("backward", rr, send_fwd=2 * g, count=hops, scope="ring")]
+        v = ulysses_comm_bytes(u, batch, C, h, hkv, dh, b)  # q, k, v in; o out (and the conjugates)
+        calls = [calls_of("all_to_all", ph, u, v[ph], count=4, scope=scope) for ph in ("forward", "backward")]
+        if strategy == "usp" and rr > 1:  # after the all-to-all: u*C tokens of hk/u heads per rank
+            calls += _ring_calls(rr, batch, u * C, hk // u, dh, b, impl, "ring")
         return calls
     if strategy == "allgather_kv":
-        calls += [Call("all_gather", "forward", n, nbytes=kv, count=2)]
-        if impl.allgather_kv_regather:
-            calls += [Call("all_gather", "backward", n, nbytes=kv, count=2)]
-        calls += [Call("reduce_scatter", "backward", n, count=2,
-                       nbytes=n * T * model.kv_dim * Impl.wire(impl.allgather_kv_grad_bytes, b))]
-        return calls
+        v = allgather_kv_comm_bytes(n, batch, C, hkv, dh, b)
+        return [calls_of("all_gather", "forward", n, v["forward"], count=2),
+                calls_of("reduce_scatter", "backward", n, v["backward"], count=2)]
     if strategy == "lasp2":
-        h = model.heads if impl.lasp2_state_heads == "q" else model.kv_heads
-        st = batch * h * model.head_dim * model.head_dim * impl.lasp2_state_bytes
-        return [Call("all_gather", "forward", n, nbytes=st), Call("all_gather", "backward", n, nbytes=st)]
-    if strategy == "lasp1":
-        st = batch * model.heads * model.head_dim * model.head_dim * impl.lasp2_state_bytes
+        v = lasp2_comm_bytes(n, batch, h, dh, dh, b)
+        return [calls_of("all_gather", ph, n, v[ph]) for ph in ("forward", "backward")]
+    if strategy == "lasp1":  # published baseline (LASP-1): one fp32 state from the previous rank
+        st = lasp1_state_bytes(model, batch)
         r = 0 if rank is None else rank
         first, last = r == 0, r == n - 1
         return [p2p("forward", n, send_fwd=0 if last else st, recv_fwd=0 if first else st),
@@ -237,43 +255,60 @@ def _attention_calls(strategy, model, kind, seq_len, batch, n, b, impl, rank, ca
     raise ValueError(f"strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
 
 
-def _tp_gemm_calls(n, x, impl: Impl) -> list[Call]:
-    """One AllGather-GEMM + one GEMM-ReduceScatter pair (forward and its backward conjugates)."""
-    def ag(phase):
-        if impl.tp_ag_kind == "p2p":
-            return p2p(phase, n, send_fwd=x, count=n - 1)
-        return Call("all_gather", phase, n, nbytes=x)
+def lasp1_state_bytes(model: ModelConfig, batch: int) -> int:
+    """LASP-1's travelling state (published baseline): ``[B, H, d_h, d_h]`` fp32."""
+    return batch * model.heads * model.head_dim ** 2 * 4
 
-    def rs(phase):
-        if impl.tp_rs_kind == "p2p":
-            return p2p(phase, n, send_fwd=x, count=n - 1)
-        return Call("reduce_scatter", phase, n, nbytes=n * x)
 
-    calls = [ag("forward"), rs("forward"), rs("backward"), ag("backward")]
-    if impl.tp_regather:
-        calls.append(ag("backward"))
+def lasp2_state_bytes(model: ModelConfig, batch: int, b: int) -> int:
+    """Bytes of one LASP-2 state ``[B, H, d_h, d_h]``: ``lasp2_comm_bytes`` on 2 ranks (one state)."""
+    return lasp2_comm_bytes(2, batch, model.heads, model.head_dim, model.head_dim, b)["forward"]
+
+
+def tp_gemm_calls(n: int, tokens: int, hidden: int, b: int, impl: Impl = OURS) -> dict[str, Call | None]:
+    """One AllGather-GEMM (input ``[tokens, hidden]`` per rank) and one GEMM-ReduceScatter (output
+    ``[tokens, hidden]`` per rank), forward and backward, from ``tp_gemm_comm_bytes``: ``ag`` / ``rs``
+    forward, ``ag_bwd`` (dX of AG-GEMM: a GEMM-RS), ``rs_bwd`` (dX of GEMM-RS: an AG-GEMM) and
+    ``regather`` (``save_gathered=False``: x gathered again; ``None`` otherwise). Ledger kinds follow
+    ``impl.tp_impl``."""
+    v = tp_gemm_comm_bytes(n, tokens, hidden, hidden, b, save_gathered=impl.tp_save_gathered)
+    ag_kind = "p2p" if impl.tp_impl in ("ring", "fused") else "all_gather"
+    rs_kind = "p2p" if impl.tp_impl == "ring" else "reduce_scatter"
+    once = v["all_gather_linear"]  # dX of AG-GEMM is reduce-scattered: the size of its gathered input
+    steps = max(n - 1, 1)
+    calls = {"ag": calls_of(ag_kind, "forward", n, v["all_gather_linear"], count=steps if ag_kind == "p2p" else 1),
+             "rs": calls_of(rs_kind, "forward", n, v["linear_reduce_scatter"], count=steps if rs_kind == "p2p" else 1),
+             "ag_bwd": calls_of(rs_kind, "backward", n, once, count=steps if rs_kind == "p2p" else 1),
+             "rs_bwd": calls_of(ag_kind, "backward", n, v["linear_reduce_scatter_backward"],
+                                count=steps if ag_kind == "p2p" else 1),
+             "regather": None}
+    extra = v["all_gather_linear_backward"] - once
+    if extra:
+        kind = "p2p" if impl.tp_impl == "ring" else "all_gather"
+        calls["regather"] = calls_of(kind, "backward", n, extra, count=steps if kind == "p2p" else 1)
     return calls
+
+
+def _tp_gemm_calls(n, tokens, hidden, b, impl: Impl) -> list[Call]:
+    return [c for c in tp_gemm_calls(n, tokens, hidden, b, impl).values() if c is not None]
 
 
 def _weight_calls(strategy, model, kind, seq_len, batch, n, b, pb, impl, weights, odysseus_mlp) -> list[Call]:
     """Projections / MLP communication (TP-SP, ZeRO-3) and gradient sync of replicated weights."""
     T = batch * seq_len // n
-    x = T * model.hidden * b
     params = model.layer_params(kind)
     calls: list[Call] = []
     if strategy in ("tp_sp", "odysseus"):
-        calls += _tp_gemm_calls(n, x, impl)  # attention: qkv(+gate) AG-GEMM, o GEMM-RS
+        calls += _tp_gemm_calls(n, T, model.hidden, b, impl)  # attention: qkv(+gate) AG-GEMM, o GEMM-RS
         split = {"q_proj", "k_proj", "v_proj", "o_proj", "o_gate_proj"}
         if strategy == "tp_sp":
-            calls += _tp_gemm_calls(n, x, impl)
+            calls += _tp_gemm_calls(n, T, model.hidden, b, impl)
             split |= {"gate_proj", "up_proj", "down_proj"}
         elif odysseus_mlp == "zero3":
             mlp = ("gate_proj", "up_proj", "down_proj")
             for name in mlp:
                 full = params[name] * pb
                 calls.append(Call("all_gather", "forward", n, nbytes=full // n))
-                if impl.zero3_regather:
-                    calls.append(Call("all_gather", "backward", n, nbytes=full // n))
                 calls.append(Call("reduce_scatter", "backward", n, nbytes=full))
             split |= set(mlp)
         for name, numel in params.items():
@@ -287,7 +322,7 @@ def _weight_calls(strategy, model, kind, seq_len, batch, n, b, pb, impl, weights
         else:  # ZeRO-3 / FSDP: gathered for use, gradients reduce-scattered
             full = numel * pb
             calls.append(Call("all_gather", "forward", n, nbytes=full // n))
-            if impl.zero3_regather or w == "fsdp_model":
+            if w == "fsdp_model":  # ZeRO-3 keeps the gathered weight for backward; FSDP gathers it again
                 calls.append(Call("all_gather", "backward", n, nbytes=full // n))
             calls.append(Call("reduce_scatter", "backward", n, nbytes=full))
     return calls
@@ -328,7 +363,8 @@ def comm_volume(strategy: str, model_cfg, seq_len: int, batch: int, world, dtype
             ``"all"`` -> the sum over all layers (what a ledger around the whole model measures).
         rank: whose bytes (``None``: the busiest rank by bytes received). Only TokenRing (zigzag
             halves) and LASP-1 (chain ends) are rank-dependent.
-        impl: implementation knobs (default :data:`~.impl.OURS`).
+        impl: the ops' arguments (default :data:`~.impl.OURS`), or a published system
+            (:data:`~.published.PUBLISHED`) for the baselines of the validation.
         ulysses_degree: USP's Ulysses degree (default: :func:`usp_degrees`).
         weights: ``"replicated"`` (default), ``"zero3"`` or ``"fsdp_model"`` for the strategies whose
             layers otherwise keep full weights.
@@ -393,7 +429,7 @@ def _as_model(m) -> ModelConfig:
         return m
     if isinstance(m, str):
         return ModelConfig.preset(m)
-    if hasattr(m, "vocab_size"):
+    if isinstance(m, ModelShape):
         return ModelConfig.from_llama_config(m)
     raise TypeError(f"model_cfg: expected a ModelConfig, a preset name or a LlamaConfig, got {type(m).__name__}")
 
@@ -403,16 +439,14 @@ def playground_comm_per_layer(strategy: str, rc, world: int, seq_len: int | None
     """The playground's "theory" column: bytes received per rank per layer, forward + backward
     (activation traffic, no gradient sync), busiest rank, averaged over the model's layers.
 
-    ``rc`` is the playground's ``RunConfig`` (``zigzag`` there is ring with the zigzag layout).
+    ``rc`` is the playground's ``RunConfig`` (``zigzag`` there is ring with the zigzag layout); the
+    model is the one it trains under ``strategy`` (``rc.model_config(strategy)``).
     """
-    linear = {"lasp2": "all", "lasp2h": "hybrid"}.get(strategy, "none")
-    model = ModelConfig(layers=rc.layers, hidden=rc.hidden, heads=rc.heads, kv_heads=rc.kv_heads,
-                        intermediate=rc.intermediate, vocab=rc.vocab, linear_layers=linear,
-                        hybrid_ratio=getattr(rc, "hybrid_ratio", 1))
+    model = ModelConfig.from_llama_config(rc.model_config(strategy))
     L = rc.seq_len if seq_len is None else seq_len
     v = comm_volume(strategy, model, L, rc.batch, world, rc.dtype, layer="all", impl=impl,
                     ulysses_degree=getattr(rc, "ulysses_degree", None))
-    return v.received(phase=("forward", "backward")) / rc.layers
+    return v.received(phase=("forward", "backward")) / model.layers
 
 
 __all__ = ["STRATEGIES", "PACKAGE_STRATEGIES", "DESCRIPTIONS", "check", "comm_volume", "layer_calls",

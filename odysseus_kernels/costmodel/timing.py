@@ -4,11 +4,11 @@ What overlaps (per strategy, busiest rank):
 
 - ring / zigzag / USP's ring: the transfer for step s+1 runs under the block of step s (double
   buffers): ``sum_s max(block_s, transfer) + last block``; backward also carries dK/dV, whose last
-  hop home is exposed. Merges outside the kernel cost HBM time (``Impl.merge_bytes_*``).
+  hop home is exposed. Merges outside the kernel cost HBM time (:func:`merge_bytes`).
 - TokenRing: Q for the next step one way and the previous partial output the other way, both under
   the current block; the last partial output's trip home is exposed.
 - Ulysses: its all-to-alls are on the critical path (nothing to overlap them with).
-- all-gather-KV: the gather is exposed (or overlaps the local diagonal block, ``Impl.allgather_kv_overlap``).
+- all-gather-KV: the gather is exposed (the op gathers first, then attends).
 - LASP-2: the single state AllGather overlaps the intra-chunk computation.
 - LASP-1: a chain of N-1 hops, each a P2P of the state plus the inter-chunk product of the
   sending rank (its Algorithm: receive, compute ``Q_t M_{t-1}``, update, send).
@@ -16,6 +16,8 @@ What overlaps (per strategy, busiest rank):
 - TP-SP / Odysseus: chunked AllGather-GEMM / GEMM-ReduceScatter hide the transfer behind the GEMM
   chunks (``max(gemm, comm + gemm/N)``); ZeRO-3 weight gathers are prefetched under the previous
   compute; replicated-gradient all-reduces overlap backward except the last bucket.
+
+Every transfer's bytes come from the calls of :mod:`.strategies` (the ops' closed forms).
 """
 from __future__ import annotations
 
@@ -26,7 +28,24 @@ from .collectives import Call, call_time, p2p
 from .config import ModelConfig, TrainConfig, World, dtype_bytes, dtype_class
 from .hardware import HardwareProfile
 from .impl import Impl
-from .strategies import _kv_heads_eff, layer_calls, token_ring_wire, usp_degrees
+from .published import published_value
+from .strategies import (_kv_heads_eff, lasp1_state_bytes, lasp2_state_bytes, layer_calls, ring_transfers,
+                         tp_gemm_calls, token_ring_wire, usp_degrees)
+
+# HBM bytes per output element per step that our ops spend merging partial results outside the
+# attention kernel, (forward, backward). Ring attention (ops/attention/ring.py, Triton path): the
+# forward merges into the running fp32 (out, lse) inside the kernel, dQ and the travelling dK/dV
+# accumulate inside the kernel: nothing outside. TokenRing (ops/attention/token_ring.py): the
+# owner merges each returned fp32 partial into its accumulators with ``merge_attention`` (read out,
+# read the partial, write out: 12 B) and adds each returned dQ partial (12 B).
+_OUR_MERGE_BYTES = {"ring": (0.0, 0.0), "token_ring": (12.0, 12.0)}
+
+
+def merge_bytes(strategy: str, impl: Impl) -> tuple[float, float]:
+    """``(forward, backward)`` HBM bytes per output element per ring step merged outside the
+    kernel: ours (:data:`_OUR_MERGE_BYTES`) or a published system's."""
+    f, b = _OUR_MERGE_BYTES["token_ring" if strategy == "token_ring" else "ring"]
+    return published_value(impl, "merge_bytes_fwd", f), published_value(impl, "merge_bytes_bwd", b)
 
 
 @dataclass
@@ -118,10 +137,9 @@ def layer_time(strategy: str, kind: str, ctx: _Ctx, seq_len: int, batch: int, b:
     tokens = batch * seq_len / n
     c = seq_len / n
     eager = train.activations == "eager"
-    fl = F.layer_flops(s, m, kind, seq_len, batch, n, b, causal=causal, eager=eager,
-                       right_product=impl.linear_ring_right_product)
+    right_product = published_value(impl, "linear_ring_right_product", False)
+    fl = F.layer_flops(s, m, kind, seq_len, batch, n, b, causal=causal, eager=eager, right_product=right_product)
     ew_f, ew_b = ctx.hbm(fl.elementwise), ctx.hbm(2 * fl.elementwise)
-    kv = tokens * m.kv_dim * b
     dq_elems = tokens * m.q_dim
     per_pair = 4.0 * batch * m.heads * m.head_dim
     lin_intra = ctx.lin(2.0 * m.heads * tokens * F.LINEAR_CHUNK * m.head_dim)
@@ -139,27 +157,29 @@ def layer_time(strategy: str, kind: str, ctx: _Ctx, seq_len: int, batch: int, b:
             a2a = sum(ctx.t(x) for x in layer_calls("usp", m, kind, seq_len, batch, n, b, impl=impl, ulysses_degree=u)
                       if x.kind == "all_to_all" and x.phase == "forward")
             hk = _kv_heads_eff(m, u, impl, "usp")
-            kv_r = tokens * hk * m.head_dim * b
             # after the all-to-all: u*C tokens per rank and H/u heads, zigzag over the r ring ranks
-            steps, scope, kv_step = r, "ring", kv_r
+            tr = ring_transfers(r, batch, int(u * c), hk // u, m.head_dim, b, impl)
+            steps, scope = r, "ring"
             blocks_pp = [per_pair / u * x for x in _pairs_per_step("usp", u * c, r, causal)]
         else:
-            a2a, steps, scope, kv_step = 0.0, n, "sp", kv
+            a2a, steps, scope = 0.0, n, "sp"
+            tr = ring_transfers(n, batch, int(c), m.kv_heads, m.head_dim, b, impl)
             blocks_pp = [per_pair * p for p in _pairs_per_step(s, c, n, causal)]
-        g = kv_step / b * Impl.wire(impl.ring_dkv_bytes, b)
-        if kind == "linear" and impl.linear_ring_right_product:
+        if kind == "linear" and right_product:
             bf = [2 * t_sm] * steps
             bb = [4 * t_sm] * steps
         else:
             bf = [ctx.attn_f(x) for x in blocks_pp]
             bb = [ctx.attn_b(F.ATTN_BWD_FACTOR * x) for x in blocks_pp]
-        mf = [0.0] + [ctx.hbm(impl.merge_bytes_fwd * dq_elems)] * (steps - 1)
-        mb = [ctx.hbm(impl.merge_bytes_bwd * dq_elems)] * steps
+        merge_f, merge_b = merge_bytes(s, impl)
+        mf = [0.0] + [ctx.hbm(merge_f * dq_elems)] * (steps - 1)
+        mb = [ctx.hbm(merge_b * dq_elems)] * steps
         blocks_f = [x + y for x, y in zip(bf, mf)]
         blocks_b = [x + y for x, y in zip(bb, mb)]
         cf, cb = sum(blocks_f), sum(blocks_b)
-        tf = a2a + _ring_loop(blocks_f, ctx.p2p(2 * kv_step, scope=scope))
-        tb = a2a + _ring_loop(blocks_b, ctx.p2p(2 * kv_step + 2 * g, scope=scope)) + ctx.p2p(2 * g, scope=scope)
+        tf = a2a + _ring_loop(blocks_f, ctx.p2p(tr["kv"], scope=scope))
+        tb = (a2a + _ring_loop(blocks_b, ctx.p2p(tr["kv"] + tr["dkv"], scope=scope))
+              + ctx.p2p(tr["dkv"], scope=scope))
         core = (tf, tb, cf, cb)
     elif s == "usp" or s == "ulysses":
         calls = layer_calls(s, m, kind, seq_len, batch, n, b, impl=impl, ulysses_degree=usp[0] if usp else None)
@@ -171,25 +191,24 @@ def layer_time(strategy: str, kind: str, ctx: _Ctx, seq_len: int, batch: int, b:
         wire = token_ring_wire(m, b, impl)
         q_full, out_full = tokens * wire["forward"]["query"], tokens * wire["forward"]["result"]
         blocks = [per_pair * p for p in _pairs_per_step("token_ring", c, n, causal)]
-        mf = [0.0] + [ctx.hbm(impl.merge_bytes_fwd * dq_elems)] * (n - 1)
+        merge_f, merge_b = merge_bytes(s, impl)
+        mf = [0.0] + [ctx.hbm(merge_f * dq_elems)] * (n - 1)
         bf = [ctx.attn_f(x) + y for x, y in zip(blocks, mf)]
-        bb = [ctx.attn_b(F.ATTN_BWD_FACTOR * x) + ctx.hbm(impl.merge_bytes_bwd * dq_elems) for x in blocks]
+        bb = [ctx.attn_b(F.ATTN_BWD_FACTOR * x) + ctx.hbm(merge_b * dq_elems) for x in blocks]
         tf = _ring_loop(bf, ctx.p2p(q_full, out_full)) + (ctx.p2p(out_full) if n > 1 else 0.0)
         bwd_q, dq = tokens * wire["backward"]["query"], tokens * wire["backward"]["result"]
         tb = _ring_loop(bb, ctx.p2p(bwd_q, dq)) + (ctx.p2p(dq) if n > 1 else 0.0)
         core = (tf, tb, sum(bf), sum(bb))
     elif s == "allgather_kv":
-        t_ag = ctx.t(Call("all_gather", "forward", n, nbytes=kv, count=2))
-        t_rs = ctx.t(Call("reduce_scatter", "backward", n, count=2,
-                          nbytes=n * tokens * m.kv_dim * Impl.wire(impl.allgather_kv_grad_bytes, b)))
+        calls = layer_calls(s, m, kind, seq_len, batch, n, b, impl=impl, include_weights=False)
+        t_ag = sum(ctx.t(x) for x in calls if x.kind == "all_gather")
+        t_rs = sum(ctx.t(x) for x in calls if x.kind == "reduce_scatter")
         cf, cb = core_local()
-        diag = ctx.attn_f(per_pair * c * c / 2)
-        exp_f = max(0.0, t_ag - diag) if impl.allgather_kv_overlap else t_ag
-        core = (cf + exp_f, cb + t_rs + (t_ag if impl.allgather_kv_regather else 0.0), cf, cb)
+        core = (cf + t_ag, cb + t_rs, cf, cb)  # gathered K/V kept for backward
     elif s == "lasp2":
-        h = m.heads if impl.lasp2_state_heads == "q" else m.kv_heads
-        st = batch * h * m.head_dim ** 2 * impl.lasp2_state_bytes
-        t_ag = ctx.t(Call("all_gather", "forward", n, nbytes=st))
+        st = lasp2_state_bytes(m, batch, b)
+        t_ag = sum(ctx.t(x) for x in layer_calls(s, m, kind, seq_len, batch, n, b, impl=impl, include_weights=False)
+                   if x.phase == "forward")
         prefix = ctx.hbm(n * st)
         cf = t_sm + lin_intra + t_sm + prefix
         cb = t_sm + 2 * lin_intra + 3 * t_sm + prefix
@@ -198,7 +217,7 @@ def layer_time(strategy: str, kind: str, ctx: _Ctx, seq_len: int, batch: int, b:
         tb = t_sm + max(2 * lin_intra, t_ag) + 3 * t_sm + prefix
         core = (tf, tb, cf, cb)
     elif s == "lasp1":
-        st = batch * m.heads * m.head_dim ** 2 * impl.lasp2_state_bytes
+        st = lasp1_state_bytes(m, batch)
         shape = ctx.shapes["sp"]
         inter_hops = shape.nodes - 1
         hop_in = call_time(p2p("forward", 2, send_fwd=st), ctx.hw, ctx.world.group(2))
@@ -212,15 +231,17 @@ def layer_time(strategy: str, kind: str, ctx: _Ctx, seq_len: int, batch: int, b:
     elif s == "rsa":
         blk = 2.0 * batch * m.heads * m.head_dim * c * c  # one [C, C] x d_h product per head
         sc = batch * m.heads * c * c  # score elements per block
-        kb = ctx.p2p(kv)
+        k_step = next(x for x in layer_calls(s, m, kind, seq_len, batch, n, b, impl=impl, include_weights=False)
+                      if x.kind == "p2p" and x.phase == "forward").send_fwd if n > 1 else 0  # one of K or V
+        kb = ctx.p2p(k_step)
         k_ring = _ring_loop([ctx.gemm(blk) + ctx.hbm(4 * sc)] * n, kb)
         v_ring = _ring_loop([ctx.gemm(blk) + ctx.hbm(b * sc)] * n, kb)
         soft_f = ctx.hbm((4 + b) * n * sc)
         bwd_v = _ring_loop([2 * ctx.gemm(blk) + ctx.hbm((4 + b) * sc)] * n, kb)
         bwd_k = _ring_loop([2 * ctx.gemm(blk) + ctx.hbm(4 * sc)] * n, kb)
         soft_b = ctx.hbm((2 * b + 8) * n * sc)
-        t_rs = ctx.t(Call("reduce_scatter", "backward", n, count=2,
-                          nbytes=n * tokens * m.kv_dim * Impl.wire(impl.rsa_grad_bytes, b)))
+        t_rs = sum(ctx.t(x) for x in layer_calls(s, m, kind, seq_len, batch, n, b, impl=impl, include_weights=False)
+                   if x.kind == "reduce_scatter")
         cf = 2 * n * ctx.gemm(blk) + ctx.hbm((4 + b) * n * sc) + soft_f
         cb = 4 * n * ctx.gemm(blk) + ctx.hbm((8 + b) * n * sc) + soft_b
         core = (k_ring + soft_f + v_ring, bwd_v + soft_b + bwd_k + t_rs, cf, cb)
@@ -238,11 +259,10 @@ def layer_time(strategy: str, kind: str, ctx: _Ctx, seq_len: int, batch: int, b:
     gemm_c_f = t_in + t_o + t_up + t_down
     gemm_c_b = 2 * gemm_c_f
     if s in ("tp_sp", "odysseus"):
-        x = tokens * m.hidden * b
-        ag = ctx.t(Call("all_gather", "forward", n, nbytes=x))
-        rs = ctx.t(Call("reduce_scatter", "forward", n, nbytes=n * x))
-        rg = ag if impl.tp_regather else 0.0
-        on = impl.tp_overlap
+        tp = tp_gemm_calls(n, batch * seq_len // n, m.hidden, b, impl)
+        ag, rs = ctx.t(tp["ag"]), ctx.t(tp["rs"])
+        rg = ctx.t(tp["regather"]) if tp["regather"] else 0.0
+        on = True  # our AG-GEMM / GEMM-RS overlap the transfers with the GEMM chunks
         attn_f = _overlapped(t_in, ag, n, on) + _overlapped(t_o, rs, n, on)
         attn_b = _overlapped(t_o, ag, n, on) + t_o + _overlapped(t_in, rs + rg, n, on) + t_in
         if s == "tp_sp":
@@ -251,8 +271,8 @@ def layer_time(strategy: str, kind: str, ctx: _Ctx, seq_len: int, batch: int, b:
         else:
             mlp_f, mlp_b = t_up + t_down, 2 * (t_up + t_down)
             if odysseus_mlp == "zero3":
-                wag, wbw = _zero3_times(ctx, [p["gate_proj"], p["up_proj"], p["down_proj"]], pb, impl.zero3_regather)
-                window_f = attn_f + core[0] if impl.zero3_prefetch else 0.0
+                wag, wbw = _zero3_times(ctx, [p["gate_proj"], p["up_proj"], p["down_proj"]], pb, False)
+                window_f = attn_f + core[0]
                 mlp_f += max(0.0, wag - window_f)
                 mlp_b += max(0.0, wbw - (attn_b + core[1]))
         fwd = attn_f + mlp_f + core[0] + ew_f
@@ -262,8 +282,8 @@ def layer_time(strategy: str, kind: str, ctx: _Ctx, seq_len: int, batch: int, b:
         bwd = gemm_c_b + core[1] + ew_b
         w = weights or "replicated"
         if w != "replicated":
-            wag, wbw = _zero3_times(ctx, list(p.values()), pb, impl.zero3_regather or w == "fsdp_model")
-            fwd += max(0.0, wag - fwd) if impl.zero3_prefetch else wag
+            wag, wbw = _zero3_times(ctx, list(p.values()), pb, w == "fsdp_model")
+            fwd += max(0.0, wag - fwd)  # gathers prefetched under the previous compute
             bwd += max(0.0, wbw - bwd)
     comp_f = gemm_c_f + core[2] + ew_f
     comp_b = gemm_c_b + core[3] + ew_b
@@ -373,13 +393,13 @@ def attention_step(strategy: str, model: ModelConfig, seq_len: int, batch: int, 
     tokens, c = batch * seq_len / n, seq_len / n
     pairs = _pairs_per_step(strategy, c, n, causal)[1]
     compute = ctx.attn_f(4.0 * batch * model.heads * model.head_dim * pairs) + ctx.hbm(
-        impl.merge_bytes_fwd * tokens * model.q_dim)
+        merge_bytes(strategy, impl)[0] * tokens * model.q_dim)
     if strategy == "token_ring":
         wire = token_ring_wire(model, b, impl)["forward"]
         comm = ctx.p2p(tokens * wire["query"], tokens * wire["result"])
     else:
-        comm = ctx.p2p(2 * tokens * model.kv_dim * b)
+        comm = ctx.p2p(ring_transfers(n, batch, seq_len // n, model.kv_heads, model.head_dim, b, impl)["kv"])
     return {"compute": compute, "comm": comm, "step": max(compute, comm)}
 
 
-__all__ = ["StepTime", "step_time", "layer_time", "attention_step"]
+__all__ = ["StepTime", "step_time", "layer_time", "attention_step", "merge_bytes"]

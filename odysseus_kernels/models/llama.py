@@ -10,51 +10,26 @@ Unparallelised, it is the single-device reference.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._util import layer_is_linear
 from ..kernels.attention import attention_ref
+from .shape import ModelShape
 
 
-@dataclass
-class LlamaConfig:
-    """Model shape. ``linear_layers``: which layers use linear attention instead of softmax
-    (``"none"``, ``"all"``, or ``"hybrid"`` with ``hybrid_ratio`` linear layers per softmax layer,
-    the LASP-2H layout: with ratio 3, layers 0-2 linear, 3 softmax, 4-6 linear, ...)."""
+@dataclass(frozen=True)
+class LlamaConfig(ModelShape):
+    """The model's configuration: its :class:`~.shape.ModelShape` (``layers``, ``hidden``, ``heads``,
+    ``kv_heads``, ``intermediate``, ``vocab_size``, ``head_dim``, ``linear_layers``,
+    ``hybrid_ratio``, validated there) plus ``rope_theta``, ``norm_eps`` and ``mlp_chunk_size``
+    (the blockwise MLP). Frozen: change fields with ``cfg.with_(...)``."""
 
-    vocab_size: int = 256
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 4
-    kv_heads: int = 2
-    intermediate: int = 128
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
-    linear_layers: str = "none"
-    hybrid_ratio: int = 3
     mlp_chunk_size: int | None = None
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    def is_linear(self, layer: int) -> bool:
-        return layer_is_linear(self.linear_layers, self.hybrid_ratio, layer)
-
-    def __post_init__(self):
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        if self.heads % self.kv_heads:
-            raise ValueError(f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
-        if self.linear_layers not in ("none", "all", "hybrid"):
-            raise ValueError(f"linear_layers must be 'none', 'all' or 'hybrid', got {self.linear_layers!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class RMSNorm(nn.Module):

@@ -9,13 +9,14 @@ gloo ranks on CPU; under ``torchrun`` it uses the launched world (NCCL on GPUs).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
 
 import torch
 
-from .runner import STRATEGIES, RunConfig, blockwise_report, check_config, run_all
+from .runner import DEFAULT_MODEL, MODEL_FLAGS, STRATEGIES, RunConfig, blockwise_report, check_config, run_all
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,13 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma list of {', '.join(STRATEGIES)}")
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--intermediate", type=int, default=128)
-    p.add_argument("--vocab", type=int, default=128)
-    p.add_argument("--hybrid-ratio", type=int, default=1, help="lasp2h: linear layers per softmax layer")
+    for flag, field in MODEL_FLAGS.items():  # the model's shape: defaults from DEFAULT_MODEL
+        if flag != "mlp_chunk_size":
+            help_ = "lasp2h: linear layers per softmax layer" if flag == "hybrid_ratio" else None
+            p.add_argument("--" + flag.replace("_", "-"), type=int, default=None,
+                           help=f"{help_ + ' ' if help_ else ''}(default {getattr(DEFAULT_MODEL, field)})")
     p.add_argument("--ulysses-degree", type=int, default=None, help="usp: Ulysses degree (default: picked)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--steps", type=int, default=3)
@@ -48,10 +47,9 @@ def _run_config(a) -> RunConfig:
     strategies = tuple(s.strip() for s in a.strategies.split(",") if s.strip())
     under_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     device = a.device or ("cuda" if under_torchrun and torch.cuda.is_available() else "cpu")
-    return RunConfig(strategies=strategies, seq_len=a.seq_len, batch=a.batch, layers=a.layers, hidden=a.hidden,
-                     heads=a.heads, kv_heads=a.kv_heads, intermediate=a.intermediate, vocab=a.vocab,
-                     hybrid_ratio=a.hybrid_ratio, dtype=a.dtype, steps=a.steps, device=device,
-                     ulysses_degree=a.ulysses_degree, mlp_chunk_size=a.mlp_chunk_size)
+    model = {f: getattr(a, f) for f in MODEL_FLAGS if getattr(a, f) is not None}
+    return RunConfig(strategies=strategies, seq_len=a.seq_len, batch=a.batch, dtype=a.dtype, steps=a.steps,
+                     device=device, ulysses_degree=a.ulysses_degree, **model)
 
 
 def expected_comm(rc: RunConfig, world: int) -> tuple[dict, dict]:
@@ -124,7 +122,7 @@ def main(argv=None) -> int:
         print(format_blockwise(blockwise[0], rc))
     if a.out:
         meta = {"world": world, "device": rc.device, "torch": torch.__version__, "python": platform.python_version(),
-                "config": vars(rc)}
+                "config": dataclasses.asdict(rc)}
         files = write_results(a.out, rows, meta) + plot_results(a.out, rows, curves, rc)
         print("wrote " + ", ".join(files))
     return 0

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import torch
 
 from .. import layers as L
-from ..comm import comm_ledger, group_info, new_group
+from ..comm import comm_ledger, group_info
 from ..costmodel.strategies import usp_degrees
 from ..models import LlamaConfig, LlamaModel, make_batch, token_loss_sum
 from ..ops import local_positions, shard_sequence
+from ..ops.attention import usp_groups
 
 SOFTMAX_STRATEGIES = ("tp_sp", "odysseus", "ulysses", "ring", "zigzag", "token_ring", "usp", "allgather_kv", "rsa")
 LINEAR_STRATEGIES = ("lasp2", "lasp2h")
@@ -25,33 +26,57 @@ NO_MLP_CHUNKING = ("tp_sp", "odysseus")
 MLP_CHUNKING_STRATEGIES = tuple(s for s in STRATEGIES if s not in NO_MLP_CHUNKING)
 
 
+# The playground's model unless told otherwise: 2 layers, d = 64, 4 heads, MHA, SwiGLU 128, vocab 128.
+DEFAULT_MODEL = LlamaConfig(layers=2, hidden=64, heads=4, kv_heads=4, intermediate=128, vocab_size=128, hybrid_ratio=1)
+# the command line's model flags -> LlamaConfig fields
+MODEL_FLAGS = {"layers": "layers", "hidden": "hidden", "heads": "heads", "kv_heads": "kv_heads",
+               "intermediate": "intermediate", "vocab": "vocab_size", "hybrid_ratio": "hybrid_ratio",
+               "mlp_chunk_size": "mlp_chunk_size"}
+
+
 @dataclass
-class RunConfig:
+class _RunSettings:
     strategies: tuple = STRATEGIES
     seq_len: int = 64
     batch: int = 1
-    layers: int = 2
-    hidden: int = 64
-    heads: int = 4
-    kv_heads: int = 4
-    intermediate: int = 128
-    vocab: int = 128
-    hybrid_ratio: int = 1
+    model: LlamaConfig = DEFAULT_MODEL
     dtype: str = "float32"
     steps: int = 3
     warmup: int = 1
     lr: float = 1e-2
     device: str = "cpu"
     ulysses_degree: int | None = None
-    mlp_chunk_size: int | None = None
     seed: int = 0
 
 
+class RunConfig(_RunSettings):
+    """A playground run: the model (``model``, a :class:`~odysseus_kernels.models.LlamaConfig`; its
+    softmax form, see :meth:`model_config`) and the run settings.
+
+    The model's fields may also be given (and read) flat, as the command line's flags:
+    ``RunConfig(hidden=32, heads=4, kv_heads=2, vocab=64, ...)`` changes those fields of ``model``
+    (``vocab`` is ``vocab_size``), validated by the model's own rules; ``rc.hidden`` reads ``rc.model.hidden``.
+    """
+
+    def __init__(self, *args, model: LlamaConfig | None = None, **kw):
+        flags = {MODEL_FLAGS[k]: kw.pop(k) for k in list(kw) if k in MODEL_FLAGS}
+        model = DEFAULT_MODEL if model is None else model
+        super().__init__(*args, model=model.with_(**flags) if flags else model, **kw)
+
+    def __getattr__(self, name):
+        model = self.__dict__.get("model")
+        if name in MODEL_FLAGS and model is not None:
+            return getattr(model, MODEL_FLAGS[name])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def model_config(self, strategy: str) -> LlamaConfig:
+        """The model ``strategy`` trains: LASP-2 an all-linear one, LASP-2H a hybrid, the rest softmax."""
+        return self.model.with_(linear_layers={"lasp2": "all", "lasp2h": "hybrid"}.get(strategy, "none"))
+
+
 def model_config(rc: RunConfig, strategy: str) -> LlamaConfig:
-    linear = {"lasp2": "all", "lasp2h": "hybrid"}.get(strategy, "none")
-    return LlamaConfig(vocab_size=rc.vocab, hidden=rc.hidden, layers=rc.layers, heads=rc.heads,
-                       kv_heads=rc.kv_heads, intermediate=rc.intermediate, linear_layers=linear,
-                       hybrid_ratio=rc.hybrid_ratio, mlp_chunk_size=rc.mlp_chunk_size)
+    """``rc.model_config(strategy)``."""
+    return rc.model_config(strategy)
 
 
 def check_config(rc: RunConfig, world: int) -> None:
@@ -59,15 +84,11 @@ def check_config(rc: RunConfig, world: int) -> None:
     for s in rc.strategies:
         if s not in STRATEGIES:
             raise ValueError(f"unknown strategy {s!r}; choose from {', '.join(STRATEGIES)}")
-    if rc.hidden % rc.heads or rc.heads % rc.kv_heads:
-        raise ValueError(f"--hidden ({rc.hidden}) must divide by --heads ({rc.heads}) and --heads by --kv-heads "
-                         f"({rc.kv_heads})")
     for s in rc.strategies:
         zig = s in ("zigzag", "token_ring", "usp")
         k = 2 * world if zig else world
         if s == "usp":
-            u, r = usp_degrees(world, rc.heads, rc.kv_heads, rc.ulysses_degree)
-            k = 2 * world
+            usp_degrees(world, rc.heads, rc.kv_heads, rc.ulysses_degree)
         if rc.seq_len % k:
             raise ValueError(f"{s}: --seq-len {rc.seq_len} must be divisible by {k} "
                              f"({'2 x ' if zig else ''}world size {world}); try --seq-len {k * max(1, rc.seq_len // k)}")
@@ -119,20 +140,10 @@ def _apply(strategy: str, model, group, rc: RunConfig, world: int):
     if strategy == "zigzag":
         return L.apply_ring(model, group, layout="zigzag")
     if strategy == "usp":
-        u, r = usp_degrees(world, rc.heads, rc.kv_heads, rc.ulysses_degree)
-        info = group_info(group)
-        # ranks [i*u, (i+1)*u) form a Ulysses group, ranks {j, j+u, ...} a ring group; every rank
-        # creates every group (torch.distributed requires it).
-        ug = rg = None
-        for i in range(r):
-            g = new_group(list(range(i * u, (i + 1) * u)))
-            if info.rank // u == i:
-                ug = g
-        for j in range(u):
-            g = new_group(list(range(j, world, u)))
-            if info.rank % u == j:
-                rg = g
-        return L.apply_usp(model, ulysses_group=ug, ring_group=rg, sp_group=group, layout="zigzag")
+        u, _ = usp_degrees(world, rc.heads, rc.kv_heads, rc.ulysses_degree)
+        g = usp_groups(u, group)
+        return L.apply_usp(model, ulysses_group=g.ulysses_group, ring_group=g.ring_group, sp_group=group,
+                           layout="zigzag")
     return getattr(L, f"apply_{strategy}")(model, group)
 
 
