@@ -33,7 +33,7 @@ from ..ops.attention.allgather_kv import allgather_kv_comm_bytes
 from ..ops.attention.ring import ring_comm_bytes
 from ..ops.attention.rsa import rsa_comm_bytes
 from ..ops.attention.token_ring import token_ring_comm_bytes
-from ..ops.attention.ulysses import ulysses_comm_bytes
+from ..ops.attention.ulysses import ulysses_comm_bytes, ulysses_kv_heads
 from ..ops.lasp2 import lasp2_comm_bytes
 from ..ops.tp_gemm import tp_gemm_comm_bytes
 from .collectives import Call, CommVolume, calls_of, p2p
@@ -139,16 +139,8 @@ def check(strategy: str, model: ModelConfig, seq_len: int, world, *, impl: Impl 
 
 
 def _kv_heads_eff(model: ModelConfig, n: int, impl: Impl, name: str) -> int:
-    """kv heads after Ulysses' all-to-all preparation (replicated up to the degree when fewer, as
-    ``ulysses_attention`` does; the bytes are ``ulysses_comm_bytes``')."""
-    if model.heads % n:
-        raise ValueError(f"{name}: heads ({model.heads}) must be divisible by the Ulysses degree ({n})")
-    if model.kv_heads % n == 0:
-        return model.kv_heads
-    if n % model.kv_heads == 0:
-        return n
-    raise ValueError(f"{name}: kv_heads ({model.kv_heads}) must be divisible by the Ulysses degree ({n}), or divide it "
-                     "(then kv heads are replicated)")
+    """kv heads after Ulysses' all-to-all preparation: the op's own rule (:func:`ulysses_kv_heads`)."""
+    return ulysses_kv_heads(name, model.heads, model.kv_heads, n, "the Ulysses degree", q_name="heads")
 
 
 def ring_transfers(n: int, batch: int, seq_local: int, kv_heads: int, head_dim: int, b: int,

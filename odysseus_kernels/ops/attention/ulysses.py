@@ -64,13 +64,21 @@ def lse_heads_to_seq(lse: torch.Tensor, info) -> torch.Tensor:
     return y.squeeze(-1).transpose(1, 2).contiguous()
 
 
+def ulysses_kv_heads(op: str, heads: int, kv_heads: int, n: int, what: str = "the Ulysses group size",
+                     q_name: str = "q heads") -> int:
+    """The Ulysses head rule, once for the op and the cost model: ``heads`` must divide by ``n``, and
+    ``kv_heads`` divide by ``n`` or divide it (each kv head is then repeated ``n / kv_heads`` times
+    before the all-to-all). Returns the kv heads that travel (``kv_heads`` or ``n``); raises ``ValueError``."""
+    if heads % n:
+        raise ValueError(f"{op}: {q_name} ({heads}) must be divisible by {what} ({n})")
+    if kv_heads % n and n % kv_heads:
+        raise ValueError(f"{op}: k/v heads ({kv_heads}) must be divisible by {what} ({n}), or divide it "
+                         f"(then each kv head is repeated); got {kv_heads} kv heads for {n} ranks")
+    return kv_heads if kv_heads % n == 0 else n
+
+
 def _check_heads(op, q, k, n, what="the Ulysses group size"):
-    h, hkv = q.shape[2], k.shape[2]
-    if h % n:
-        raise ValueError(f"{op}: q heads ({h}) must be divisible by {what} ({n})")
-    if hkv % n and n % hkv:
-        raise ValueError(f"{op}: k/v heads ({hkv}) must be divisible by {what} ({n}), or divide it "
-                         f"(then each kv head is repeated); got {hkv} kv heads for {n} ranks")
+    ulysses_kv_heads(op, q.shape[2], k.shape[2], n, what)
 
 
 def _expand_kv(k, v, n):
@@ -134,7 +142,7 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, grou
 
 def ulysses_comm_bytes(world, batch, seq_local, heads, kv_heads, head_dim, elem_bytes) -> dict:
     """Closed-form bytes received per rank (ledger kind ``all_to_all``), forward and backward."""
-    kvh = kv_heads if kv_heads % world == 0 else world
+    kvh = kv_heads if kv_heads % world == 0 else world  # the kv heads that travel (ulysses_kv_heads)
     per = batch * seq_local * head_dim * elem_bytes * (world - 1) // world
     fwd = per * (2 * heads + 2 * kvh)
     return {"forward": fwd, "backward": fwd}
