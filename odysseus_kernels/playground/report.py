@@ -1,19 +1,9 @@
-"""The playground's output: a progress line, the table, JSON/CSV files and PNG plots."""
+"""The playground's output: the table, JSON/CSV files and PNG plots (the progress line is the runner's)."""
 from __future__ import annotations
 
 import csv
 import json
 import os
-import sys
-
-
-def progress_line(done: int, total: int, what: str) -> None:
-    width = 24
-    filled = width * done // max(total, 1)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {what:<16}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
 
 
 def _mib(b) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import statistics
 import time
 from dataclasses import dataclass
@@ -24,6 +25,15 @@ STRATEGIES = SOFTMAX_STRATEGIES + LINEAR_STRATEGIES
 # changes their memory; tp_sp and odysseus replace it by a TP / ZeRO MLP that has no chunked mode.
 NO_MLP_CHUNKING = ("tp_sp", "odysseus")
 MLP_CHUNKING_STRATEGIES = tuple(s for s in STRATEGIES if s not in NO_MLP_CHUNKING)
+
+
+def progress_line(done: int, total: int, what: str) -> None:
+    width = 24
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {what:<16}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
 
 
 # The playground's model unless told otherwise: 2 layers, d = 64, 4 heads, MHA, SwiGLU 128, vocab 128.
@@ -220,13 +230,9 @@ def run_all(rc: RunConfig, progress: bool = True) -> list[list[dict]]:
     out = []
     for i, s in enumerate(rc.strategies):
         if progress and info.rank == 0:
-            from .report import progress_line
-
             progress_line(i, len(rc.strategies), s)
         out.append(run_strategy(s, rc))
     if progress and info.rank == 0:
-        from .report import progress_line
-
         progress_line(len(rc.strategies), len(rc.strategies), "done")
     return out
 
