@@ -162,3 +162,27 @@ def test_attention_forward_and_backward_capture_in_a_cuda_graph(name):
         for g, r in zip(grads, ref):
             scale = r.grad.float().abs().max().item()
             assert (g.float() - r.grad.float()).abs().max().item() <= 1e-2 * scale, f"{name}: replayed gradient differs"
+
+
+@pytest.mark.parametrize("impl", ["auto", "chunked"])
+@pytest.mark.parametrize("name", ["all_gather_linear", "linear_reduce_scatter"])
+def test_tp_gemms_capture_in_a_cuda_graph(name, impl):
+    op = getattr(ok, name)
+    x = torch.randn(B, L, 256, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(384, 256, device="cuda", dtype=torch.bfloat16)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(2):
+            op(x, w, impl=impl)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with ok.validation("local"), torch.no_grad(), torch.cuda.graph(graph):
+        y = op(x, w, impl=impl)
+    for seed in (1, 2):
+        x.copy_(torch.randn(x.shape, device="cuda", dtype=x.dtype, generator=torch.Generator(device="cuda").manual_seed(seed)))
+        graph.replay()
+        with torch.no_grad():
+            eager = op(x, w, impl=impl)
+        torch.cuda.synchronize()
+        assert torch.equal(y, eager), f"{name} ({impl}): replay differs from eager"

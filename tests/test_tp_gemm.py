@@ -354,3 +354,21 @@ def test_fused_on_cpu_needs_the_interpreter():
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert "ERR all_gather_linear: impl='fused' on CPU runs the Triton kernel in the interpreter" in r.stdout, r
     assert "AUTO (1, 2, 3)" in r.stdout  # auto never needs it on CPU
+
+
+def test_plan_inside_a_cuda_graph_capture_avoids_the_host_counted_flags(monkeypatch):
+    """While a CUDA graph is captured on several ranks, ``auto`` picks the chunked collectives and an
+    explicit ``fused`` raises (its flags' epoch is counted on the host: a replay would read stale flags)."""
+    from odysseus_kernels.comm import GroupInfo
+    from odysseus_kernels.ops.tp_gemm.pipeline import make_plan
+
+    info = GroupInfo(group=None, rank=0, size=2)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert make_plan(info, "auto", None, "cuda", 1).mode == "fused"
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert make_plan(info, "auto", None, "cuda", 1).mode == "chunks"
+    assert make_plan(info, "ring", None, "cuda", 1).mode == "ring"
+    with pytest.raises(ValueError, match="cannot be captured in a CUDA graph"):
+        make_plan(info, "fused", None, "cuda", 1)
+    one = GroupInfo(group=None, rank=0, size=1)
+    assert make_plan(one, "fused", None, "cuda", 1).mode == "fused"  # one rank: no remote flags

@@ -77,8 +77,14 @@ def make_plan(info: GroupInfo, impl: str, chunks: int | None, device_type: str, 
     on one rank, so the kernel path is the same); ``"ring"`` / ``"chunked"`` (``chunks`` pieces,
     default :data:`DEFAULT_CHUNKS`) / ``"plain"`` -> those schedules (one rank: local); ``"auto"`` -> one
     rank: local; CUDA: fused; else the ring when a step's GEMM reaches :data:`MIN_OVERLAP_FLOPS`
-    (CUDA only), else plain. ``fused_ok``: the dtype has a fused kernel (fp16/bf16/fp32)."""
+    (CUDA only), else plain; while a CUDA graph is being captured on several ranks, chunked (``"fused"``
+    raises: its flags' epoch is counted on the host). ``fused_ok``: the dtype has a fused kernel."""
+    capturing = device_type == "cuda" and info.size > 1 and torch.cuda.is_current_stream_capturing()
     if impl == "fused":
+        if capturing:
+            raise ValueError("impl='fused' cannot be captured in a CUDA graph on more than one rank: its arrival "
+                             "flags carry an epoch counted on the host, which a replay would not advance; use "
+                             "impl='chunked' or 'ring' inside a graph (impl='auto' does)")
         return Plan(info, "fused", chunks or DEFAULT_CHUNKS)
     if info.size == 1:
         return Plan(info, "local")
@@ -88,8 +94,10 @@ def make_plan(info: GroupInfo, impl: str, chunks: int | None, device_type: str, 
         return Plan(info, "chunks", chunks or DEFAULT_CHUNKS)
     if impl == "ring":
         return Plan(info, "ring")
-    if device_type == "cuda" and fused_ok:
+    if device_type == "cuda" and fused_ok and not capturing:
         return Plan(info, "fused", chunks or DEFAULT_CHUNKS)
+    if capturing:  # graph-safe: collectives on the comm stream, no host-counted flags
+        return Plan(info, "chunks", chunks or DEFAULT_CHUNKS)
     return Plan(info, "ring" if device_type == "cuda" and flops_per_step >= MIN_OVERLAP_FLOPS else "plain")
 
 
