@@ -35,7 +35,7 @@ class RingForward(Rotation):
     into the fp32 ``(out, lse)`` inside the kernel (step 0 writes them: no fill). Other backends run
     the planned blocks of the step (:func:`~.blocks.plan_blocks`) and merge each."""
 
-    def __init__(self, info, spans, q, k, v, *, mask, scale, backend):
+    def __init__(self, info, spans, q, k, v, *, mask, scale, backend, accumulators=True):
         super().__init__(info, torch.stack([k, v]))
         self.spans, self.mask = spans, mask
         self.q, self.scale, self.backend = q, scale, backend
@@ -43,6 +43,8 @@ class RingForward(Rotation):
         self.fused = fused_steps(backend, q)
         # a window that fits in fewer ranks stops the rotation early: fewer steps, fewer transfers
         self.steps = ring_steps(spans, mask)
+        if not accumulators:  # the backward keeps no running (out, lse)
+            return
         if self.fused:
             b, c, h, _ = q.shape
             self.out = torch.empty(b, c, h, v.shape[-1], dtype=self.acc_dtype, device=q.device)
@@ -81,8 +83,7 @@ class RingBackward(RingForward):
     hop behind it (a :class:`~odysseus_kernels.ops.ring.Relay`) and ends on the shard's owner."""
 
     def __init__(self, info, spans, q, k, v, out, lse, dout, *, mask, scale, backend):
-        super().__init__(info, spans, q, k, v, mask=mask, scale=scale, backend=backend)
-        del self.out, self.lse
+        super().__init__(info, spans, q, k, v, mask=mask, scale=scale, backend=backend, accumulators=False)
         self.o, self.lse_final, self.dout = out, lse, dout
         if self.fused:  # one preprocess launch; dQ written by step 0, accumulated in-kernel after
             from ...kernels.attention.triton_attention import attention_delta_triton
