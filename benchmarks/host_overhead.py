@@ -9,12 +9,15 @@ of one cross-rank metadata check (``comm.rank_consistent``) against a bare 8-byt
 Ranks are spawned locally (gloo; on CUDA all ranks share the GPU, which needs gloo to move CUDA
 tensors point-to-point: the run says so and records the error when it cannot). Rows: per-call and
 per-ring-step medians (ms) and ``ratio`` = ring / bare exchanges (the driver's host overhead factor),
-``ratio`` of the metadata check = check / bare all-gather.
+``ratio`` of the metadata check = check / bare all-gather. The four are timed in alternating rounds
+(each a median of its calls, the slowest rank's), so that a change of machine load hits both sides of
+a ratio alike; medians and ratios are the medians over the rounds.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -88,13 +91,21 @@ def _rank_main(cfg: dict) -> dict:
     def gather8():
         comm.all_gather(mine)
 
-    iters, meta_iters = cfg["iters"], cfg["meta_iters"]
-    t_ring = bench(ring, warmup=3, iters=iters)
-    t_bare = bench(bare, warmup=3, iters=iters)
-    t_check = bench(check, warmup=10, iters=meta_iters)
-    t_ag = bench(gather8, warmup=10, iters=meta_iters)
-    return {"rank": rank, "ring_ms": t_ring, "bare_ms": t_bare, "check_ms": t_check, "allgather8_ms": t_ag,
-            "batches": len(batches), "ops": sum(len(o) for o in batches), "bytes_received": nbytes}
+    # Alternating rounds (ring, bare, check, all-gather; each a median of its calls), so that a change
+    # of machine load hits both sides of a ratio alike; the ratios are per round, their median reported.
+    iters, meta_iters, rounds = cfg["iters"], cfg["meta_iters"], cfg["rounds"]
+    per = {"ring_ms": [], "bare_ms": [], "check_ms": [], "allgather8_ms": []}
+    for _ in range(rounds):
+        dist.barrier()
+        per["ring_ms"].append(bench(ring, warmup=3, iters=iters))
+        dist.barrier()
+        per["bare_ms"].append(bench(bare, warmup=3, iters=iters))
+        dist.barrier()
+        per["check_ms"].append(bench(check, warmup=10, iters=meta_iters))
+        dist.barrier()
+        per["allgather8_ms"].append(bench(gather8, warmup=10, iters=meta_iters))
+    return {"rank": rank, "rounds": per, "batches": len(batches), "ops": sum(len(o) for o in batches),
+            "bytes_received": nbytes}
 
 
 def measure(device: str, world: int, *, quick: bool, timeout: float = 600.0) -> dict:
@@ -104,11 +115,17 @@ def measure(device: str, world: int, *, quick: bool, timeout: float = 600.0) -> 
 
     cfg = {"device": device, "dtype": "float32" if device == "cpu" else "bfloat16", "batch": 1,
            "tokens": 64 if device == "cpu" else 256, "heads": 2, "head_dim": 32 if device == "cpu" else 64,
-           "iters": 10 if quick else 40, "meta_iters": 50 if quick else 300}
+           "iters": 10 if quick else 20, "meta_iters": 30 if quick else 100, "rounds": 3 if quick else 7}
     with LocalWorld(world, threads=1) as w:
         per_rank = w.run(_rank_main, cfg, timeout=timeout)
-    worst = {k: max(r[k] for r in per_rank) for k in ("ring_ms", "bare_ms", "check_ms", "allgather8_ms")}
-    return {"cfg": cfg, "per_rank": per_rank, **worst, "batches": per_rank[0]["batches"],
+    keys = ("ring_ms", "bare_ms", "check_ms", "allgather8_ms")
+    # per round, the slowest rank (ranks wait on each other, so the slowest is the step time)
+    rounds = [{k: max(r["rounds"][k][i] for r in per_rank) for k in keys} for i in range(cfg["rounds"])]
+    med = {k: statistics.median(x[k] for x in rounds) for k in keys}
+    ratio = statistics.median(x["ring_ms"] / x["bare_ms"] for x in rounds)
+    check_ratio = statistics.median(x["check_ms"] / x["allgather8_ms"] for x in rounds)
+    return {"cfg": cfg, "per_rank": per_rank, "rounds": rounds, **med, "ratio": ratio, "check_ratio": check_ratio,
+            "ratios": [x["ring_ms"] / x["bare_ms"] for x in rounds], "batches": per_rank[0]["batches"],
             "ops": per_rank[0]["ops"], "bytes_received": per_rank[0]["bytes_received"]}
 
 
@@ -117,12 +134,13 @@ def rows_of(device: str, world: int, m: dict) -> list[dict]:
     shape = f"B{m['cfg']['batch']} C{m['cfg']['tokens']} H{m['cfg']['heads']} D{m['cfg']['head_dim']} {m['cfg']['dtype']}"
     return [
         {"device": device, "world": world, "what": "ring_attention fwd+bwd (causal zigzag)", "shape": shape,
-         "steps": steps, "ms": m["ring_ms"], "ms_per_step": m["ring_ms"] / steps, "ratio": m["ring_ms"] / m["bare_ms"]},
+         "steps": steps, "ms": m["ring_ms"], "ms_per_step": m["ring_ms"] / steps, "ratio": m["ratio"],
+         "ratio_per_round": [round(x, 3) for x in m["ratios"]]},
         {"device": device, "world": world, "what": "bare P2P exchanges (same batches, sizes, peers)", "shape": shape,
          "steps": steps, "ms": m["bare_ms"], "ms_per_step": m["bare_ms"] / steps, "ratio": 1.0,
          "bytes_received": m["bytes_received"]},
         {"device": device, "world": world, "what": "rank_consistent metadata check (per call)", "shape": "-",
-         "steps": 1, "ms": m["check_ms"], "ms_per_step": m["check_ms"], "ratio": m["check_ms"] / m["allgather8_ms"]},
+         "steps": 1, "ms": m["check_ms"], "ms_per_step": m["check_ms"], "ratio": m["check_ratio"]},
         {"device": device, "world": world, "what": "bare 8-byte all_gather (per call)", "shape": "-",
          "steps": 1, "ms": m["allgather8_ms"], "ms_per_step": m["allgather8_ms"], "ratio": 1.0},
     ]
@@ -151,10 +169,10 @@ def main(argv=None) -> int:
     if rows:
         print_table(rows, ["device", "world", "what", "shape", "steps", "ms", "ms_per_step", "ratio"])
         for dev in dict.fromkeys(r["device"] for r in rows):
-            ring, check = (r for r in rows if r["device"] == dev and r["ratio"] != 1.0)
+            ring, _, check, _ = (r for r in rows if r["device"] == dev)
             print(f"{dev}: ring fwd+bwd host time {ring['ms_per_step']:.3f} ms per ring step, "
                   f"{ring['ratio']:.2f}x the bare exchanges; metadata check {check['ms'] * 1e3:.0f} us per call "
-                  f"({check['ratio']:.2f}x a bare 8-byte all-gather)")
+                  f"({check['ratio']:.2f}x a bare 8-byte all-gather); ratio per round: {ring['ratio_per_round']}")
     write_json(a.out, "host_overhead", rows, {"world": a.world, "errors": errors})
     return 0 if rows else 1
 
