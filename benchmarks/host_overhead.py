@@ -135,9 +135,11 @@ def rows_of(device: str, world: int, m: dict) -> list[dict]:
     return [
         {"device": device, "world": world, "what": "ring_attention fwd+bwd (causal zigzag)", "shape": shape,
          "steps": steps, "ms": m["ring_ms"], "ms_per_step": m["ring_ms"] / steps, "ratio": m["ratio"],
-         "ratio_per_round": [round(x, 3) for x in m["ratios"]]},
+         "ratio_per_round": [round(x, 3) for x in m["ratios"]],
+         "ms_per_round": [round(x["ring_ms"], 3) for x in m["rounds"]]},
         {"device": device, "world": world, "what": "bare P2P exchanges (same batches, sizes, peers)", "shape": shape,
          "steps": steps, "ms": m["bare_ms"], "ms_per_step": m["bare_ms"] / steps, "ratio": 1.0,
+         "ms_per_round": [round(x["bare_ms"], 3) for x in m["rounds"]],
          "bytes_received": m["bytes_received"]},
         {"device": device, "world": world, "what": "rank_consistent metadata check (per call)", "shape": "-",
          "steps": 1, "ms": m["check_ms"], "ms_per_step": m["check_ms"], "ratio": m["check_ratio"]},
