@@ -125,10 +125,11 @@ def _variants(kernel: str) -> list[dict]:
 
 def gate_cases() -> list[GateCase]:
     """Every (kernel, config) the dispatch can launch on sm_90 and sm_80: 3 kernels (in both directions;
-    the output kernel also over transposed states) x 3 decay modes x bf16/fp16/fp32 x head dims 64/128/256, with the exact signature and
-    constexprs :mod:`.triton_chunk` passes. The scan never touches the inputs (fp32 states only): it
-    is listed once per arch with ``dtype="fp32"``. Head dims are runtime arguments, so the cases of
-    different head dims compile the same kernel (listed per head dim as the contract asks)."""
+    the output kernel also over transposed states) x 3 decay modes x bf16/fp16/fp32 x head dims
+    64/128/256, with the exact signature and constexprs :mod:`.triton_chunk` passes. The scan never
+    touches the inputs (fp32 states only): it is listed once per arch with ``dtype="fp32"``. Head dims
+    are runtime arguments, so the cases of different head dims compile the same kernel (listed per
+    head dim as the contract asks)."""
     from . import triton_chunk as tc
 
     cases = []

@@ -327,7 +327,8 @@ def chunk_bwd_dqkv_triton(q, k, v, do, h, dh, *, g=None, g_gamma=None, cfg, out_
     nt, ieee = h.shape[2], q.dtype == torch.float32
     h, dh = h.contiguous(), dh.contiguous()
     # one kernel, three roles (see _chunk_out_kernel): dv, then dq and dk with the states transposed
-    for name, x, y, z, hs, o, rev, trans in (("dv", k, q, do, dh, dvv, True, False), ("dq", do, v, k, h, dq, False, True),
+    for name, x, y, z, hs, o, rev, trans in (("dv", k, q, do, dh, dvv, True, False),
+                                             ("dq", do, v, k, h, dq, False, True),
                                              ("dk", v, do, q, dh, dkk, True, True)):
         d_x, d_z = x.shape[-1], z.shape[-1]
         _launch("out", grids[name], (x, y, z, hs, o, dec.gc, dec.gamma, c, nt, nh, d_x, d_z), cfg, REVERSE=rev,
