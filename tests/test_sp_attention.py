@@ -248,17 +248,34 @@ def test_blocks_cover_exactly_the_visible_pairs(window, docs):
                 assert torch.equal(seen, want.long()), (n, causal, layout, r, s)
 
 
-WINDOW_SHAPE = (1, 4, 2, 8)  # b, h, hkv, d
+def _max_error(fn, sh, inputs, mask, **kw):
+    """Max abs error of out, dq, dk, dv of ``fn`` on the shards ``sh(t)`` of the float64 ``(q, k, v, dO)``
+    (called with the mask ``mask`` and ``kw``) against float64 attention of the whole sequence."""
+    q, k, v, do = inputs
+    qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+    ref = attention_ref(qr, kr, vr, **mask)
+    ref.backward(do)
+    ql, kl, vl = (sh(t).requires_grad_(True) for t in (q, k, v))
+    out = fn(ql, kl, vl, causal=mask["causal"], **kw)
+    out.backward(sh(do))
+    return max((got - sh(want)).abs().max().item() for got, want in
+               ((out, ref.detach()), (ql.grad, qr.grad), (kl.grad, kr.grad), (vl.grad, vr.grad)))
+
+
+MASK_SHAPE = (1, 4, 2, 8)  # b, h, hkv, d of the window and packed-document cases
+
+
+def _takes_masks(name, n):
+    """The ops that take windows and documents on a world of n (not RSA; Ulysses where heads divide)."""
+    _, h, hkv, _ = MASK_SHAPE
+    return not (name == "rsa" or (name == "ulysses" and (h % n or (hkv % n and n % hkv))))
 
 
 def _window_cases(n):
     """Sliding windows (left only, both sides, smaller / larger than a shard) for every op."""
-    b, h, hkv, d = WINDOW_SHAPE
     cases = []
     for name, causal, window in itertools.product(_op_names(n), (True, False), [(3, -1), (2, 1), (9, 0), (1, 5)]):
-        if name == "rsa" or (name == "ulysses" and (h % n or (hkv % n and n % hkv))):
-            continue
-        if not causal and window[1] < 0:
+        if not _takes_masks(name, n) or (not causal and window[1] < 0):
             continue
         cases += [(name, layout, window, causal) for layout in LAYOUTS]
     return cases
@@ -267,19 +284,10 @@ def _window_cases(n):
 def _check_windows(seed, name, layout, window, causal):
     """One case of :func:`_window_cases`: the max abs error of out, dq, dk, dv (float64)."""
     n = comm.group_info().size
-    b, h, hkv, d = WINDOW_SHAPE
-    fn = _op(name)
-    L = 4 * n
-    q, k, v, do = _inputs(seed, b, L, h, hkv, d, None)
-    qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
-    ref = attention_ref(qr, kr, vr, causal=causal, window=window)
-    ref.backward(do)
-    sh = lambda t: ok.shard_sequence(t, layout=layout)  # noqa: E731
-    ql, kl, vl = (sh(t).requires_grad_(True) for t in (q, k, v))
-    out = fn(ql, kl, vl, causal=causal, layout=layout, window_size=window)
-    out.backward(sh(do))
-    return max((got - sh(want)).abs().max().item() for got, want in
-               ((out, ref.detach()), (ql.grad, qr.grad), (kl.grad, kr.grad), (vl.grad, vr.grad)))
+    b, h, hkv, d = MASK_SHAPE
+    q, k, v, do = _inputs(seed, b, 4 * n, h, hkv, d, None)
+    return _max_error(_op(name), lambda t: ok.shard_sequence(t, layout=layout), (q, k, v, do),
+                      dict(causal=causal, window=window), layout=layout, window_size=window)
 
 
 @pytest.mark.parametrize("n, case", _params(
@@ -385,19 +393,15 @@ PACKED = [
 ]
 
 
-PACKED_SHAPE = (1, 4, 2, 8)  # b, h, hkv, d
-
-
 def _packed_cases(n):
     """Packed documents through every op, both sharding styles (the per-document layouts where every
     document divides), causal and not."""
-    b, h, hkv, d = PACKED_SHAPE
     cases = []
     for ci, make_cu in enumerate(PACKED):
         cu = make_cu(n)
         lens = [y - x for x, y in zip(cu, cu[1:])]
         for name, causal in itertools.product(_op_names(n), (True, False)):
-            if name == "rsa" or (name == "ulysses" and (h % n or (hkv % n and n % hkv))):
+            if not _takes_masks(name, n):
                 continue
             layouts = list(LAYOUTS) + [lay for lay, p in (("doc_contiguous", 1), ("doc_zigzag", 2))
                                        if all(m % (p * n) == 0 for m in lens)]
@@ -408,19 +412,11 @@ def _packed_cases(n):
 def _check_packed(seed, ci, name, causal, layout):
     """One case of :func:`_packed_cases`: the max abs error of out, dq, dk, dv (float64)."""
     n = comm.group_info().size
-    b, h, hkv, d = PACKED_SHAPE
-    fn = _op(name)
+    b, h, hkv, d = MASK_SHAPE
     q, k, v, do = _inputs(seed, b, 24 * n, h, hkv, d, None)
     cu = PACKED[ci](n)
-    qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
-    ref = attention_ref(qr, kr, vr, causal=causal, cu_seqlens=cu)
-    ref.backward(do)
-    sh = lambda t: ok.shard_packed(t, cu, layout=layout)[0]  # noqa: E731
-    ql, kl, vl = (sh(t).requires_grad_(True) for t in (q, k, v))
-    out = fn(ql, kl, vl, causal=causal, layout=layout, cu_seqlens=torch.tensor(cu, dtype=torch.int32))
-    out.backward(sh(do))
-    return max((got - sh(want)).abs().max().item() for got, want in
-               ((out, ref.detach()), (ql.grad, qr.grad), (kl.grad, kr.grad), (vl.grad, vr.grad)))
+    return _max_error(_op(name), lambda t: ok.shard_packed(t, cu, layout=layout)[0], (q, k, v, do),
+                      dict(causal=causal, cu_seqlens=cu), layout=layout, cu_seqlens=torch.tensor(cu, dtype=torch.int32))
 
 
 @pytest.mark.parametrize("n, case", _params(
