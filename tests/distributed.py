@@ -51,10 +51,17 @@ _kept_groups: set = set()  # groups made by world_cached: they live as long as t
 _cache: dict = {}
 
 
+_modules_seen: tuple = (0, [])  # (len(sys.modules), the patchable modules then)
+
+
 def _patchable_modules() -> list:
-    return [m for name, m in list(sys.modules.items())
+    global _modules_seen
+    if _modules_seen[0] != len(sys.modules):
+        _modules_seen = (len(sys.modules), [
+            m for name, m in list(sys.modules.items())
             if isinstance(m, types.ModuleType) and (name in _PATCHABLE or name == "odysseus_kernels"
-                                                    or name.startswith("odysseus_kernels."))]
+                                                    or name.startswith("odysseus_kernels."))])
+    return _modules_seen[1]
 
 
 def _snapshot() -> dict:
@@ -62,11 +69,9 @@ def _snapshot() -> dict:
 
     import odysseus_kernels as ok
 
-    attrs = [(m, {k: v for k, v in vars(m).items() if callable(v) and not isinstance(v, types.ModuleType)})
-             for m in _patchable_modules()]
-    return {"attrs": attrs, "new_empty": torch.Tensor.new_empty, "validation": ok.get_validation(),
-            "comm_timeout": ok.get_comm_timeout(), "dtype": torch.get_default_dtype(),
-            "grad": torch.is_grad_enabled(), "threads": torch.get_num_threads(),
+    return {"attrs": [(m, dict(vars(m))) for m in _patchable_modules()], "new_empty": torch.Tensor.new_empty,
+            "validation": ok.get_validation(), "comm_timeout": ok.get_comm_timeout(),
+            "dtype": torch.get_default_dtype(), "grad": torch.is_grad_enabled(), "threads": torch.get_num_threads(),
             "deterministic": torch.are_deterministic_algorithms_enabled()}
 
 
@@ -75,10 +80,10 @@ def _restore(snap: dict) -> None:
 
     import odysseus_kernels as ok
 
-    for m, attrs in snap["attrs"]:
+    for m, attrs in snap["attrs"]:  # functions and classes a task replaced (data is the module's own)
         now = vars(m)
         for k, v in attrs.items():
-            if now.get(k) is not v:
+            if now.get(k) is not v and callable(v) and not isinstance(v, types.ModuleType):
                 setattr(m, k, v)
     torch.Tensor.new_empty = snap["new_empty"]
     ok.set_validation(snap["validation"])
