@@ -148,11 +148,9 @@ def _dout_rows(DO, LSE, DELTA, b, h, o_m, m_valid, sdb, sds, sdh, slb, slh, seb,
 def _key_tile(KPOS, KDOC, KMETA, start_n, Sk, k_offset, qlo, qhi, qdlo, qdhi, left, right, BN: tl.constexpr,
               CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, POS: tl.constexpr):
     """Key tile ``[start_n, start_n + BN)`` against a query tile's ranges: ``skip`` (fully masked),
-    ``full`` (fully visible), its rows and their validity."""
+    ``full`` (fully visible)."""
     klo, khi, kdlo, kdhi = _tile_range(KPOS, KDOC, KMETA, start_n, Sk, k_offset, BN, POS, HAS_DOCS)
-    skip, full = _classify(qlo, qhi, qdlo, qdhi, klo, khi, kdlo, kdhi, left, right, CAUSAL, HAS_DOCS)
-    o_n = start_n + tl.arange(0, BN)
-    return skip, full, o_n, o_n < Sk
+    return _classify(qlo, qhi, qdlo, qdhi, klo, khi, kdlo, kdhi, left, right, CAUSAL, HAS_DOCS)
 
 
 @triton.jit
@@ -217,9 +215,11 @@ def _fwd_kernel(Q, K, V, O, LSE, QPOS, KPOS, QDOC, KDOC, QMETA, KMETA,
     l_start = b_l
     qk_scale = scale * 1.4426950408889634
     for start_n in range(lo, hi, BN):
-        skip, full, o_n, n_valid = _key_tile(KPOS, KDOC, KMETA, start_n, Sk, k_offset, qlo, qhi, qdlo, qdhi, left,
-                                             right, BN, CAUSAL, HAS_DOCS, POS)
+        skip, full = _key_tile(KPOS, KDOC, KMETA, start_n, Sk, k_offset, qlo, qhi, qdlo, qdhi, left, right, BN,
+                               CAUSAL, HAS_DOCS, POS)
         if not skip:
+            o_n = start_n + tl.arange(0, BN)
+            n_valid = o_n < Sk
             p_k = K + b.to(tl.int64) * skb + hk * skh + o_n[None, :].to(tl.int64) * sks + o_d[:, None]
             b_kt = tl.load(p_k, mask=n_valid[None, :] & (o_d[:, None] < D), other=0.0)  # [BD, BN]
             b_s = tl.dot(b_q, b_kt, input_precision=PREC) * qk_scale  # [BM, BN], log2 units
@@ -273,9 +273,11 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, QPOS, KPOS, QDOC, KDOC, QMETA, K
     b_do, lse, delta = _dout_rows(DO, LSE, DELTA, b, h, o_m, m_valid, sdb, sds, sdh, slb, slh, seb, seh, DV, BDV)
     b_dq = tl.zeros([BM, BD], tl.float32)
     for start_n in range(lo, hi, BN):
-        skip, full, o_n, n_valid = _key_tile(KPOS, KDOC, KMETA, start_n, Sk, k_offset, qlo, qhi, qdlo, qdhi, left,
-                                             right, BN, CAUSAL, HAS_DOCS, POS)
+        skip, full = _key_tile(KPOS, KDOC, KMETA, start_n, Sk, k_offset, qlo, qhi, qdlo, qdhi, left, right, BN,
+                               CAUSAL, HAS_DOCS, POS)
         if not skip:
+            o_n = start_n + tl.arange(0, BN)
+            n_valid = o_n < Sk
             b_k = _load_rows(K, b, hk, o_n, n_valid, skb, sks, skh, D, BD)  # [BN, BD]
             b_v = _load_rows(V, b, hk, o_n, n_valid, svb, svs, svh, DV, BDV)  # [BN, BDV]
             b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale  # [BM, BN]
