@@ -41,8 +41,6 @@ import torch
 import triton
 import triton.language as tl
 
-from . import configs as cfgs
-
 
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
