@@ -408,6 +408,54 @@ print("ok")
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
 
 
+# --------------------------------------------------------------------------- imports (no circle)
+
+def _package_imports(module: str) -> set[str]:
+    """Every ``odysseus_kernels`` module ``module``'s source imports (module level or in functions)."""
+    import ast
+    import importlib.util
+
+    path = importlib.util.find_spec(module).origin
+    base = module.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.ImportFrom):
+            mod = ".".join(base[:len(base) - node.level + 1] + ([node.module] if node.module else [])) \
+                if node.level else node.module
+            found.update([mod] + [f"{mod}.{a.name}" for a in node.names])
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m.startswith("odysseus_kernels")}
+
+
+def test_extension_loading_is_a_leaf():
+    """The loader imports nothing of the package but ``_C``; the wrappers never import the switch."""
+    assert _package_imports("odysseus_kernels._extension_loader") <= {"odysseus_kernels", "odysseus_kernels._C"}
+    assert "odysseus_kernels.extension" not in _package_imports("odysseus_kernels.kernels.extension_ops")
+
+
+@pytest.mark.parametrize("order", ["extension,extension_ops,load", "extension_ops,extension,load",
+                                   "extension_ops,load,extension", "loader,load,extension_ops"])
+def test_extension_modules_import_in_any_order(order):
+    """A fresh interpreter imports the switch, the wrappers and the loader in either order and loads
+    the library before or after: the fake kernels are registered iff the library is loaded."""
+    mods = {"extension": "odysseus_kernels.extension", "extension_ops": "odysseus_kernels.kernels.extension_ops",
+            "loader": "odysseus_kernels._extension_loader"}
+    lines = ["import importlib, warnings", "warnings.simplefilter('ignore')"]
+    for step in order.split(","):
+        if step == "load":
+            lines.append("avail = importlib.import_module('odysseus_kernels._extension_loader').extension_available()")
+        else:
+            lines.append(f"importlib.import_module({mods[step]!r})")
+    lines += ["eo = importlib.import_module('odysseus_kernels.kernels.extension_ops')",
+              "assert eo._registered == avail == eo._library_loaded(), (eo._registered, avail)",
+              "print('ok', avail)"]
+    res = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("ok"), res.stderr[-3000:]
+    if os.environ.get("ODYSSEUS_KERNELS_BUILD_EXT") != "0":
+        assert res.stdout.split() == ["ok", "True"]
+
+
 # --------------------------------------------------------------------------- CUDA
 
 @pytest.mark.cuda

@@ -27,32 +27,35 @@ def _both_paths():
         return scan(*a)
 
     extension_ops.merge_attention_states_, extension_ops.linear_attention_state_scan = counting_merge, counting_scan
-    n = ok.group_info().size
-    g = torch.Generator().manual_seed(5)
-    q, k, v, do = (torch.randn(2, 4 * n, 4, 8, generator=g, dtype=torch.float64) for _ in range(4))
-    decay = torch.tensor([-0.1, -0.3, -0.02, 0.0], dtype=torch.float64)
-    refs = {}
-    for name, f in (("ring", lambda a, b, c: attention_ref(a, b, c, causal=True)),
-                    ("lasp2", lambda a, b, c: linear_attention_ref(a, b, c, g_gamma=decay))):
-        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-        f(*leaves).backward(do)
-        refs[name] = [t.grad for t in leaves]
-        refs[name].insert(0, f(q, k, v))
-    out = {}
-    for disabled in (False, True):
-        before = dict(calls)
-        for name, fn in (("ring", lambda a, b, c: ok.ring_attention(a, b, c, causal=True, layout="zigzag")),
-                         ("lasp2", lambda a, b, c: ok.lasp2_linear_attention(a, b, c, g_gamma=decay, scale=1.0))):
-            layout = "zigzag" if name == "ring" else "contiguous"
-            ls = [ok.shard_sequence(t, layout=layout).clone().requires_grad_(True) for t in (q, k, v)]
-            with extension_disabled() if disabled else torch.enable_grad():
-                o = fn(*ls)
-                o.backward(ok.shard_sequence(do, layout=layout))
-            got = [o] + [t.grad for t in ls]
-            err = max((a - ok.shard_sequence(b, layout=layout)).abs().max().item() for a, b in zip(got, refs[name]))
-            out[(name, disabled)] = err
-        out[("calls", disabled)] = (calls["merge"] - before["merge"], calls["scan"] - before["scan"])
-    return out
+    try:
+        n = ok.group_info().size
+        g = torch.Generator().manual_seed(5)
+        q, k, v, do = (torch.randn(2, 4 * n, 4, 8, generator=g, dtype=torch.float64) for _ in range(4))
+        decay = torch.tensor([-0.1, -0.3, -0.02, 0.0], dtype=torch.float64)
+        refs = {}
+        for name, f in (("ring", lambda a, b, c: attention_ref(a, b, c, causal=True)),
+                        ("lasp2", lambda a, b, c: linear_attention_ref(a, b, c, g_gamma=decay))):
+            leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+            f(*leaves).backward(do)
+            refs[name] = [t.grad for t in leaves]
+            refs[name].insert(0, f(q, k, v))
+        out = {}
+        for disabled in (False, True):
+            before = dict(calls)
+            for name, fn in (("ring", lambda a, b, c: ok.ring_attention(a, b, c, causal=True, layout="zigzag")),
+                             ("lasp2", lambda a, b, c: ok.lasp2_linear_attention(a, b, c, g_gamma=decay, scale=1.0))):
+                layout = "zigzag" if name == "ring" else "contiguous"
+                ls = [ok.shard_sequence(t, layout=layout).clone().requires_grad_(True) for t in (q, k, v)]
+                with extension_disabled() if disabled else torch.enable_grad():
+                    o = fn(*ls)
+                    o.backward(ok.shard_sequence(do, layout=layout))
+                got = [o] + [t.grad for t in ls]
+                err = max((a - ok.shard_sequence(b, layout=layout)).abs().max().item() for a, b in zip(got, refs[name]))
+                out[(name, disabled)] = err
+            out[("calls", disabled)] = (calls["merge"] - before["merge"], calls["scan"] - before["scan"])
+        return out
+    finally:  # the spies never outlive this task
+        extension_ops.merge_attention_states_, extension_ops.linear_attention_state_scan = merge, scan
 
 
 @pytest.mark.parametrize("n", [2, 3])

@@ -73,3 +73,62 @@ def _empty_is_nan():
 def test_workers_and_parent_fill_empty_with_nan():
     assert torch.empty(5).isnan().all()
     assert run_world(_empty_is_nan, 2) == [(True, True)] * 2
+
+
+# ---------------------------------------------------------------------------- every task starts clean
+
+def _state():
+    """What a task could leave behind, as this rank sees it."""
+    import odysseus_kernels as ok
+    from odysseus_kernels.comm import groups
+    from tests.distributed import _groups
+
+    return {"validation": ok.get_validation(), "timeout": ok.get_comm_timeout(),
+            "dtype": str(torch.get_default_dtype()),
+            "grad": torch.is_grad_enabled(), "group_info": groups.group_info.__module__,
+            "all_reduce": dist.all_reduce.__module__, "nan_empty": bool(torch.empty(3).isnan().all()),
+            "nan_new_empty": bool(torch.ones(1).new_empty(2).isnan().all()), "groups": len(_groups()),
+            "cached_groups": len(groups._backends)}
+
+
+def _dirty_task():
+    """Changes every setting the harness restores, and makes a process group (used once)."""
+    import odysseus_kernels as ok
+    from odysseus_kernels.comm import groups
+
+    before = _state()
+    ok.set_validation("local")
+    ok.set_comm_timeout(7.0)
+    torch.set_default_dtype(torch.float64)
+    torch.set_grad_enabled(False)
+    groups.group_info = lambda *a, **k: "patched"
+    dist.all_reduce = lambda *a, **k: None
+    torch.empty = torch.empty.__wrapped__  # un-NaN-fill
+    torch.Tensor.new_empty = torch.Tensor.new_empty.__wrapped__
+    g = dist.new_group(list(range(dist.get_world_size())))
+    groups.backend_of(g)  # cached by comm
+    dirty = _state()
+    assert dirty != before and dirty["groups"] == before["groups"] + 1, dirty
+    return before
+
+
+def _cached_group_sum():
+    from tests.distributed import world_cached
+
+    g = world_cached("everyone", lambda: dist.new_group(list(range(dist.get_world_size()))))
+    t = torch.ones(1)
+    dist.all_reduce(t, group=g)
+    return id(g), t.item()
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_a_task_does_not_leak_settings_patches_or_groups_into_the_next(world_size):
+    before = run_world(_dirty_task, world_size)
+    assert run_world(_state, world_size) == before
+    assert before[0]["validation"] == "full" and before[0]["nan_empty"] and before[0]["dtype"] == "torch.float32"
+
+
+def test_world_cached_groups_live_across_tasks():
+    first = run_world(_cached_group_sum, 2)
+    run_world(_state, 2)  # a task in between: the cached group is not destroyed with the leftovers
+    assert run_world(_cached_group_sum, 2) == first and first[0][1] == 2.0

@@ -1,4 +1,4 @@
-"""LASP-2 linear attention on world sizes 1-4, one run_world call per world size: output and q, k, v,
+"""LASP-2 linear attention on world sizes 1-4, one test item per case: output and q, k, v,
 g, g_gamma gradients against the float64 O(L^2) formula (causal without decay, per-head g_gamma,
 per-token g, both, non-causal; odd head dims; fp64 and fp32; torch and Triton backends), exactly
 one AllGather per pass whose ledger volume is (N-1) B H Dk Dv 4 (plus B H floats in the forward with
@@ -100,44 +100,65 @@ def _empty(n):
     return res
 
 
-def _world(seed):
-    info = comm.group_info()
-    n = info.size
-    errs, volumes, gamma_grads = {}, set(), {}
-    grid = itertools.product([(5, 7), (16, 12)], MODES, (torch.float64, torch.float32))
+def _cases():
+    """(backend, dk, dv, mode, dtype, c, block, seed offset): the torch backend over head dims x modes x
+    dtypes, each (dims, dtype) at both lengths; the Triton kernels (interpreter on CPU) with a constant
+    and a per-token decay, odd dims and a ragged last chunk."""
+    cases = []
+    grid = itertools.product([(5, 7), (16, 12)], MODES, ("float64", "float32"))
     for i, ((dk, dv), mode, dtype) in enumerate(grid):
         c, block = ((9, 4), (4, 64))[(i // 2) % 2]  # both lengths for every (dims, dtype)
-        err, fwd, bwd, gamma = _one(n, dk, dv, mode, dtype, c, block, "torch", seed + i)
-        key = f"torch-dk{dk}-dv{dv}-{mode}-{dtype}-C{c}-b{block}"
-        errs[key] = err
-        if gamma is not None:
-            gamma_grads[key] = gamma + (dtype,)
-        want = lasp2_comm_bytes(n, B, H, dk, dv, torch.empty((), dtype=dtype).element_size(),
-                                per_token_decay=MODES[mode][1])
+        cases.append(("torch", dk, dv, mode, dtype, c, block, i))
+    cases += [("triton", 8, 12, mode, "float32", c, 16, 1000)
+              for mode, c in (("g_gamma", 20), ("g", 13), ("causal", 13))]
+    return cases
+
+
+def _check_case(seed, backend, dk, dv, mode, dtype, c, block, offset):
+    """One case of :func:`_cases`: (error / tolerance, this rank's g_gamma gradient, the reference's,
+    the scale of its summands); exactly one AllGather per pass, of the predicted size."""
+    n = comm.group_info().size
+    dtype = getattr(torch, dtype)
+    err, fwd, bwd, gamma = _one(n, dk, dv, mode, dtype, c, block, backend, seed + offset)
+    want = lasp2_comm_bytes(n, B, H, dk, dv, torch.empty((), dtype=dtype).element_size(),
+                            per_token_decay=MODES[mode][1])
+    if backend == "torch":
         # exactly one AllGather per pass, of the predicted size, and nothing else moved
         assert (fwd.received("all_gather"), bwd.received("all_gather")) == (want["forward"], want["backward"])
-        assert fwd.payload_received() == fwd.received("all_gather") and bwd.payload_received() == bwd.received(
-            "all_gather")
+        assert fwd.payload_received() == fwd.received("all_gather")
+        assert bwd.payload_received() == bwd.received("all_gather")
         if dtype == torch.float32 and mode in ("causal", "g_gamma", "full"):
-            volumes.add((dk, dv, fwd.received("all_gather")))
-    # the Triton kernels (interpreter on CPU): constant and per-token decay, odd dims, a ragged last chunk
-    for mode, c in (("g_gamma", 20), ("g", 13), ("causal", 13)):
-        err, fwd, _, gamma = _one(n, 8, 12, mode, torch.float32, c, 16, "triton", seed + 1000)
-        errs[f"triton-{mode}-C{c}"] = err
-        if gamma is not None:
-            gamma_grads[f"triton-{mode}-C{c}"] = gamma + (torch.float32,)
-        assert fwd.received("all_gather") == lasp2_comm_bytes(n, B, H, 8, 12, per_token_decay=mode == "g")["forward"]
-    return errs, sorted(volumes), gamma_grads, _empty(n), _check_bad(n, info.rank)
+            # the volume depends on the head dims only (both lengths)
+            assert fwd.received("all_gather") == (n - 1) * B * H * dk * dv * 4
+    else:
+        assert fwd.received("all_gather") == want["forward"]
+    return err, gamma
+
+
+@pytest.mark.parametrize("n, case", [pytest.param(n, case, id=f"N{n}-{case[0]}-dk{case[1]}-dv{case[2]}-{case[3]}-"
+                                                         f"{case[4]}-C{case[5]}-b{case[6]}")
+                                     for n in (1, 2, 3, 4) for case in _cases()])
+def test_lasp2_matches_float64_formula_with_one_gather_per_pass(n, case):
+    results = run_world(_check_case, n, 40 + n, *case, timeout=600)
+    assert all(err <= 1.0 for err, _ in results), [err for err, _ in results]
+    if results[0][1] is not None:
+        # g_gamma is replicated: the sum over ranks of each rank's gradient is the exact gradient
+        # (relative to the scale of its summands, as dg)
+        _, ref, scale = results[0][1]
+        total = sum(torch.tensor(r[1][0], dtype=torch.float64) for r in results)
+        err = ((total - torch.tensor(ref, dtype=torch.float64)).abs().max() / scale).item()
+        assert err < TOL[getattr(torch, case[4])], err
+
+
+def _empty_and_bad():
+    info = comm.group_info()
+    return _empty(info.size), _check_bad(info.size, info.rank)
 
 
 @pytest.mark.parametrize("n", [pytest.param(n, id=f"N{n}") for n in (1, 2, 3, 4)])
-def test_lasp2_matches_float64_formula_one_gather_per_pass_and_rejects_bad_input(n):
-    results = run_world(_world, n, 40 + n, timeout=600)
-    for errs, volumes, _, empty, bad in results:
-        worse = {k: v for k, v in errs.items() if not v <= 1.0}
-        assert errs and not worse, worse
-        # the volume depends on the head dims only: one entry per (dk, dv) across both lengths
-        assert volumes == sorted((dk, dv, (n - 1) * B * H * dk * dv * 4) for dk, dv in [(5, 7), (16, 12)])
+def test_lasp2_empty_shards_and_bad_input(n):
+    results = run_world(_empty_and_bad, n, timeout=600)
+    for empty, bad in results:
         for o, dq, dk, dv, dg, dgg, dgg_sum, moved in empty:
             assert o == dq == dk == dv and dg == o[:3] and dgg == (2,) and dgg_sum == 0.0 and moved == 0
         assert "q and k must have the same shape" in bad["dims"] and "(1, 4, 2, 6)" in bad["dims"]
@@ -155,9 +176,4 @@ def test_lasp2_matches_float64_formula_one_gather_per_pass_and_rejects_bad_input
             assert "scale must be the same on every rank" in bad["scale_ranks"], bad["scale_ranks"]
         else:
             assert not {"seq", "g_gamma_ranks", "scale_ranks"} & set(bad)
-    assert all(r[4] == results[0][4] for r in results)  # the same errors on every rank
-    # g_gamma is replicated: the sum over ranks of each rank's gradient is the exact gradient
-    # (relative to the scale of its summands, as dg)
-    for key, (_, ref, scale, dtype) in results[0][2].items():
-        total = sum(torch.tensor(r[2][key][0], dtype=torch.float64) for r in results)
-        assert ((total - torch.tensor(ref, dtype=torch.float64)).abs().max() / scale).item() < TOL[dtype], key
+    assert all(r[1] == results[0][1] for r in results)  # the same errors on every rank

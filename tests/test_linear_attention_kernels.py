@@ -197,10 +197,8 @@ def test_pick_is_deterministic_and_every_launchable_config_is_gated():
                     if kernel == "scan" and dt != "fp32":
                         continue  # the scan reads fp32 states only: gated once, as fp32
                     for dec in configs.DECAYS.values():
-                        for rev in configs._variants(kernel):
-                            cx = {**cfg.constexprs(kernel), "USE_G": dec[0], "USE_G_GAMMA": dec[1]}
-                            if rev is not None:
-                                cx["REVERSE"] = rev
+                        for flags in configs._variants(kernel):
+                            cx = {**cfg.constexprs(kernel), "USE_G": dec[0], "USE_G_GAMMA": dec[1], **flags}
                             if kernel != "scan":
                                 cx["IEEE"] = dt == "fp32"
                             key = (arch, dt, f"linear_attention._chunk_{kernel}_kernel", tuple(sorted(cx.items())),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..extension import extension_available
+from .._extension_loader import extension_available, when_loaded
 
 _NS = "odysseus_kernels"
 _registered = False
@@ -303,7 +303,7 @@ def _library_loaded() -> bool:
 def _register() -> None:
     """Fake kernels (shape/dtype rules for ``torch.compile``) and autograd of the ops; idempotent.
 
-    Called by ``odysseus_kernels.extension`` once ``_C`` is loaded, and at import of this module when
+    Called by ``odysseus_kernels._extension_loader`` once ``_C`` is loaded, and at import of this module when
     the library is already loaded (e.g. by ``torch.ops.load_library``; ``csrc/ops.cpp`` names this
     module with ``set_python_module``, so torch's error says to import it).
     """
@@ -344,3 +344,4 @@ def _register() -> None:
 
 
 _register()
+when_loaded(_register)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ...extension import use_extension
+from ..backend import resolve_backend as _resolve
 
 from . import cpu_flash
 from .reference import attention_block_bwd_torch, attention_block_fwd_torch, merge_attention_torch
@@ -13,11 +14,7 @@ BACKENDS = ("auto", "torch", "triton", "flash_attn")
 
 def resolve_backend(backend: str, q: torch.Tensor) -> str:
     """``auto``: Triton on CUDA tensors (fp16/bf16/fp32), torch otherwise (CPU, fp64)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "triton" if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16, torch.float32) else "torch"
-    return backend
+    return _resolve(backend, q, BACKENDS)
 
 
 def attention_block_fwd(q, k, v, *, softmax_scale=None, causal=False, q_offset=0, k_offset=0,

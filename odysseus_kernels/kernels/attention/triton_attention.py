@@ -124,13 +124,53 @@ def _key_span(q_lo, q_hi, Sk, k_offset, left, right, BN: tl.constexpr, CAUSAL: t
     return lo, hi
 
 
-@triton.jit(do_not_specialize=_RUNTIME)
-def _fwd_kernel(Q, K, V, O, LSE, QPOS, KPOS, QDOC, KDOC, QMETA, KMETA,
-                sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh, slb, slh,
-                H, G, Sq, Sk, q_offset, k_offset, left, right, scale, first,
-                D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
-                POS: tl.constexpr, PREC: tl.constexpr):
+@triton.jit
+def _load_rows(P, b, h, o, valid, sb, ss, sh, DIM: tl.constexpr, BDIM: tl.constexpr):
+    """The ``[len(o), BDIM]`` tile of rows ``o`` (masked by ``valid`` and ``DIM``) of batch ``b``, head ``h``
+    of a ``[B, S, H, DIM]`` tensor with strides ``(sb, ss, sh, 1)``; 0 where masked."""
+    o_d = tl.arange(0, BDIM)
+    return tl.load(P + b.to(tl.int64) * sb + h * sh + o[:, None].to(tl.int64) * ss + o_d[None, :],
+                   mask=valid[:, None] & (o_d[None, :] < DIM), other=0.0)
+
+
+@triton.jit
+def _dout_rows(DO, LSE, DELTA, b, h, o_m, m_valid, sdb, sds, sdh, slb, slh, seb, seh, DV: tl.constexpr,
+               BDV: tl.constexpr):
+    """dO ``[BM, BDV]``, lse (``+inf`` on rows that saw no key, so that ``p = 0``) and delta of query rows ``o_m``."""
+    b_do = _load_rows(DO, b, h, o_m, m_valid, sdb, sds, sdh, DV, BDV)
+    lse = tl.load(LSE + b.to(tl.int64) * slb + h * slh + o_m, mask=m_valid, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    delta = tl.load(DELTA + b.to(tl.int64) * seb + h * seh + o_m, mask=m_valid, other=0.0)
+    return b_do, lse, delta
+
+
+@triton.jit
+def _key_tile(KPOS, KDOC, KMETA, start_n, Sk, k_offset, qlo, qhi, qdlo, qdhi, left, right, BN: tl.constexpr,
+              CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, POS: tl.constexpr):
+    """Key tile ``[start_n, start_n + BN)`` against a query tile's ranges: ``skip`` (fully masked),
+    ``full`` (fully visible)."""
+    klo, khi, kdlo, kdhi = _tile_range(KPOS, KDOC, KMETA, start_n, Sk, k_offset, BN, POS, HAS_DOCS)
+    return _classify(qlo, qhi, qdlo, qdhi, klo, khi, kdlo, kdhi, left, right, CAUSAL, HAS_DOCS)
+
+
+@triton.jit
+def _mask_scores(b_s, full, start_n, o_n, n_valid, qpos, qdoc, KPOS, KDOC, Sk, k_offset, left, right,
+                 BN: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, POS: tl.constexpr):
+    """Scores ``[BM, BN]`` with -inf where the mask hides the key; evaluated on boundary tiles only."""
+    if (not full) | (start_n + BN > Sk):
+        kpos, kdoc = _rows(KPOS, KDOC, o_n, n_valid, k_offset, POS, HAS_DOCS, -2)
+        vis = _visible(qpos, kpos, qdoc, kdoc, n_valid, left, right, CAUSAL, HAS_DOCS)
+        b_s = tl.where(vis, b_s, float("-inf"))
+    return b_s
+
+
+@triton.jit
+def _query_tile(Q, QPOS, QDOC, QMETA, sqb, sqs, sqh, H, G, Sq, Sk, q_offset, k_offset, left, right,
+                D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr,
+                HAS_DOCS: tl.constexpr, POS: tl.constexpr):
+    """The query side of a (query tile, head) program (grid: query tiles x B*H): batch, head, kv head,
+    rows ``o_m`` and their validity, the ``[BM, BD]`` query tile, the rows' positions and documents,
+    the tile's position/document range and the key rows ``[lo, hi)`` the mask can reach."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -138,14 +178,26 @@ def _fwd_kernel(Q, K, V, O, LSE, QPOS, KPOS, QDOC, KDOC, QMETA, KMETA,
     hk = h // G
     start_m = pid_m * BM
     o_m = start_m + tl.arange(0, BM)  # [BM]
-    o_d = tl.arange(0, BD)
-    o_dv = tl.arange(0, BDV)
     m_valid = o_m < Sq
-    p_q = Q + b.to(tl.int64) * sqb + h * sqh + o_m[:, None].to(tl.int64) * sqs + o_d[None, :]
-    b_q = tl.load(p_q, mask=m_valid[:, None] & (o_d[None, :] < D), other=0.0)  # [BM, BD]
+    b_q = _load_rows(Q, b, h, o_m, m_valid, sqb, sqs, sqh, D, BD)  # [BM, BD]
     qpos, qdoc = _rows(QPOS, QDOC, o_m, m_valid, q_offset, POS, HAS_DOCS, -1)
     qlo, qhi, qdlo, qdhi = _tile_range(QPOS, QDOC, QMETA, start_m, Sq, q_offset, BM, POS, HAS_DOCS)
     lo, hi = _key_span(qlo, qhi, Sk, k_offset, left, right, BN, CAUSAL, POS)
+    return b, h, hk, o_m, m_valid, b_q, qpos, qdoc, qlo, qhi, qdlo, qdhi, lo, hi
+
+
+@triton.jit(do_not_specialize=_RUNTIME)
+def _fwd_kernel(Q, K, V, O, LSE, QPOS, KPOS, QDOC, KDOC, QMETA, KMETA,
+                sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh, slb, slh,
+                H, G, Sq, Sk, q_offset, k_offset, left, right, scale, first,
+                D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
+                POS: tl.constexpr, PREC: tl.constexpr):
+    b, h, hk, o_m, m_valid, b_q, qpos, qdoc, qlo, qhi, qdlo, qdhi, lo, hi = _query_tile(
+        Q, QPOS, QDOC, QMETA, sqb, sqs, sqh, H, G, Sq, Sk, q_offset, k_offset, left, right, D, BD, BM, BN, CAUSAL,
+        HAS_DOCS, POS)
+    o_d = tl.arange(0, BD)
+    o_dv = tl.arange(0, BDV)
     p_o = O + b.to(tl.int64) * sob + h * soh + o_m[:, None].to(tl.int64) * sos + o_dv[None, :]
     p_l = LSE + b.to(tl.int64) * slb + h * slh + o_m
     o_mask = m_valid[:, None] & (o_dv[None, :] < DV)
@@ -163,25 +215,22 @@ def _fwd_kernel(Q, K, V, O, LSE, QPOS, KPOS, QDOC, KDOC, QMETA, KMETA,
     l_start = b_l
     qk_scale = scale * 1.4426950408889634
     for start_n in range(lo, hi, BN):
-        klo, khi, kdlo, kdhi = _tile_range(KPOS, KDOC, KMETA, start_n, Sk, k_offset, BN, POS, HAS_DOCS)
-        skip, full = _classify(qlo, qhi, qdlo, qdhi, klo, khi, kdlo, kdhi, left, right, CAUSAL, HAS_DOCS)
+        skip, full = _key_tile(KPOS, KDOC, KMETA, start_n, Sk, k_offset, qlo, qhi, qdlo, qdhi, left, right, BN,
+                               CAUSAL, HAS_DOCS, POS)
         if not skip:
             o_n = start_n + tl.arange(0, BN)
             n_valid = o_n < Sk
             p_k = K + b.to(tl.int64) * skb + hk * skh + o_n[None, :].to(tl.int64) * sks + o_d[:, None]
             b_kt = tl.load(p_k, mask=n_valid[None, :] & (o_d[:, None] < D), other=0.0)  # [BD, BN]
             b_s = tl.dot(b_q, b_kt, input_precision=PREC) * qk_scale  # [BM, BN], log2 units
-            if (not full) | (start_n + BN > Sk):  # boundary tile: evaluate the mask
-                kpos, kdoc = _rows(KPOS, KDOC, o_n, n_valid, k_offset, POS, HAS_DOCS, -2)
-                vis = _visible(qpos, kpos, qdoc, kdoc, n_valid, left, right, CAUSAL, HAS_DOCS)
-                b_s = tl.where(vis, b_s, float("-inf"))
+            b_s = _mask_scores(b_s, full, start_n, o_n, n_valid, qpos, qdoc, KPOS, KDOC, Sk, k_offset, left, right,
+                               BN, CAUSAL, HAS_DOCS, POS)
             m_new = tl.maximum(b_m, tl.max(b_s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             b_p = tl.exp2(b_s - m_safe[:, None])  # [BM, BN]
             alpha = tl.exp2(b_m - m_safe)
             b_l = b_l * alpha + tl.sum(b_p, 1)
-            p_v = V + b.to(tl.int64) * svb + hk * svh + o_n[:, None].to(tl.int64) * svs + o_dv[None, :]
-            b_v = tl.load(p_v, mask=n_valid[:, None] & (o_dv[None, :] < DV), other=0.0)  # [BN, BDV]
+            b_v = _load_rows(V, b, hk, o_n, n_valid, svb, svs, svh, DV, BDV)  # [BN, BDV]
             b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PREC)
             b_m = m_new
     empty = b_l == 0.0
@@ -218,47 +267,28 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, QPOS, KPOS, QDOC, KDOC, QMETA, K
                    BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
                    POS: tl.constexpr, PREC: tl.constexpr):
     """dQ of a query tile; ``first=0`` adds into ``DQ`` (fp32 accumulation across ring steps)."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // G
-    start_m = pid_m * BM
-    o_m = start_m + tl.arange(0, BM)
-    o_d = tl.arange(0, BD)
-    o_dv = tl.arange(0, BDV)
-    m_valid = o_m < Sq
-    b_q = tl.load(Q + b.to(tl.int64) * sqb + h * sqh + o_m[:, None].to(tl.int64) * sqs + o_d[None, :],
-                  mask=m_valid[:, None] & (o_d[None, :] < D), other=0.0)  # [BM, BD]
-    b_do = tl.load(DO + b.to(tl.int64) * sdb + h * sdh + o_m[:, None].to(tl.int64) * sds + o_dv[None, :],
-                   mask=m_valid[:, None] & (o_dv[None, :] < DV), other=0.0)  # [BM, BDV]
-    lse = tl.load(LSE + b.to(tl.int64) * slb + h * slh + o_m, mask=m_valid, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw no key: p = 0
-    delta = tl.load(DELTA + b.to(tl.int64) * seb + h * seh + o_m, mask=m_valid, other=0.0)
-    qpos, qdoc = _rows(QPOS, QDOC, o_m, m_valid, q_offset, POS, HAS_DOCS, -1)
-    qlo, qhi, qdlo, qdhi = _tile_range(QPOS, QDOC, QMETA, start_m, Sq, q_offset, BM, POS, HAS_DOCS)
-    lo, hi = _key_span(qlo, qhi, Sk, k_offset, left, right, BN, CAUSAL, POS)
+    b, h, hk, o_m, m_valid, b_q, qpos, qdoc, qlo, qhi, qdlo, qdhi, lo, hi = _query_tile(
+        Q, QPOS, QDOC, QMETA, sqb, sqs, sqh, H, G, Sq, Sk, q_offset, k_offset, left, right, D, BD, BM, BN, CAUSAL,
+        HAS_DOCS, POS)
+    b_do, lse, delta = _dout_rows(DO, LSE, DELTA, b, h, o_m, m_valid, sdb, sds, sdh, slb, slh, seb, seh, DV, BDV)
     b_dq = tl.zeros([BM, BD], tl.float32)
     for start_n in range(lo, hi, BN):
-        klo, khi, kdlo, kdhi = _tile_range(KPOS, KDOC, KMETA, start_n, Sk, k_offset, BN, POS, HAS_DOCS)
-        skip, full = _classify(qlo, qhi, qdlo, qdhi, klo, khi, kdlo, kdhi, left, right, CAUSAL, HAS_DOCS)
+        skip, full = _key_tile(KPOS, KDOC, KMETA, start_n, Sk, k_offset, qlo, qhi, qdlo, qdhi, left, right, BN,
+                               CAUSAL, HAS_DOCS, POS)
         if not skip:
             o_n = start_n + tl.arange(0, BN)
             n_valid = o_n < Sk
-            b_k = tl.load(K + b.to(tl.int64) * skb + hk * skh + o_n[:, None].to(tl.int64) * sks + o_d[None, :],
-                          mask=n_valid[:, None] & (o_d[None, :] < D), other=0.0)  # [BN, BD]
-            b_v = tl.load(V + b.to(tl.int64) * svb + hk * svh + o_n[:, None].to(tl.int64) * svs + o_dv[None, :],
-                          mask=n_valid[:, None] & (o_dv[None, :] < DV), other=0.0)  # [BN, BDV]
+            b_k = _load_rows(K, b, hk, o_n, n_valid, skb, sks, skh, D, BD)  # [BN, BD]
+            b_v = _load_rows(V, b, hk, o_n, n_valid, svb, svs, svh, DV, BDV)  # [BN, BDV]
             b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale  # [BM, BN]
-            if (not full) | (start_n + BN > Sk):
-                kpos, kdoc = _rows(KPOS, KDOC, o_n, n_valid, k_offset, POS, HAS_DOCS, -2)
-                vis = _visible(qpos, kpos, qdoc, kdoc, n_valid, left, right, CAUSAL, HAS_DOCS)
-                b_s = tl.where(vis, b_s, float("-inf"))
+            b_s = _mask_scores(b_s, full, start_n, o_n, n_valid, qpos, qdoc, KPOS, KDOC, Sk, k_offset, left, right,
+                               BN, CAUSAL, HAS_DOCS, POS)
             b_p = tl.exp(b_s - lse[:, None])  # [BM, BN]
             b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)  # [BM, BN]
             b_ds = b_p * (b_dp - delta[:, None])
             b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=PREC)
     b_dq = b_dq * scale
+    o_d = tl.arange(0, BD)
     p_dq = DQ + b.to(tl.int64) * sgb + h * sgh + o_m[:, None].to(tl.int64) * sgs + o_d[None, :]
     dq_mask = m_valid[:, None] & (o_d[None, :] < D)
     if first == 0:
@@ -285,10 +315,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV_, QPOS, KPOS, QDOC, KDOC, Q
     o_d = tl.arange(0, BD)
     o_dv = tl.arange(0, BDV)
     n_valid = o_n < Sk
-    b_k = tl.load(K + b.to(tl.int64) * skb + hk * skh + o_n[:, None].to(tl.int64) * sks + o_d[None, :],
-                  mask=n_valid[:, None] & (o_d[None, :] < D), other=0.0)  # [BN, BD]
-    b_v = tl.load(V + b.to(tl.int64) * svb + hk * svh + o_n[:, None].to(tl.int64) * svs + o_dv[None, :],
-                  mask=n_valid[:, None] & (o_dv[None, :] < DV), other=0.0)  # [BN, BDV]
+    b_k = _load_rows(K, b, hk, o_n, n_valid, skb, sks, skh, D, BD)  # [BN, BD]
+    b_v = _load_rows(V, b, hk, o_n, n_valid, svb, svs, svh, DV, BDV)  # [BN, BDV]
     kpos, kdoc = _rows(KPOS, KDOC, o_n, n_valid, k_offset, POS, HAS_DOCS, -2)
     klo, khi, kdlo, kdhi = _tile_range(KPOS, KDOC, KMETA, start_n, Sk, k_offset, BN, POS, HAS_DOCS)
     lo = Sq * 0
@@ -311,13 +339,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV_, QPOS, KPOS, QDOC, KDOC, Q
             if not skip:
                 o_m = start_m + tl.arange(0, BM)
                 m_valid = o_m < Sq
-                b_q = tl.load(Q + b.to(tl.int64) * sqb + h * sqh + o_m[:, None].to(tl.int64) * sqs + o_d[None, :],
-                              mask=m_valid[:, None] & (o_d[None, :] < D), other=0.0)  # [BM, BD]
-                b_do = tl.load(DO + b.to(tl.int64) * sdb + h * sdh + o_m[:, None].to(tl.int64) * sds + o_dv[None, :],
-                               mask=m_valid[:, None] & (o_dv[None, :] < DV), other=0.0)  # [BM, BDV]
-                lse = tl.load(LSE + b.to(tl.int64) * slb + h * slh + o_m, mask=m_valid, other=float("inf"))
-                lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw no key: p = 0
-                delta = tl.load(DELTA + b.to(tl.int64) * seb + h * seh + o_m, mask=m_valid, other=0.0)
+                b_q = _load_rows(Q, b, h, o_m, m_valid, sqb, sqs, sqh, D, BD)  # [BM, BD]
+                b_do, lse, delta = _dout_rows(DO, LSE, DELTA, b, h, o_m, m_valid, sdb, sds, sdh, slb, slh, seb, seh,
+                                              DV, BDV)
                 b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale  # [BM, BN]
                 if (not full) | (start_n + BN > Sk):
                     qpos, qdoc = _rows(QPOS, QDOC, o_m, m_valid, q_offset, POS, HAS_DOCS, -1)

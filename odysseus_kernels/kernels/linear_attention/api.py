@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backend import resolve_backend
 from . import reference as ref
 
 BACKENDS = ("auto", "torch", "triton")
@@ -25,11 +26,7 @@ BACKENDS = ("auto", "torch", "triton")
 
 def resolve(backend: str, q: torch.Tensor) -> str:
     """``auto``: Triton on CUDA tensors (fp16/bf16/fp32), torch otherwise (CPU, fp64)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "triton" if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16, torch.float32) else "torch"
-    return backend
+    return resolve_backend(backend, q, BACKENDS)
 
 
 def _triton():

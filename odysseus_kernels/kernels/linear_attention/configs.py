@@ -26,7 +26,7 @@ import torch
 
 from ..aot import GateCase
 
-KERNELS = ("local", "scan", "out", "dqk")
+KERNELS = ("local", "scan", "out")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 DECAYS = {"none": (False, False), "g_gamma": (False, True), "g": (True, False)}
@@ -58,14 +58,13 @@ class LaunchConfig:
 
 def _row(stages: int, warps: dict, bs: int = 128) -> LaunchConfig:
     return LaunchConfig(bt=64, bk=64, bv=64, bs=bs, num_warps={"scan": 4, **warps},
-                        num_stages={"local": stages, "scan": 1, "out": stages, "dqk": stages})
+                        num_stages={"local": stages, "scan": 1, "out": stages})
 
 
-# 16-bit: one warpgroup for the state and output kernels; dq/dk holds three fp32 accumulators
-# ([BT, BK] x 2 and [BT, BT]) and needs 8 warps to stay clear of spills. fp32 (ieee, FMA products)
-# holds its operands in registers: 8 warps everywhere.
-_W16 = {"local": 4, "out": 4, "dqk": 8}
-_W32 = {"local": 8, "out": 8, "dqk": 8}
+# 16-bit: one warpgroup for the state and output kernels (the output kernel also computes dq, dk
+# and dv). fp32 (ieee, FMA products) holds its operands in registers: 8 warps everywhere.
+_W16 = {"local": 4, "out": 4}
+_W32 = {"local": 8, "out": 8}
 TABLE: dict[tuple[int, str], LaunchConfig] = {
     (90, "bf16"): _row(2, _W16),
     (90, "fp16"): _row(2, _W16),
@@ -109,26 +108,28 @@ def _signature(kernel: str, dt: str) -> dict:
         ptrs = {"X": p, "Y": p, "L": f32}
     elif kernel == "scan":
         ptrs = {"L": f32, "HT": f32}
-    elif kernel == "out":
-        ptrs = {"X": p, "Y": p, "Z": p, "Hs": f32, "O": f32}
     else:
-        ptrs = {"Q": p, "K": p, "V": p, "DO": p, "Hs": f32, "DHs": f32, "DQ": f32, "DK_": f32}
+        ptrs = {"X": p, "Y": p, "Z": p, "Hs": f32, "O": f32}
     ints = ("C", "NT", "H", "DKV") if kernel == "scan" else ("C", "NT", "H", "DK", "DV")
     return {**ptrs, "GC": f32, "GAMMA": f32, **dict.fromkeys(ints, "i32")}
 
 
-def _variants(kernel: str):
-    """The (REVERSE,) values the dispatch launches a kernel with: ``out`` runs forward (output) and
-    reversed (dv), ``local``/``scan`` forward (states) and reversed (state gradients)."""
-    return (None,) if kernel == "dqk" else (False, True)
+def _variants(kernel: str) -> list[dict]:
+    """The direction constexprs the dispatch launches a kernel with: ``local``/``scan`` forward
+    (states) and reversed (state gradients); ``out`` forward (output), forward over ``h^T`` (dq),
+    reversed (dv) and reversed over ``dh^T`` (dk)."""
+    if kernel == "out":
+        return [{"REVERSE": rev, "TRANS_H": trans} for rev in (False, True) for trans in (False, True)]
+    return [{"REVERSE": rev} for rev in (False, True)]
 
 
 def gate_cases() -> list[GateCase]:
-    """Every (kernel, config) the dispatch can launch on sm_90 and sm_80: 4 kernels (3 of them in both
-    directions) x 3 decay modes x bf16/fp16/fp32 x head dims 64/128/256, with the exact signature and
-    constexprs :mod:`.triton_chunk` passes. The scan never touches the inputs (fp32 states only): it
-    is listed once per arch with ``dtype="fp32"``. Head dims are runtime arguments, so the cases of
-    different head dims compile the same kernel (listed per head dim as the contract asks)."""
+    """Every (kernel, config) the dispatch can launch on sm_90 and sm_80: 3 kernels (in both directions;
+    the output kernel also over transposed states) x 3 decay modes x bf16/fp16/fp32 x head dims
+    64/128/256, with the exact signature and constexprs :mod:`.triton_chunk` passes. The scan never
+    touches the inputs (fp32 states only): it is listed once per arch with ``dtype="fp32"``. Head dims
+    are runtime arguments, so the cases of different head dims compile the same kernel (listed per
+    head dim as the contract asks)."""
     from . import triton_chunk as tc
 
     cases = []
@@ -139,10 +140,8 @@ def gate_cases() -> list[GateCase]:
                 if kernel == "scan" and dt != "fp32":
                     continue
                 for decay, (use_g, use_gamma) in DECAYS.items():
-                    for rev in _variants(kernel):
-                        cx = {**cfg.constexprs(kernel), "USE_G": use_g, "USE_G_GAMMA": use_gamma}
-                        if rev is not None:
-                            cx["REVERSE"] = rev
+                    for flags in _variants(kernel):
+                        cx = {**cfg.constexprs(kernel), "USE_G": use_g, "USE_G_GAMMA": use_gamma, **flags}
                         if kernel != "scan":
                             cx["IEEE"] = dt == "fp32"
                         sig = {**_signature(kernel, dt), **dict.fromkeys(cx, "constexpr")}
@@ -151,7 +150,8 @@ def gate_cases() -> list[GateCase]:
                                 kernel=f"linear_attention._chunk_{kernel}_kernel", fn=tc.KERNELS[kernel],
                                 signature=sig, constexprs=cx, num_warps=cfg.warps(kernel),
                                 num_stages=cfg.stages(kernel), dtype=dt, head_dim=d, archs=(arch,),
-                                tags={"decay": decay, "reverse": rev}))
+                                tags={"decay": decay, "reverse": flags["REVERSE"],
+                                      "trans_h": flags.get("TRANS_H")}))
     return cases
 
 

@@ -1,7 +1,7 @@
 """Triton kernels for the shard-local part of (decayed, causal) linear attention, chunk-parallel.
 
-The same decomposition as :mod:`.reference` (read its docstring for the math), in four kernels, three
-of them with a direction flag ``REVERSE`` (forward pass: ``False``; the backward's mirror: ``True``):
+The same decomposition as :mod:`.reference` (read its docstring for the math), in three kernels, each
+with a direction flag ``REVERSE`` (forward pass: ``False``; the backward's mirror: ``True``):
 
 - ``_chunk_local_kernel`` (grid K/V-tiles x chunks x B*H): each chunk's own state,
   ``sum_s exp(gl - gc_s) k_s^T v_s`` (``REVERSE``: ``sum_i exp(gc_i) q_i^T dO_i``);
@@ -11,8 +11,9 @@ of them with a direction flag ``REVERSE`` (forward pass: ``False``; the backward
   chunks, elementwise on the state: no matmul);
 - ``_chunk_out_kernel`` (grid V-tiles x chunks x B*H): every chunk at once,
   ``exp(gc_i) q_i h_u + (mask(Q K^T) * decay) V`` (``REVERSE``: ``dv_s = exp(gl - gc_s) k_s dh_u +
-  (mask(K Q^T) * decay) dO``, the same kernel with the roles of queries and keys swapped);
-- ``_chunk_dqk_kernel`` (grid K-tiles x chunks x B*H): ``dq`` and ``dk``.
+  (mask(K Q^T) * decay) dO``, the same kernel with the roles of queries and keys swapped). ``dq`` and
+  ``dk`` are the same recurrence again with ``(q, k, v) -> (dO, v, k)`` over ``h^T`` (forward
+  direction) and ``(k, q, dO) -> (v, dO, q)`` over ``dh^T`` (``REVERSE``): flag ``TRANS_H``.
 
 Everything but the scan is parallel over chunks: at B=1, H=16 and 8K tokens the chunk kernels have
 128 chunks x 16 heads (x tiles) programs and the scan 16 x 32 state slices (see
@@ -40,8 +41,6 @@ import torch
 import triton
 import triton.language as tl
 
-from . import configs as cfgs
-
 
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
@@ -67,11 +66,11 @@ def _cols(P, i_b, i_h, C, H, D, i_t, i_d, BT: tl.constexpr, BD: tl.constexpr):
 
 @triton.jit
 def _state(P, i_bh, NT, i_t, DK, DV, i_k, i_v, BK: tl.constexpr, BV: tl.constexpr, TRANS: tl.constexpr):
-    """Block pointer to the ``[BK, BV]`` tile (``TRANS``: ``[BV, BK]``) of chunk ``i_t``'s state in a
-    ``[B*H, NT, DK, DV]`` tensor."""
+    """Block pointer to the ``[BK, BV]`` tile of chunk ``i_t``'s ``[DK, DV]`` state in a
+    ``[B*H, NT, DK, DV]`` tensor (``TRANS``: the tensor is ``[B*H, NT, DV, DK]``; the tile of its transpose)."""
     base = P + (i_bh.to(tl.int64) * NT + i_t) * DK * DV
     if TRANS:
-        return tl.make_block_ptr(base, (DV, DK), (1, DV), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
+        return tl.make_block_ptr(base, (DK, DV), (1, DK), (i_k * BK, i_v * BV), (BK, BV), (0, 1))
     else:
         return tl.make_block_ptr(base, (DK, DV), (DV, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
 
@@ -151,10 +150,17 @@ def _chunk_scan_kernel(L, HT, GC, GAMMA, C, NT, H, DKV, BT: tl.constexpr, BS: tl
 @triton.jit(do_not_specialize=["C", "NT"])
 def _chunk_out_kernel(X, Y, Z, Hs, O, GC, GAMMA, C, NT, H, DK, DV, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, USE_G: tl.constexpr, USE_G_GAMMA: tl.constexpr,
-                      REVERSE: tl.constexpr, IEEE: tl.constexpr):
-    """Forward (``x = q, y = k, z = v``, ``Hs = h``): ``o_i = exp(gc_i) q_i h + sum_{s<=i}
-    exp(gc_i - gc_s) (q_i . k_s) v_s``. ``REVERSE`` (``x = k, y = q, z = dO``, ``Hs = dh``):
-    ``dv_s = exp(gl - gc_s) k_s dh + sum_{i>=s} exp(gc_i - gc_s) (k_s . q_i) dO_i``."""
+                      REVERSE: tl.constexpr, TRANS_H: tl.constexpr, IEEE: tl.constexpr):
+    """``o_i = w_i x_i S + sum_{s in span(i)} exp(+-(gc_i - gc_s)) (x_i . y_s) z_s``, ``S`` the chunk's
+    ``[DK, DV]`` state (``TRANS_H``: ``Hs`` holds ``S^T``), ``DK``/``DV`` the feature dims of ``x``/``z``:
+
+    - output (``x = q, y = k, z = v``, ``Hs = h``): ``o_i = exp(gc_i) q_i h + sum_{s<=i}
+      exp(gc_i - gc_s) (q_i . k_s) v_s``;
+    - dq (``x = dO, y = v, z = k``, ``Hs = h``, ``TRANS_H``): the same with ``h^T``;
+    - ``REVERSE``, dv (``x = k, y = q, z = dO``, ``Hs = dh``): ``dv_s = exp(gl - gc_s) k_s dh +
+      sum_{i>=s} exp(gc_i - gc_s) (k_s . q_i) dO_i``;
+    - ``REVERSE``, dk (``x = v, y = dO, z = q``, ``Hs = dh``, ``TRANS_H``): the same with ``dh^T``.
+    """
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
@@ -165,7 +171,7 @@ def _chunk_out_kernel(X, Y, Z, Hs, O, GC, GAMMA, C, NT, H, DK, DV, BT: tl.conste
     for i_k in range(tl.cdiv(DK, BK)):
         b_x = tl.load(_rows(X, i_b, i_h, C, H, DK, i_t, i_k, BT, BK), boundary_check=(0, 1), padding_option="zero")
         b_yt = tl.load(_cols(Y, i_b, i_h, C, H, DK, i_t, i_k, BT, BK), boundary_check=(0, 1), padding_option="zero")
-        b_h = tl.load(_state(Hs, i_bh, NT, i_t, DK, DV, i_k, i_v, BK, BV, False), boundary_check=(0, 1),
+        b_h = tl.load(_state(Hs, i_bh, NT, i_t, DK, DV, i_k, i_v, BK, BV, TRANS_H), boundary_check=(0, 1),
                       padding_option="zero")
         b_o += _dot(b_x, b_h.to(b_x.dtype), IEEE)
         b_a += _dot(b_x, b_yt, IEEE)
@@ -189,48 +195,7 @@ def _chunk_out_kernel(X, Y, Z, Hs, O, GC, GAMMA, C, NT, H, DK, DV, BT: tl.conste
     tl.store(_rows(O, i_b, i_h, C, H, DV, i_t, i_v, BT, BV), b_o.to(O.dtype.element_ty), boundary_check=(0, 1))
 
 
-@triton.jit(do_not_specialize=["C", "NT"])
-def _chunk_dqk_kernel(Q, K, V, DO, Hs, DHs, DQ, DK_, GC, GAMMA, C, NT, H, DK, DV, BT: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr, USE_G: tl.constexpr, USE_G_GAMMA: tl.constexpr,
-                      IEEE: tl.constexpr):
-    """``dq_i = exp(gc_i) dO_i h^T + sum_{s<=i} ds_is k_s``, ``dk_s = exp(gl - gc_s) v_s dh^T +
-    sum_{i>=s} ds_is q_i`` with ``ds_is = exp(gc_i - gc_s) (dO_i . v_s)``."""
-    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = tl.arange(0, BT)
-    n = tl.minimum(BT, C - i_t * BT)
-    m_t = o_t < n
-    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
-    b_ds = tl.zeros([BT, BT], dtype=tl.float32)  # dL/d(q_i . k_s) before the mask
-    for i_v in range(tl.cdiv(DV, BV)):
-        b_v = tl.load(_rows(V, i_b, i_h, C, H, DV, i_t, i_v, BT, BV), boundary_check=(0, 1), padding_option="zero")
-        b_do = tl.load(_rows(DO, i_b, i_h, C, H, DV, i_t, i_v, BT, BV), boundary_check=(0, 1), padding_option="zero")
-        b_ht = tl.load(_state(Hs, i_bh, NT, i_t, DK, DV, i_k, i_v, BK, BV, True), boundary_check=(0, 1),
-                       padding_option="zero")  # [BV, BK]
-        b_dht = tl.load(_state(DHs, i_bh, NT, i_t, DK, DV, i_k, i_v, BK, BV, True), boundary_check=(0, 1),
-                        padding_option="zero")  # [BV, BK]
-        b_ds += _dot(b_do, tl.trans(b_v), IEEE)
-        b_dq += _dot(b_do, b_ht.to(b_do.dtype), IEEE)
-        b_dk += _dot(b_v, b_dht.to(b_v.dtype), IEEE)
-    keep = o_t[:, None] >= o_t[None, :]
-    if USE_G or USE_G_GAMMA:
-        b_g, g_last = _decays(GC, GAMMA, i_b, i_h, i_t, o_t, n, C, H, BT, USE_G)
-        b_dq *= tl.exp(b_g)[:, None]
-        b_dk *= tl.where(m_t, tl.exp(tl.where(m_t, g_last - b_g, 0.0)), 0.0)[:, None]
-        b_ds = tl.where(keep, b_ds * tl.exp(tl.where(keep, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
-    else:
-        b_ds = tl.where(keep, b_ds, 0.0)
-    b_q = tl.load(_rows(Q, i_b, i_h, C, H, DK, i_t, i_k, BT, BK), boundary_check=(0, 1), padding_option="zero")
-    b_k = tl.load(_rows(K, i_b, i_h, C, H, DK, i_t, i_k, BT, BK), boundary_check=(0, 1), padding_option="zero")
-    b_dq += _dot(b_ds.to(b_k.dtype), b_k, IEEE)
-    b_dk += _dot(tl.trans(b_ds).to(b_q.dtype), b_q, IEEE)
-    tl.store(_rows(DQ, i_b, i_h, C, H, DK, i_t, i_k, BT, BK), b_dq.to(DQ.dtype.element_ty), boundary_check=(0, 1))
-    tl.store(_rows(DK_, i_b, i_h, C, H, DK, i_t, i_k, BT, BK), b_dk.to(DK_.dtype.element_ty), boundary_check=(0, 1))
-
-
-KERNELS = {"local": _chunk_local_kernel, "scan": _chunk_scan_kernel, "out": _chunk_out_kernel,
-           "dqk": _chunk_dqk_kernel}
+KERNELS = {"local": _chunk_local_kernel, "scan": _chunk_scan_kernel, "out": _chunk_out_kernel}
 
 # ------------------------------------------------------------------------------------------ host functions
 
@@ -282,16 +247,17 @@ def _launch(name, grid, args, cfg, **constexprs):
 
 def launch_grids(b: int, c: int, h: int, dk: int, dv: int, cfg) -> dict:
     """The launch grid of every kernel for a shard ``[B, C, H, D*]`` under config ``cfg`` (a
-    :class:`.configs.LaunchConfig`): ``{"local": (..), "scan": (..), "out": (..), "dv": (..),
-    "dqk": (..)}``."""
+    :class:`.configs.LaunchConfig`): ``{"local": (..), "scan": (..), "out": (..), "dq": (..), "dk": (..),
+    "dv": (..)}`` (the last three launch the ``out`` kernel)."""
     nt = triton.cdiv(c, cfg.bt)
     bh = b * h
     return {
         "local": (triton.cdiv(dk, cfg.bk) * triton.cdiv(dv, cfg.bv), nt, bh),
         "scan": (triton.cdiv(dk * dv, cfg.bs), bh),
         "out": (triton.cdiv(dv, cfg.bv), nt, bh),
+        "dq": (triton.cdiv(dk, cfg.bv), nt, bh),
+        "dk": (triton.cdiv(dk, cfg.bv), nt, bh),
         "dv": (triton.cdiv(dv, cfg.bv), nt, bh),
-        "dqk": (triton.cdiv(dk, cfg.bk), nt, bh),
     }
 
 
@@ -340,7 +306,7 @@ def chunk_fwd_o_triton(q, k, v, h, *, g=None, g_gamma=None, cfg, out_dtype=torch
     dec = Decay(g, g_gamma, b, c, nh, cfg.bt, q.device)
     grid = launch_grids(b, c, nh, dk, dv, cfg)["out"]
     _launch("out", grid, (q, k, v, h.contiguous(), out, dec.gc, dec.gamma, c, h.shape[2], nh, dk, dv), cfg,
-            REVERSE=False, IEEE=q.dtype == torch.float32, **dec.flags)
+            REVERSE=False, TRANS_H=False, IEEE=q.dtype == torch.float32, **dec.flags)
     return out
 
 
@@ -358,8 +324,11 @@ def chunk_bwd_dqkv_triton(q, k, v, do, h, dh, *, g=None, g_gamma=None, cfg, out_
     grids = launch_grids(b, c, nh, dk, dv, cfg)
     nt, ieee = h.shape[2], q.dtype == torch.float32
     h, dh = h.contiguous(), dh.contiguous()
-    _launch("dqk", grids["dqk"], (q, k, v, do, h, dh, dq, dkk, dec.gc, dec.gamma, c, nt, nh, dk, dv), cfg,
-            IEEE=ieee, **dec.flags)
-    _launch("out", grids["dv"], (k, q, do, dh, dvv, dec.gc, dec.gamma, c, nt, nh, dk, dv), cfg, REVERSE=True,
-            IEEE=ieee, **dec.flags)
+    # one kernel, three roles (see _chunk_out_kernel): dv, then dq and dk with the states transposed
+    for name, x, y, z, hs, o, rev, trans in (("dv", k, q, do, dh, dvv, True, False),
+                                             ("dq", do, v, k, h, dq, False, True),
+                                             ("dk", v, do, q, dh, dkk, True, True)):
+        d_x, d_z = x.shape[-1], z.shape[-1]
+        _launch("out", grids[name], (x, y, z, hs, o, dec.gc, dec.gamma, c, nt, nh, d_x, d_z), cfg, REVERSE=rev,
+                TRANS_H=trans, IEEE=ieee, **dec.flags)
     return dq, dkk, dvv
