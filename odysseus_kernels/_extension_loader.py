@@ -1,9 +1,10 @@
 """Loading the optional compiled extension ``odysseus_kernels._C``: a leaf module.
 
-It imports nothing else from the package, so both :mod:`odysseus_kernels.extension` (the public
-switch) and :mod:`odysseus_kernels.kernels.extension_ops` (the wrappers, fake kernels and autograd)
-import it without importing each other. Code that must run once the library is loaded (registering
-the fake kernels) subscribes with :func:`when_loaded`.
+It imports nothing else from the package but the leaf ``_util``, so :mod:`odysseus_kernels.extension`
+(the public face), :mod:`odysseus_kernels.kernels.extension_ops` (the wrappers, fake kernels and
+autograd) and the kernels that call the extension import it without importing each other. Code that
+must run once the library is loaded (registering the fake kernels) subscribes with :func:`when_loaded`.
+The switch :func:`extension_disabled` / :func:`use_extension` lives here too.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import functools
 import warnings
 
 import torch
+
+from ._util import ScopedFlag
 
 _on_load = []  # callbacks run once the library is loaded
 _loaded = False
@@ -56,3 +59,17 @@ def extension_available() -> bool:
         True
     """
     return _load()
+
+
+_disabled = ScopedFlag()
+
+
+def extension_disabled():
+    """``with extension_disabled():`` the package's ops take their Python/Triton paths even when
+    the extension is available (to compare both paths, or to rule the extension out)."""
+    return _disabled.enabled()
+
+
+def use_extension() -> bool:
+    """Whether ops should call the extension now: available and not disabled."""
+    return not _disabled.on and extension_available()

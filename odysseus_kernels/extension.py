@@ -8,21 +8,7 @@ Loading lives in the leaf module ``odysseus_kernels._extension_loader``.
 """
 from __future__ import annotations
 
-from ._extension_loader import extension_available  # noqa: F401  (re-exported)
-from ._util import ScopedFlag
+from ._extension_loader import extension_available, extension_disabled, use_extension  # noqa: F401  (re-exported)
 # The wrappers subscribe their fake kernels/autograd to the loading: importing them here keeps
 # "extension loaded" meaning "ready for torch.compile" whoever loads it first.
 from .kernels import extension_ops  # noqa: F401,E402
-
-_disabled = ScopedFlag()
-
-
-def extension_disabled():
-    """``with extension_disabled():`` the package's ops take their Python/Triton paths even when
-    the extension is available (to compare both paths, or to rule the extension out)."""
-    return _disabled.enabled()
-
-
-def use_extension() -> bool:
-    """Whether ops should call the extension now: available and not disabled."""
-    return not _disabled.on and extension_available()

@@ -104,11 +104,10 @@ def _groups() -> list:
 def _destroy_leftover_groups() -> None:
     import torch.distributed as dist
 
-    from odysseus_kernels.comm import groups as comm_groups
+    from odysseus_kernels.comm import forget_group
 
     for g in _leftover_groups:
-        for cache in (getattr(comm_groups, "_backends", {}), getattr(comm_groups, "_side_groups", {})):
-            cache.pop(g, None)
+        forget_group(g)  # the package's caches of it (backend, control group, USP groups)
         if g in _groups():
             dist.destroy_process_group(g)
     _leftover_groups.clear()

@@ -433,3 +433,22 @@ def test_a_real_op_names_itself_in_the_timeout(where):
     else:  # the autograd node of the op (its backward), e.g. "ScheduledAttentionBackward (backward)"
         assert op.endswith("Backward (backward)"), op
     assert "with rank 1" in msg
+
+
+def _forget_group_rank():
+    import torch.distributed as dist
+
+    parent = comm.new_group([0, 1])
+    u = ok.usp_groups(2, parent)
+    assert ok.usp_groups(2, parent) is u  # cached
+    comm.forget_group(parent)
+    u2 = ok.usp_groups(2, parent)  # rebuilt after forget
+    assert u2 is not u and u2.ulysses_degree == 2
+    for g in (u.ulysses_group, u.ring_group, u2.ulysses_group, u2.ring_group, parent):
+        comm.forget_group(g)
+        dist.destroy_process_group(g)
+    return True
+
+
+def test_forget_group_drops_the_cached_usp_groups():
+    assert all(run_world(_forget_group_rank, 2, timeout=120))

@@ -1,6 +1,6 @@
 """The ahead-of-time compile gate (odysseus_kernels/kernels/aot.py): its verdict rules, the CLI on a
 fake kernel family (tests/gate_fake_family.py: a config that fits and one deliberately over shared
-memory), and the real gate on every family with a ``kernels/<family>/configs.py``.
+memory), and the real gate on every family with a ``kernels/<family>/configs.py`` and ``gate.py``.
 
 The real gate compiles every case once per session: ``scripts/dev.sh test`` runs it (under both Triton
 versions) before pytest and passes its results in ``ODYSSEUS_GATE_RESULTS``; without that this module
@@ -96,9 +96,10 @@ def test_compile_case_refuses_the_interpreter(monkeypatch):
 
 def test_discovery_names_every_configs_module():
     here = os.path.join(ROOT, "odysseus_kernels", "kernels")
-    expect = sorted(d for d in os.listdir(here) if os.path.isfile(os.path.join(here, d, "configs.py")))
+    expect = sorted(d for d in os.listdir(here) if os.path.isfile(os.path.join(here, d, "configs.py"))
+                    and os.path.isfile(os.path.join(here, d, "gate.py")))
     assert aot.discover_families() == expect
-    assert aot.family_module("attention") == "odysseus_kernels.kernels.attention.configs"
+    assert aot.family_module("attention") == "odysseus_kernels.kernels.attention.gate"
     assert aot.family_module(FAKE) == FAKE and aot.family_name(aot.family_module("gemm")) == "gemm"
 
 

@@ -429,8 +429,10 @@ def _package_imports(module: str) -> set[str]:
 
 
 def test_extension_loading_is_a_leaf():
-    """The loader imports nothing of the package but ``_C``; the wrappers never import the switch."""
-    assert _package_imports("odysseus_kernels._extension_loader") <= {"odysseus_kernels", "odysseus_kernels._C"}
+    """The loader imports nothing of the package but ``_C`` and the leaf ``_util``; the wrappers never
+    import the public face."""
+    assert _package_imports("odysseus_kernels._extension_loader") <= {
+        "odysseus_kernels", "odysseus_kernels._C", "odysseus_kernels._util", "odysseus_kernels._util.ScopedFlag"}
     assert "odysseus_kernels.extension" not in _package_imports("odysseus_kernels.kernels.extension_ops")
 
 

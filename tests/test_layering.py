@@ -13,10 +13,10 @@ PKG = "odysseus_kernels"
 # part -> the parts it may import (besides itself). A part is the first component below the package
 # ("ops", "comm", ...) or a top-level module ("_util", "extension", ...).
 ALLOWED = {
-    "_util": set(), "_host": set(), "_extension_loader": {"_C"},
-    "extension": {"_extension_loader", "_C", "_util"},
+    "_util": set(), "_host": set(), "_extension_loader": {"_C", "_util"},
+    "extension": {"_extension_loader", "_C", "kernels"},  # the public face: loads and registers the wrappers
     "comm": {"_util"},
-    "kernels": {"extension", "_extension_loader", "_util"},
+    "kernels": {"_extension_loader", "_util"},
     "ops": {"kernels", "comm", "extension", "_host", "_util", "_extension_loader"},
     "models": {"ops", "comm", "kernels", "_util"},
     "layers": {"ops", "comm", "models", "kernels", "_util"},

@@ -17,7 +17,7 @@ from odysseus_kernels.kernels.linear_attention import (
     linear_attention_ref,
     state_scan,
 )
-from odysseus_kernels.kernels.linear_attention import configs
+from odysseus_kernels.kernels.linear_attention import configs, gate
 
 # max |got - ref| / max |ref|, per dtype (fp32 is exact fp32 on a GPU too: input_precision="ieee")
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 3e-3}
@@ -184,7 +184,7 @@ def test_state_scan_is_the_exclusive_decayed_prefix_and_suffix():
 def test_pick_is_deterministic_and_every_launchable_config_is_gated():
     from odysseus_kernels.kernels.linear_attention import triton_chunk as tc
 
-    cases = configs.gate_cases()
+    cases = gate.gate_cases()
     gated = {(c.archs[0], c.dtype, c.kernel, tuple(sorted(c.constexprs.items())), c.num_warps, c.num_stages)
              for c in cases}
     for arch in (90, 80):
@@ -197,7 +197,7 @@ def test_pick_is_deterministic_and_every_launchable_config_is_gated():
                     if kernel == "scan" and dt != "fp32":
                         continue  # the scan reads fp32 states only: gated once, as fp32
                     for dec in configs.DECAYS.values():
-                        for flags in configs._variants(kernel):
+                        for flags in gate._variants(kernel):
                             cx = {**cfg.constexprs(kernel), "USE_G": dec[0], "USE_G_GAMMA": dec[1], **flags}
                             if kernel != "scan":
                                 cx["IEEE"] = dt == "fp32"

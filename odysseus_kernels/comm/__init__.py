@@ -17,7 +17,7 @@ from .collectives import (
     reduce_scatter,
     reduce_scatter_async,
 )
-from .groups import GroupInfo, control_group, group_info, new_group
+from .groups import GroupInfo, control_group, forget_group, group_info, new_group, on_forget
 from .launch import LocalWorld, RankError, WorldTimeout
 from .ledger import CommLedger, KindStats, comm_ledger
 from .p2p import exchange, ring_exchange
@@ -29,6 +29,6 @@ __all__ = [
     "all_gather", "all_gather_async", "all_gather_objects", "all_reduce", "all_reduce_async", "all_to_all", "all_to_all_async",
     "comm_ledger", "comm_stream", "exchange", "group_info", "new_group", "rank_consistent", "reduce_scatter",
     "reduce_scatter_async", "ring_exchange", "skip_cross_rank_checks",
-    "CommTimeout", "comm_timeout", "control_group", "get_comm_timeout", "get_validation", "op_context",
+    "CommTimeout", "comm_timeout", "control_group", "forget_group", "on_forget", "get_comm_timeout", "get_validation", "op_context",
     "set_comm_timeout", "set_validation", "validation",
 ]

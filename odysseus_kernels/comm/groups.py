@@ -113,3 +113,29 @@ def control_group(group=None):
 def control_device(info: GroupInfo) -> torch.device:
     """Device of the control tensors: always the CPU (see :func:`control_group`)."""
     return torch.device("cpu")
+
+
+_forget_hooks: list = []
+
+
+def on_forget(hook) -> None:
+    """Register ``hook(group)``, called by :func:`forget_group` (caches above comm, e.g. USP's groups)."""
+    _forget_hooks.append(hook)
+
+
+def forget_group(group) -> None:
+    """Drop every cache the package keeps for ``group`` (its backend name, its CPU control group,
+    which is destroyed if it was created for it, and the caches registered with :func:`on_forget`,
+    e.g. the USP groups built over it). Call it on every member before
+    ``torch.distributed.destroy_process_group(group)`` (e.g. when recovering from a
+    :class:`~odysseus_kernels.comm.CommTimeout`), so that no later call reuses a destroyed group."""
+    _backends.pop(group, None)
+    side = _side_groups.pop(group, None)
+    if side is not None and side is not group and dist.is_initialized():
+        try:
+            dist.destroy_process_group(side)
+        except (ValueError, RuntimeError):  # already destroyed
+            pass
+    for hook in list(_forget_hooks):
+        hook(group)
+

@@ -1,8 +1,9 @@
 """Ahead-of-time compilation of our Triton kernels for a GPU architecture, on a machine without one.
 
-Every Triton kernel family keeps one launch-config table in its ``configs.py`` and exposes
-``gate_cases() -> list[GateCase]``: every (kernel, config) the dispatch can pick, with the exact
-signature and constexprs the wrapper passes. The compile gate (``tests/test_compile_gate.py``,
+Every Triton kernel family keeps one launch-config table in its ``configs.py`` (the dispatch's only
+source of configs; it imports no kernel) and, in its ``gate.py``, ``gate_cases() -> list[GateCase]``:
+every (kernel, config) the dispatch can pick, with the exact signature and constexprs the wrapper
+passes. The compile gate (``tests/test_compile_gate.py``,
 ``python -m odysseus_kernels.kernels.aot``) compiles each case for sm_90 and sm_80 with Triton's own
 compiler and bundled ptxas, and checks shared memory, registers, spills and wgmma::
 
@@ -100,22 +101,24 @@ class GateCase:
 # --------------------------------------------------------------------------- families
 
 def family_module(name: str) -> str:
-    """``"attention"`` -> ``"odysseus_kernels.kernels.attention.configs"``; a dotted name is a module."""
-    return name if "." in name else f"{_PKG}.{name}.configs"
+    """``"attention"`` -> ``"odysseus_kernels.kernels.attention.gate"``; a dotted name is a module."""
+    return name if "." in name else f"{_PKG}.{name}.gate"
 
 
 def family_name(module: str) -> str:
     prefix = _PKG + "."
-    if module.startswith(prefix) and module.endswith(".configs"):
-        return module[len(prefix):-len(".configs")]
+    if module.startswith(prefix) and module.endswith(".gate"):
+        return module[len(prefix):-len(".gate")]
     return module
 
 
 def discover_families() -> list[str]:
-    """Short names of every ``odysseus_kernels/kernels/<family>/configs.py`` (sorted)."""
+    """Short names of every family: ``odysseus_kernels/kernels/<family>/`` with a launch-config table
+    (``configs.py``) and its gate cases (``gate.py``) (sorted)."""
     here = os.path.dirname(os.path.abspath(__file__))
     return sorted(d for d in os.listdir(here)
                   if os.path.isfile(os.path.join(here, d, "configs.py"))
+                  and os.path.isfile(os.path.join(here, d, "gate.py"))
                   and os.path.isfile(os.path.join(here, d, "__init__.py")))
 
 
@@ -123,7 +126,7 @@ _CASES: dict[str, list] = {}
 
 
 def family_cases(module: str) -> list[GateCase]:
-    """``gate_cases()`` of a family's configs module (cached per process; it must be deterministic)."""
+    """``gate_cases()`` of a family's gate module (cached per process; it must be deterministic)."""
     if module not in _CASES:
         mod = importlib.import_module(module)
         if not hasattr(mod, "gate_cases"):
@@ -499,8 +502,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
     p.add_argument("--arch", default="90,80", help="compute capabilities, comma-separated (default 90,80)")
     p.add_argument("--families", default=None,
-                   help="comma-separated family names (kernels/<family>/configs.py) or module paths; "
-                        "default: every family with a configs.py")
+                   help="comma-separated family names (kernels/<family>/gate.py) or module paths; "
+                        "default: every family with a configs.py and a gate.py")
     p.add_argument("--jobs", type=int, default=2, help="parallel compile processes (default 2)")
     p.add_argument("--cache-dir", default=None, help="Triton/ptxas cache shared by the jobs (default: a "
                    "temporary directory for this run)")

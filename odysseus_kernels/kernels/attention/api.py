@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ...extension import use_extension
+from ..._extension_loader import use_extension
 from ..backend import resolve_backend as _resolve
 
 from . import cpu_flash

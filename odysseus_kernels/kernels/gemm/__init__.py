@@ -1,5 +1,6 @@
 """The persistent Triton GEMM behind the fused TP GEMMs (no communication here)."""
-from .configs import GemmConfig, gate_cases, pick
+from .configs import GemmConfig, pick
+from .gate import gate_cases
 from .persistent import RowMap, Signal, Wait, grid_size, persistent_gemm
 
 __all__ = ["GemmConfig", "RowMap", "Signal", "Wait", "gate_cases", "grid_size", "persistent_gemm", "pick"]

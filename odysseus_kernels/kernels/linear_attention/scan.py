@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ...extension import use_extension
+from ..._extension_loader import use_extension
 
 
 def state_scan(states: torch.Tensor, chunk_log_decay: torch.Tensor | None, reverse: bool) -> torch.Tensor:

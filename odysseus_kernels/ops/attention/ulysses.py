@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...comm import all_to_all, group_info, new_group, rank_consistent
+from ...comm import all_to_all, group_info, new_group, on_forget, rank_consistent
 from ..local_attention import local_attention
 from .common import (DEFAULT_LAYOUT, empty_attention, is_empty, resolve_layout, scale_of, validate_qkv,
                      validated_layout)
@@ -161,12 +161,23 @@ class USPGroups:
 _usp_cache: dict = {}  # (parent process group, ulysses degree) -> USPGroups
 
 
+def _forget_usp(group) -> None:
+    """``comm.forget_group`` hook: drop the USP groups built over, or made of, ``group``."""
+    for key, g in list(_usp_cache.items()):
+        if group in (key[0], g.ulysses_group, g.ring_group):
+            del _usp_cache[key]
+
+
+on_forget(_forget_usp)
+
+
 def usp_groups(ulysses_degree: int, group=None) -> USPGroups:
     """Build USP's groups over ``group`` (default: the world): consecutive ranks form a Ulysses group
     of ``ulysses_degree`` ranks; ranks with the same Ulysses index form a ring. Every rank of the
     world must call this (torch.distributed creates groups collectively). The groups are cached per
     ``(group, ulysses_degree)`` for the life of ``group`` (as comm's control groups are): later calls
-    return the same groups and create none (after destroying one of them, pass a new parent group).
+    return the same groups and create none; ``ok.comm.forget_group(g)`` before destroying one of them
+    (or the parent) drops the entry, and the next call builds new groups.
     """
     info = group_info(group)
     if ulysses_degree < 1 or info.size % ulysses_degree:
