@@ -21,8 +21,4 @@ RELAY = 22
 TOKEN_RING_OUT = (31, 32)
 TOKEN_RING_BACK = (33, 34)
 
-# comm.rank_consistent: the digest exchange of the cross-rank check, on the CPU control group (for a
-# gloo group, the group itself: no op's transfers are in flight while it runs).
-CHECK = 40
-
-ALL = (RING_FORWARD, RING_BACKWARD, ROTATION, RELAY) + TOKEN_RING_OUT + TOKEN_RING_BACK + (CHECK,)
+ALL = (RING_FORWARD, RING_BACKWARD, ROTATION, RELAY) + TOKEN_RING_OUT + TOKEN_RING_BACK
