@@ -69,30 +69,13 @@ def _no_sync(name: str) -> bool:
 def _graph(name: str) -> float:
     import torch.distributed as dist
 
+    from tests.test_cuda_hotpath import capture_forward
+
     rank = dist.get_rank()
     torch.cuda.set_device(rank)
     fn, hkv = _ops(dist.get_world_size())[name]
     static = _inputs(rank, hkv, grad=False)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.no_grad():
-        for _ in range(2):
-            fn(*static)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with ok.validation("local"), torch.no_grad(), torch.cuda.graph(graph):
-        out = fn(*static)
-    worst = 0.0
-    for seed in (2, 3):
-        fresh = _inputs(rank, hkv, seed=seed, grad=False)
-        for s, f in zip(static, fresh):
-            s.copy_(f)
-        graph.replay()
-        with torch.no_grad():
-            eager = fn(*fresh)
-        torch.cuda.synchronize()
-        worst = max(worst, (out.float() - eager.float()).abs().max().item())
-    return worst
+    return max(capture_forward(fn, static, [_inputs(rank, hkv, seed=s, grad=False) for s in (2, 3)]))
 
 
 def _worlds():
@@ -110,19 +93,23 @@ def nccl_worlds():
         w.shutdown()
 
 
+NAMES = ["ring_attention", "token_ring_attention", "ulysses_attention", "allgather_kv_attention",
+         "lasp2_linear_attention", "usp_attention"]
+
+
+def _world_for(nccl_worlds, n, name):
+    if n not in nccl_worlds or (name == "usp_attention" and n < 4):
+        pytest.skip(f"needs {4 if name == 'usp_attention' else n} GPUs")
+    return nccl_worlds[n]
+
+
 @pytest.mark.parametrize("n", [2, 4])
-@pytest.mark.parametrize("name", ["ring_attention", "token_ring_attention", "ulysses_attention",
-                                  "allgather_kv_attention", "lasp2_linear_attention", "usp_attention"])
+@pytest.mark.parametrize("name", NAMES)
 def test_no_host_sync_on_nccl_ranks(nccl_worlds, n, name):
-    if n not in nccl_worlds or (name == "usp_attention" and n < 4):
-        pytest.skip(f"needs {4 if name == 'usp_attention' else n} GPUs")
-    assert all(nccl_worlds[n].run(_no_sync, name, timeout=600))
+    assert all(_world_for(nccl_worlds, n, name).run(_no_sync, name, timeout=600))
 
 
 @pytest.mark.parametrize("n", [2, 4])
-@pytest.mark.parametrize("name", ["ring_attention", "token_ring_attention", "ulysses_attention",
-                                  "allgather_kv_attention", "lasp2_linear_attention", "usp_attention"])
+@pytest.mark.parametrize("name", NAMES)
 def test_graph_capture_on_nccl_ranks(nccl_worlds, n, name):
-    if n not in nccl_worlds or (name == "usp_attention" and n < 4):
-        pytest.skip(f"needs {4 if name == 'usp_attention' else n} GPUs")
-    assert max(nccl_worlds[n].run(_graph, name, timeout=600)) == 0.0
+    assert max(_world_for(nccl_worlds, n, name).run(_graph, name, timeout=600)) == 0.0
