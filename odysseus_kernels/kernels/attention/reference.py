@@ -16,9 +16,7 @@ import math
 
 import torch
 
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ..._util import acc_dtype as _acc_dtype
 
 
 def block_mask(sq: int, sk: int, *, causal: bool, q_offset: int = 0, k_offset: int = 0,

@@ -42,10 +42,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The accumulator dtype of an input dtype: fp64 stays fp64, everything else is fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ..._util import acc_dtype
 
 
 def token_decay(g, g_gamma, b: int, c: int, h: int, dtype, device):
