@@ -11,7 +11,8 @@ import os
 import pytest
 import torch
 
-from odysseus_kernels.kernels.gemm import RowMap, Signal, Wait, gate_cases, persistent_gemm, pick
+from odysseus_kernels.kernels.gemm import RowMap, Signal, Wait, persistent_gemm, pick
+from odysseus_kernels.kernels.gemm.gate import gate_cases
 from odysseus_kernels.kernels.gemm.configs import INTERPRETER, MODES, TABLE, TABLE_N_MAJOR
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1",

@@ -1,6 +1,5 @@
 """The persistent Triton GEMM behind the fused TP GEMMs (no communication here)."""
 from .configs import GemmConfig, pick
-from .gate import gate_cases
 from .persistent import RowMap, Signal, Wait, grid_size, persistent_gemm
 
-__all__ = ["GemmConfig", "RowMap", "Signal", "Wait", "gate_cases", "grid_size", "persistent_gemm", "pick"]
+__all__ = ["GemmConfig", "RowMap", "Signal", "Wait", "grid_size", "persistent_gemm", "pick"]
