@@ -363,6 +363,7 @@ def test_plan_inside_a_cuda_graph_capture_avoids_the_host_counted_flags(monkeypa
     from odysseus_kernels.ops.tp_gemm.pipeline import make_plan
 
     info = GroupInfo(group=None, rank=0, size=2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     assert make_plan(info, "auto", None, "cuda", 1).mode == "fused"
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)

@@ -79,7 +79,8 @@ def make_plan(info: GroupInfo, impl: str, chunks: int | None, device_type: str, 
     rank: local; CUDA: fused; else the ring when a step's GEMM reaches :data:`MIN_OVERLAP_FLOPS`
     (CUDA only), else plain; while a CUDA graph is being captured on several ranks, chunked (``"fused"``
     raises: its flags' epoch is counted on the host). ``fused_ok``: the dtype has a fused kernel."""
-    capturing = device_type == "cuda" and info.size > 1 and torch.cuda.is_current_stream_capturing()
+    capturing = (device_type == "cuda" and info.size > 1 and torch.cuda.is_available()
+                 and torch.cuda.is_current_stream_capturing())
     if impl == "fused":
         if capturing:
             raise ValueError("impl='fused' cannot be captured in a CUDA graph on more than one rank: its arrival "
