@@ -36,12 +36,3 @@ def host_values(t: torch.Tensor) -> tuple:
     vals = tuple(t.detach().tolist())  # on CUDA: one device-to-host read (a synchronisation)
     _cache[key] = (weakref.ref(t, _forget(key)), version, t.data_ptr(), vals)
     return vals
-
-
-def cached(t: torch.Tensor) -> bool:
-    """Whether :func:`host_values` would answer ``t`` without reading it (tests)."""
-    hit = _cache.get(id(t))
-    try:
-        return hit is not None and hit[0]() is t and hit[1] == t._version and hit[2] == t.data_ptr()
-    except RuntimeError:
-        return False

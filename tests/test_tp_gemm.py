@@ -57,6 +57,21 @@ def _err(a, e):
     return ((a.double() - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
 
 
+def check_linear_against_float64(x, w, b, tol, fns):
+    """On a world of one each ``fn()`` is ``x @ w.T + b``: its output and the gradients of ``x``, ``w``,
+    ``b`` for a random ``dy`` against float64 autograd, each within ``tol`` (relative to the max)."""
+    for fn in fns:
+        x.grad = w.grad = b.grad = None
+        y = fn()
+        dy = torch.randn_like(y)
+        y.backward(dy)
+        xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+        yr = xr @ wr.t() + br
+        yr.backward(dy.double())
+        for a, e in ((y, yr), (x.grad, xr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
+            assert _err(a, e) <= tol
+
+
 def _leaf(t, dtype, grad):
     return t.to(dtype).requires_grad_(grad)
 
@@ -285,16 +300,8 @@ def test_cuda_world_of_one_and_fp32_accumulation(dtype):
     w = torch.randn(40, 24, device="cuda", generator=g).to(dtype).requires_grad_()
     b = torch.randn(40, device="cuda", generator=g).to(dtype).requires_grad_()
     tol = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 2e-5}[dtype]
-    for fn in (lambda: all_gather_linear(x, w, b, impl="ring"), lambda: linear_reduce_scatter(x, w, b)):
-        x.grad = w.grad = b.grad = None
-        y = fn()
-        dy = torch.randn_like(y)
-        y.backward(dy)
-        xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
-        yr = xr @ wr.t() + br
-        yr.backward(dy.double())
-        for a, e in ((y, yr), (x.grad, xr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
-            assert _err(a, e) <= tol
+    check_linear_against_float64(x, w, b, tol, (lambda: all_gather_linear(x, w, b, impl="ring"),
+                                                lambda: linear_reduce_scatter(x, w, b)))
     a, bt = torch.randn(3, 64, 32, device="cuda").to(dtype)[:, 1:], torch.randn(32, 48, device="cuda").to(dtype)
     r = gemm(a, bt, out_dtype=torch.float32)  # cuBLAS writes the fp32 accumulator
     assert r.dtype == torch.float32 and _err(r, a.double() @ bt.double()) <= tol / 4

@@ -17,14 +17,11 @@ import torch
 from odysseus_kernels.kernels.gemm import RowMap, Signal, Wait, persistent_gemm
 from odysseus_kernels.ops.tp_gemm import all_gather_linear, linear_reduce_scatter
 from odysseus_kernels.ops.tp_gemm.fused import SM_MARGIN, _signal, flags_for
+from tests.test_tp_gemm import _err, check_linear_against_float64
 
 pytestmark = pytest.mark.cuda
 TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 2e-5}
 SLEEP_CYCLES = 20_000_000  # ~10 ms at ~2 GHz: far longer than the GEMM itself
-
-
-def _err(a, e):
-    return ((a.double() - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
 
 
 def _wait_done(event, seconds=60.0):
@@ -145,17 +142,9 @@ def test_fused_ops_world_of_one(dtype):
     x = torch.randn(2, 63, 3, 64, device="cuda", generator=g).to(dtype).requires_grad_()
     w = torch.randn(48, 64, device="cuda", generator=g).to(dtype).requires_grad_()
     b = torch.randn(48, device="cuda", generator=g).to(dtype).requires_grad_()
-    for fn in (lambda: all_gather_linear(x, w, b, impl="fused"), lambda: linear_reduce_scatter(x, w, b, impl="fused"),
-               lambda: all_gather_linear(x, w, b)):  # auto: fused on CUDA
-        x.grad = w.grad = b.grad = None
-        y = fn()
-        dy = torch.randn_like(y)
-        y.backward(dy)
-        xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
-        yr = xr @ wr.t() + br
-        yr.backward(dy.double())
-        for a, e in ((y, yr), (x.grad, xr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
-            assert _err(a, e) <= TOL[dtype]
+    check_linear_against_float64(x, w, b, TOL[dtype], (
+        lambda: all_gather_linear(x, w, b, impl="fused"), lambda: linear_reduce_scatter(x, w, b, impl="fused"),
+        lambda: all_gather_linear(x, w, b)))  # auto: fused on CUDA
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
