@@ -1,4 +1,7 @@
-"""Backend resolution shared by the kernel families (attention, linear attention)."""
+"""Backend resolution shared by the kernel families (attention, linear attention), and the host-side
+launch arithmetic of every kernel wrapper (:func:`cdiv`, :func:`next_pow2`: plain integer functions;
+``triton.cdiv`` / ``triton.next_power_of_2`` are ``ConstexprFunction`` objects that cost ~6 us per
+call on the host, several per launch)."""
 from __future__ import annotations
 
 import torch
@@ -29,3 +32,14 @@ def resolve_backend(backend: str, q: torch.Tensor, backends: tuple[str, ...]) ->
     if backend == "auto":
         return "triton" if q.is_cuda and q.dtype in TRITON_DTYPES else "torch"
     return backend
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for non-negative ints (grid sizes)."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two ``>= n`` (0 for 0, like ``triton.next_power_of_2``): block sizes of
+    head dims."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0

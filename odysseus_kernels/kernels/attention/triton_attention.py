@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backend import cdiv, next_pow2
 from .configs import current_arch, pick
 
 _RUNTIME = ["Sq", "Sk", "q_offset", "k_offset", "left", "right", "first"]
@@ -414,7 +415,7 @@ def _prec(dtype) -> str:
 def gate_constexprs(kernel: str, d: int, dv: int, cfg, dtype="bf16") -> list[tuple[str, dict]]:
     """Constexpr sets the wrappers pass for ``kernel`` at head dims ``d``/``dv`` with config ``cfg``:
     the mask-free block and the heaviest mask variant (causal, documents, span positions)."""
-    bd, bdv = triton.next_power_of_2(max(d, 16)), triton.next_power_of_2(max(dv, 16))
+    bd, bdv = next_pow2(max(d, 16)), next_pow2(max(dv, 16))
     if kernel == "bwd_preprocess":
         return [("none", dict(DV=dv, BDV=bdv, BM=cfg.block_m))]
     base = dict(D=d, DV=dv, BD=bd, BDV=bdv, BM=cfg.block_m, BN=cfg.block_n, PREC=_prec(dtype))
@@ -474,29 +475,116 @@ class Positions:
         return m
 
 
+def _s3(t: torch.Tensor) -> tuple:
+    """The batch, row and head strides of a ``[B, S, H, D]`` tensor (one host call)."""
+    return t.stride()[:3]
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride()[-1] == 1 else t.contiguous()
+
+
 def _geometry(q, k, v):
     b, sq, h, d = q.shape
     sk, hk, dv = k.shape[1], k.shape[2], v.shape[-1]
     return b, sq, h, d, sk, hk, dv
 
 
-def _mask_args(q, sq, sk, *, causal, q_offset, k_offset, window, cu_seqlens, q_pos, k_pos, bm, bn):
-    """Pointer arguments and constexprs of the mask: span positions (``q_pos``/``k_pos``:
-    :class:`Positions`) or offsets of contiguous blocks (with per-row document ids)."""
-    dummy = torch.empty(1, dtype=torch.int32, device=q.device)
-    if q_pos is not None:
-        has_docs = q_pos.doc is not None
-        ptrs = (q_pos.pos, k_pos.pos, q_pos.doc if has_docs else dummy, k_pos.doc if has_docs else dummy,
-                q_pos.meta(bm), k_pos.meta(bn))
-        offs = (0, 0)
-        pos = True
-    else:
-        qdoc, kdoc = _doc_ids(cu_seqlens, q_offset, sq, q.device), _doc_ids(cu_seqlens, k_offset, sk, q.device)
-        has_docs = qdoc is not None
-        ptrs = (dummy, dummy, qdoc if has_docs else dummy, kdoc if has_docs else dummy, dummy, dummy)
-        offs = (int(q_offset), int(k_offset))
-        pos = False
-    return ptrs, offs, dict(CAUSAL=bool(causal), HAS_DOCS=has_docs, POS=pos)
+_dummies: dict = {}
+
+
+def _dummy(device) -> torch.Tensor:
+    """A 1-element int32 tensor per device for the pointer arguments a variant never reads (allocated
+    once, so a launch allocates nothing for them)."""
+    t = _dummies.get(device)
+    if t is None:
+        t = _dummies[device] = torch.empty(1, dtype=torch.int32, device=device)
+    return t
+
+
+class ShardKernels:
+    """The attention kernels of one query shard, prepared once for many key/value blocks (a ring call):
+    launch configs, constexprs, the query side's strides and mask arguments (and, for the backward,
+    those of ``dout``/``lse``/``delta``) are computed on the first launch of each kernel, so a ring
+    step costs its argument tuple and the Triton launch (the host time a GPU ring waits on).
+
+    ``q`` ``[B, Sq, H, D]``; blocks of ``hk`` key/value heads and value dim ``dv``. The mask: ``q_pos``
+    (:class:`Positions`; every launch then passes the block's ``k_pos``) or ``q_offset`` with
+    ``cu_seqlens`` (launches pass ``k_offset``). ``first=True`` writes the results, ``False`` merges
+    (forward) or adds (backward) into them. Backward launches need ``dout``, ``lse`` and ``delta``."""
+
+    def __init__(self, q, *, hk, dv, softmax_scale=None, causal=False, window=(-1, -1), q_pos=None, q_offset=0,
+                 cu_seqlens=None, dout=None, lse=None, delta=None):
+        self.q = q = _unit_last(q)
+        self.b, self.sq, self.h, self.d = q.shape
+        self.hk, self.dv, self.g = hk, dv, self.h // hk
+        self.scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.d)
+        self.causal, self.window = bool(causal), (int(window[0]), int(window[1]))
+        self.arch, self.dtype, self.device = _arch(q), q.dtype, q.device
+        self.q_pos, self.q_offset, self.cu = q_pos, int(q_offset), cu_seqlens
+        self.dummy = _dummy(q.device)
+        qdoc = q_pos.doc if q_pos is not None else _doc_ids(cu_seqlens, q_offset, self.sq, q.device)
+        self.has_docs = qdoc is not None
+        self.qdoc = qdoc if self.has_docs else self.dummy
+        self.q_strides = _s3(q)
+        if dout is not None:
+            self.dout = _unit_last(dout)
+            self.lse, self.delta = lse, delta
+            self.row_strides = _s3(self.dout)
+            self.ls = (*lse.stride()[:2], *delta.stride()[:2])
+        self._prepared = {}
+
+    def _prepare(self, kernel: str):
+        p = self._prepared.get(kernel)
+        if p is None:
+            cfg = pick(self.arch, kernel, self.dtype, max(self.d, self.dv))
+            cx = dict(D=self.d, DV=self.dv, BD=next_pow2(max(self.d, 16)), BDV=next_pow2(max(self.dv, 16)),
+                      BM=cfg.block_m, BN=cfg.block_n, CAUSAL=self.causal, HAS_DOCS=self.has_docs,
+                      POS=self.q_pos is not None, PREC=_prec(self.dtype), num_warps=cfg.num_warps,
+                      num_stages=cfg.num_stages)
+            qmeta = self.q_pos.meta(cfg.block_m) if self.q_pos is not None else self.dummy
+            p = self._prepared[kernel] = (cfg, cx, qmeta)
+        return p
+
+    def _mask(self, cfg, qmeta, sk, k_pos, k_offset) -> tuple:
+        """``(QPOS, KPOS, QDOC, KDOC, QMETA, KMETA)`` pointers and the two offsets of a block."""
+        if self.q_pos is not None:
+            kdoc = k_pos.doc if self.has_docs else self.dummy
+            return (self.q_pos.pos, k_pos.pos, self.qdoc, kdoc, qmeta, k_pos.meta(cfg.block_n)), 0, 0
+        kdoc = _doc_ids(self.cu, k_offset, sk, self.device) if self.has_docs else self.dummy
+        return (self.dummy, self.dummy, self.qdoc, kdoc, self.dummy, self.dummy), self.q_offset, int(k_offset)
+
+    def fwd(self, k, v, out, lse, *, first, k_pos=None, k_offset=0) -> None:
+        """Attention of the shard against one key/value block into the fp32 ``out``/``lse``."""
+        cfg, cx, qmeta = self._prepare("fwd")
+        sk = k.shape[1]
+        k, v = _unit_last(k), _unit_last(v)
+        ptrs, qo, ko = self._mask(cfg, qmeta, sk, k_pos, k_offset)
+        _fwd_kernel[(cdiv(self.sq, cfg.block_m), self.b * self.h)](
+            self.q, k, v, out, lse, *ptrs, *self.q_strides, *_s3(k), *_s3(v), *_s3(out), *lse.stride()[:2],
+            self.h, self.g, self.sq, sk, qo, ko, *self.window, self.scale, 1 if first else 0, **cx)
+
+    def dq(self, k, v, dq, *, first, k_pos=None, k_offset=0) -> None:
+        """dQ of the shard from one key/value block, written (``first``) or added into ``dq``."""
+        cfg, cx, qmeta = self._prepare("bwd_dq")
+        sk = k.shape[1]
+        k, v = _unit_last(k), _unit_last(v)
+        ptrs, qo, ko = self._mask(cfg, qmeta, sk, k_pos, k_offset)
+        _bwd_dq_kernel[(cdiv(self.sq, cfg.block_m), self.b * self.h)](
+            self.q, k, v, self.dout, self.lse, self.delta, dq, *ptrs, *self.q_strides, *_s3(k), *_s3(v),
+            *self.row_strides, *_s3(dq), *self.ls, self.h, self.g, self.sq, sk, qo, ko, *self.window, self.scale,
+            1 if first else 0, **cx)
+
+    def dkdv(self, k, v, dk, dv, *, first, k_pos=None, k_offset=0) -> None:
+        """dK, dV of one key/value block from the shard, written (``first``) or added into ``dk``/``dv``."""
+        cfg, cx, qmeta = self._prepare("bwd_dkdv")
+        sk = k.shape[1]
+        k, v = _unit_last(k), _unit_last(v)
+        ptrs, qo, ko = self._mask(cfg, qmeta, sk, k_pos, k_offset)
+        _bwd_dkdv_kernel[(cdiv(sk, cfg.block_n), self.b * self.hk)](
+            self.q, k, v, self.dout, self.lse, self.delta, dk, dv, *ptrs, *self.q_strides, *_s3(k), *_s3(v),
+            *self.row_strides, *_s3(dk), *_s3(dv), *self.ls, self.h, self.g, self.sq, sk, qo, ko, *self.window,
+            self.scale, 1 if first else 0, **cx)
 
 
 def attention_block_fwd_triton(q, k, v, *, softmax_scale=None, causal=False, q_offset=0, k_offset=0,
@@ -508,28 +596,17 @@ def attention_block_fwd_triton(q, k, v, *, softmax_scale=None, causal=False, q_o
     block is merged into them in place (rows with no visible key untouched) and they are returned;
     ``accumulate=False`` overwrites them instead (the first block of a ring: no read, no fill).
     ``q_pos``/``k_pos`` (:class:`Positions`) replace the offsets (and ``cu_seqlens``) for shards made of
-    several spans."""
+    several spans. A ring prepares :class:`ShardKernels` once instead."""
     b, sq, h, d, sk, hk, dv = _geometry(q, k, v)
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     merge = (out is not None) if accumulate is None else bool(accumulate)
     if out is None:
         out = torch.empty(b, sq, h, dv, dtype=out_dtype or q.dtype, device=q.device)
         lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
     if b * h * sq == 0:
         return out, lse
-    cfg = pick(_arch(q), "fwd", q.dtype, max(d, dv))
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    ptrs, offs, flags = _mask_args(q, sq, sk, causal=causal, q_offset=q_offset, k_offset=k_offset, window=window,
-                                   cu_seqlens=cu_seqlens, q_pos=q_pos, k_pos=k_pos, bm=cfg.block_m, bn=cfg.block_n)
-    grid = (triton.cdiv(sq, cfg.block_m), b * h)
-    _fwd_kernel[grid](q, k, v, out, lse, *ptrs,
-                      q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                      v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-                      lse.stride(0), lse.stride(1),
-                      h, h // hk, sq, sk, offs[0], offs[1], int(window[0]), int(window[1]), scale, 0 if merge else 1,
-                      D=d, DV=dv, BD=triton.next_power_of_2(max(d, 16)), BDV=triton.next_power_of_2(max(dv, 16)),
-                      BM=cfg.block_m, BN=cfg.block_n, PREC=_prec(q.dtype), **flags,
-                      num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    ShardKernels(q, hk=hk, dv=dv, softmax_scale=softmax_scale, causal=causal, window=window, q_pos=q_pos,
+                 q_offset=q_offset, cu_seqlens=cu_seqlens).fwd(k, v, out, lse, first=not merge, k_pos=k_pos,
+                                                               k_offset=k_offset)
     return out, lse
 
 
@@ -540,10 +617,9 @@ def attention_delta_triton(out, dout) -> torch.Tensor:
     if delta.numel() == 0:
         return delta
     cfg = pick(_arch(out), "bwd_preprocess", dout.dtype, dv)
-    out, dout = (t if t.stride(-1) == 1 else t.contiguous() for t in (out, dout))
-    _bwd_preprocess_kernel[(triton.cdiv(s, cfg.block_m), b * h)](
-        out, dout, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1),
-        dout.stride(2), h, s, DV=dv, BDV=triton.next_power_of_2(max(dv, 16)), BM=cfg.block_m,
+    out, dout = _unit_last(out), _unit_last(dout)
+    _bwd_preprocess_kernel[(cdiv(s, cfg.block_m), b * h)](
+        out, dout, delta, *_s3(out), *_s3(dout), h, s, DV=dv, BDV=next_pow2(max(dv, 16)), BM=cfg.block_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return delta
 
@@ -559,7 +635,6 @@ def attention_block_bwd_triton(dout, q, k, v, out, lse, *, softmax_scale=None, c
     to one of the two kernels (ring steps launch dQ before waiting for the travelling dK/dV).
     Returns ``(dq, dk, dv)`` (the ones not computed are returned as given)."""
     b, sq, h, d, sk, hk, dvd = _geometry(q, k, v)
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     gd = grad_dtype or q.dtype
     if which in ("both", "dq") and dq is None:
         dq = torch.empty(q.shape, dtype=gd, device=q.device)
@@ -570,29 +645,11 @@ def attention_block_bwd_triton(dout, q, k, v, out, lse, *, softmax_scale=None, c
         return dq, dk, dv
     if delta is None:
         delta = attention_delta_triton(out, dout)
-    q, k, v, dout = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, dout))
-    arch = _arch(q)
-    first = 0 if accumulate else 1
-    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-               v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2))
-    tail = (h, h // hk, sq, sk)
-    bd, bdv = triton.next_power_of_2(max(d, 16)), triton.next_power_of_2(max(dvd, 16))
-    for kernel in {"both": ("bwd_dkdv", "bwd_dq"), "dq": ("bwd_dq",), "dkdv": ("bwd_dkdv",)}[which]:
-        cfg = pick(arch, kernel, q.dtype, max(d, dvd))
-        ptrs, offs, flags = _mask_args(q, sq, sk, causal=causal, q_offset=q_offset, k_offset=k_offset,
-                                       window=window, cu_seqlens=cu_seqlens, q_pos=q_pos, k_pos=k_pos,
-                                       bm=cfg.block_m, bn=cfg.block_n)
-        cx = dict(D=d, DV=dvd, BD=bd, BDV=bdv, BM=cfg.block_m, BN=cfg.block_n, PREC=_prec(q.dtype), **flags,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        runtime = tail + (offs[0], offs[1], int(window[0]), int(window[1]), scale, first)
-        ls = (lse.stride(0), lse.stride(1), delta.stride(0), delta.stride(1))
-        if kernel == "bwd_dkdv" and sk > 0:
-            _bwd_dkdv_kernel[(triton.cdiv(sk, cfg.block_n), b * hk)](
-                q, k, v, dout, lse, delta, dk, dv, *ptrs, *strides,
-                dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *ls,
-                *runtime, **cx)
-        if kernel == "bwd_dq" and sq > 0:
-            _bwd_dq_kernel[(triton.cdiv(sq, cfg.block_m), b * h)](
-                q, k, v, dout, lse, delta, dq, *ptrs, *strides, dq.stride(0), dq.stride(1), dq.stride(2), *ls,
-                *runtime, **cx)
+    shard = ShardKernels(q, hk=hk, dv=dvd, softmax_scale=softmax_scale, causal=causal, window=window, q_pos=q_pos,
+                         q_offset=q_offset, cu_seqlens=cu_seqlens, dout=dout, lse=lse, delta=delta)
+    first = not accumulate
+    if which in ("both", "dkdv") and sk > 0:
+        shard.dkdv(k, v, dk, dv, first=first, k_pos=k_pos, k_offset=k_offset)
+    if which in ("both", "dq") and sq > 0:
+        shard.dq(k, v, dq, first=first, k_pos=k_pos, k_offset=k_offset)
     return dq, dk, dv

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import triton
+from ..backend import cdiv
 
 
 @dataclass(frozen=True)
@@ -56,5 +56,5 @@ def pick(arch: int, dtype: str, m: int, n: int, k: int, w_layout: str = "k_major
         return INTERPRETER
     table = TABLE if w_layout == "k_major" else TABLE_N_MAJOR
     large, small = table[(90 if arch >= 90 else 80, dtype)]
-    tiles = triton.cdiv(m, large.block_m) * triton.cdiv(n, large.block_n)
+    tiles = cdiv(m, large.block_m) * cdiv(n, large.block_n)
     return large if tiles * 2 >= SMS[90 if arch >= 90 else 80] else small

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backend import cdiv
 from .configs import GemmConfig, pick
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -235,14 +236,14 @@ def persistent_gemm(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None 
             raise ValueError("persistent_gemm: out is required with rows")
         out = a.new_empty((m, n))
     cfg = config or pick(device_arch(a.device), dname, m, n, k, "k_major" if w.stride(1) == 1 else "n_major")
-    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    tiles = cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
     if m == 0 or n == 0:
         return out
     if wait is not None and signal is not None:
         raise ValueError("persistent_gemm: wait and signal are exclusive (one flags vector per launch)")
     dummy = _dummy(a.device)
     if signal is not None and signal.expected is None:
-        signal.expected = rows.expected_tiles(cfg.block_m, triton.cdiv(n, cfg.block_n))
+        signal.expected = rows.expected_tiles(cfg.block_m, cdiv(n, cfg.block_n))
     if k == 0:  # no K tiles: the product is zero (plus bias); a finished chunk is still flagged
         full = bias.to(out.dtype).expand(m, n) if bias is not None else out.new_zeros(()).expand(m, n)
         if rows is None:

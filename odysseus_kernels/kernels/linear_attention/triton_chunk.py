@@ -41,6 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backend import cdiv
+
 
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
@@ -218,7 +220,7 @@ def chunk_cumsum(g, g_gamma, b: int, c: int, h: int, bt: int, device) -> torch.T
     t = g.to(device=device, dtype=torch.float32)
     if g_gamma is not None:
         t = t + g_gamma.to(device=device, dtype=torch.float32).view(1, 1, h)
-    nt = triton.cdiv(c, bt)
+    nt = cdiv(c, bt)
     if nt * bt != c:
         t = torch.nn.functional.pad(t, (0, 0, 0, nt * bt - c))
     return t.view(b, nt, bt, h).cumsum(2).view(b, nt * bt, h)[:, :c].contiguous()
@@ -249,15 +251,15 @@ def launch_grids(b: int, c: int, h: int, dk: int, dv: int, cfg) -> dict:
     """The launch grid of every kernel for a shard ``[B, C, H, D*]`` under config ``cfg`` (a
     :class:`.configs.LaunchConfig`): ``{"local": (..), "scan": (..), "out": (..), "dq": (..), "dk": (..),
     "dv": (..)}`` (the last three launch the ``out`` kernel)."""
-    nt = triton.cdiv(c, cfg.bt)
+    nt = cdiv(c, cfg.bt)
     bh = b * h
     return {
-        "local": (triton.cdiv(dk, cfg.bk) * triton.cdiv(dv, cfg.bv), nt, bh),
-        "scan": (triton.cdiv(dk * dv, cfg.bs), bh),
-        "out": (triton.cdiv(dv, cfg.bv), nt, bh),
-        "dq": (triton.cdiv(dk, cfg.bv), nt, bh),
-        "dk": (triton.cdiv(dk, cfg.bv), nt, bh),
-        "dv": (triton.cdiv(dv, cfg.bv), nt, bh),
+        "local": (cdiv(dk, cfg.bk) * cdiv(dv, cfg.bv), nt, bh),
+        "scan": (cdiv(dk * dv, cfg.bs), bh),
+        "out": (cdiv(dv, cfg.bv), nt, bh),
+        "dq": (cdiv(dk, cfg.bv), nt, bh),
+        "dk": (cdiv(dk, cfg.bv), nt, bh),
+        "dv": (cdiv(dv, cfg.bv), nt, bh),
     }
 
 
@@ -265,7 +267,7 @@ def _states(x, y, dec: Decay, cfg, reverse: bool):
     """Local chunk states then the scan: ``(h or dh) [B, H, NT, Dk, Dv]`` and the final state, fp32."""
     b, c, nh, dk = x.shape
     dv = y.shape[-1]
-    nt = triton.cdiv(c, cfg.bt)
+    nt = cdiv(c, cfg.bt)
     grids = launch_grids(b, c, nh, dk, dv, cfg)
     hs = torch.empty(b, nh, nt, dk, dv, dtype=torch.float32, device=x.device)
     final = torch.empty(b, nh, dk, dv, dtype=torch.float32, device=x.device)

@@ -43,10 +43,15 @@ class RingForward(Rotation):
         self.fused = fused_steps(backend, q)
         # a window that fits in fewer ranks stops the rotation early: fewer steps, fewer transfers
         self.steps = ring_steps(spans, mask)
+        self._kv, self._visible, self._kpos = {}, {}, {}
         if not accumulators:  # the backward keeps no running (out, lse)
             return
         if self.fused:
+            from ...kernels.attention.triton_attention import ShardKernels
+
             b, c, h, _ = q.shape
+            self.kernels = ShardKernels(q, hk=k.shape[2], dv=v.shape[-1], softmax_scale=scale, causal=mask.causal,
+                                        window=mask.window, q_pos=self.q_positions())
             self.out = torch.empty(b, c, h, v.shape[-1], dtype=self.acc_dtype, device=q.device)
             self.lse = torch.empty(b, h, c, dtype=self.acc_dtype, device=q.device)
         else:
@@ -55,27 +60,39 @@ class RingForward(Rotation):
     def blocks(self, t):
         return plan_blocks(self.spans[self.info.rank], self.spans[self.src(t)], self.mask)
 
-    def positions(self, t):
-        """Span positions of my queries and of the keys visiting at step ``t`` (cached)."""
-        dev = self.q.device
-        return shard_positions(self.spans[self.info.rank], self.mask, dev), \
-            shard_positions(self.spans[self.src(t)], self.mask, dev)
+    def q_positions(self):
+        """Span positions of my queries (fused steps)."""
+        return shard_positions(self.spans[self.info.rank], self.mask, self.q.device)
+
+    def k_positions(self, t):
+        """Span positions of the keys visiting at step ``t`` (fused steps; kept for the call)."""
+        src = self.src(t)
+        kp = self._kpos.get(src)
+        if kp is None:
+            kp = self._kpos[src] = shard_positions(self.spans[src], self.mask, self.q.device)
+        return kp
+
+    def kv(self, t):
+        """``(k, v)`` views of step ``t``'s payload (made once per buffer)."""
+        p = self.payload(t)
+        kv = self._kv.get(id(p))
+        if kv is None:
+            kv = self._kv[id(p)] = (p[0], p[1])
+        return kv
 
     def visible(self, t) -> bool:
-        return t == 0 or bool(self.blocks(t))
+        vis = self._visible.get(t)
+        if vis is None:
+            vis = self._visible[t] = t == 0 or bool(self.blocks(t))
+        return vis
 
     def compute(self, t, handle):
-        k, v = self.payload(t)
+        k, v = self.kv(t)
         if not self.fused:
             blocks_forward(self.q, k, v, self.blocks(t), self.out, self.lse, scale=self.scale, backend=self.backend,
                            mask=self.mask)
         elif self.visible(t):
-            from ...kernels.attention.triton_attention import attention_block_fwd_triton
-
-            qp, kp = self.positions(t)
-            attention_block_fwd_triton(self.q, k, v, softmax_scale=self.scale, causal=self.mask.causal,
-                                       window=self.mask.window, out=self.out, lse=self.lse, accumulate=t > 0,
-                                       q_pos=qp, k_pos=kp)
+            self.kernels.fwd(k, v, self.out, self.lse, first=t == 0, k_pos=self.k_positions(t))
 
 
 class RingBackward(RingForward):
@@ -86,10 +103,13 @@ class RingBackward(RingForward):
         super().__init__(info, spans, q, k, v, mask=mask, scale=scale, backend=backend, accumulators=False)
         self.o, self.lse_final, self.dout = out, lse, dout
         if self.fused:  # one preprocess launch; dQ written by step 0, accumulated in-kernel after
-            from ...kernels.attention.triton_attention import attention_delta_triton
+            from ...kernels.attention.triton_attention import ShardKernels, attention_delta_triton
 
             self.delta = attention_delta_triton(out, dout)  # [B, H, C] fp32
             self.dq = torch.empty(q.shape, dtype=self.acc_dtype, device=q.device)
+            self.kernels = ShardKernels(q, hk=k.shape[2], dv=v.shape[-1], softmax_scale=scale, causal=mask.causal,
+                                        window=mask.window, q_pos=self.q_positions(), dout=dout, lse=lse,
+                                        delta=self.delta)
         else:
             self.delta = row_delta(dout, out, self.acc_dtype)  # [B, H, C]
             self.dq = torch.zeros(q.shape, dtype=self.acc_dtype, device=q.device)
@@ -99,7 +119,7 @@ class RingBackward(RingForward):
     def compute(self, t, handle):
         if self.fused:
             return self._compute_fused(t, handle)
-        k, v = self.payload(t)
+        k, v = self.kv(t)
         part = torch.zeros((2,) + tuple(k.shape), dtype=self.acc_dtype, device=k.device)
         blocks_backward(self.dout, self.q, k, v, self.o, self.lse_final, self.delta, self.blocks(t), self.dq,
                         part[0], part[1], scale=self.scale, backend=self.backend, mask=self.mask)
@@ -109,21 +129,15 @@ class RingBackward(RingForward):
         """Two launches: dQ (accumulated in-kernel) first, then, once the travelling dK/dV accumulator
         of this shard has arrived, dK/dV added into it in-kernel (step 0: my own shard's; step 1: a
         fresh accumulator, written, not added)."""
-        from ...kernels.attention.triton_attention import attention_block_bwd_triton
-
-        k, v = self.payload(t)
+        k, v = self.kv(t)
         visible = self.visible(t)
-        qp, kp = self.positions(t) if visible else (None, None)
-        kw = dict(softmax_scale=self.scale, causal=self.mask.causal, window=self.mask.window, delta=self.delta,
-                  q_pos=qp, k_pos=kp)
         if visible:
-            attention_block_bwd_triton(self.dout, self.q, k, v, self.o, self.lse_final, dq=self.dq, accumulate=t > 0,
-                                       which="dq", **kw)
+            kp = self.k_positions(t)
+            self.kernels.dq(k, v, self.dq, first=t == 0, k_pos=kp)
         new = torch.empty if visible else torch.zeros
-        part = self.relay.buffer(t, handle, lambda: new((2,) + tuple(k.shape), dtype=self.acc_dtype, device=k.device))
+        part = self.relay.buffer(t, handle, lambda: new((2,) + k.shape, dtype=self.acc_dtype, device=k.device))
         if visible:
-            attention_block_bwd_triton(self.dout, self.q, k, v, self.o, self.lse_final, dk=part[0], dv=part[1],
-                                       accumulate=t > 1, which="dkdv", **kw)
+            self.kernels.dkdv(k, v, part[0], part[1], first=t <= 1, k_pos=kp)
 
     def finish(self):
         self.relay.finish()
