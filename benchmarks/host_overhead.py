@@ -6,6 +6,13 @@ of one cross-rank metadata check (``comm.rank_consistent``) against a bare 8-byt
 
     python benchmarks/host_overhead.py [--quick] [--out DIR] [--device cpu|cuda|auto] [--world 2]
 
+Two times per call: wall time, and the calling thread's CPU time (``time.thread_time``: the host work
+itself, without the waits, which on a GPU is what the CPU must issue per ring step). On CPU a third
+measurement, ``triton-stub``, runs the GPU path's host code (``backend="triton"``: the prepared
+launches of every ring step, the exchanges, the check) with the Triton kernels replaced by a no-op
+(``TRITON_INTERPRET=1`` and the interpreter's launch stubbed): its host time per ring step predicts
+the GPU's before a GPU is at hand (the Triton launcher's own cost is not in it).
+
 Ranks are spawned locally (gloo; on CUDA all ranks share the GPU, which needs gloo to move CUDA
 tensors point-to-point: the run says so and records the error when it cannot). Rows: per-call and
 per-ring-step medians (ms) and ``ratio`` = ring / bare exchanges (the driver's host overhead factor),
@@ -19,6 +26,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,8 +57,14 @@ def _rank_main(cfg: dict) -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
+    if cfg.get("stub_kernels"):  # the GPU path's host code without its kernels (see the module docstring)
+        from triton.runtime.interpreter import InterpretedFunction
+
+        InterpretedFunction.run = lambda self, *a, **kw: None
+    backend = cfg.get("backend", "auto")
+
     def ring():
-        out = ok.ring_attention(q, k, v, causal=True, layout="zigzag")
+        out = ok.ring_attention(q, k, v, causal=True, layout="zigzag", backend=backend)
         out.backward(do)
         q.grad = k.grad = v.grad = None
         sync()
@@ -94,12 +108,17 @@ def _rank_main(cfg: dict) -> dict:
     # Alternating rounds (ring, bare, check, all-gather; each a median of its calls), so that a change
     # of machine load hits both sides of a ratio alike; the ratios are per round, their median reported.
     iters, meta_iters, rounds = cfg["iters"], cfg["meta_iters"], cfg["rounds"]
-    per = {"ring_ms": [], "bare_ms": [], "check_ms": [], "allgather8_ms": []}
+    per = {"ring_ms": [], "bare_ms": [], "check_ms": [], "allgather8_ms": [], "ring_cpu_ms": [], "bare_cpu_ms": []}
+
+    def timed(fn, key):
+        dist.barrier()
+        c0 = time.thread_time()
+        per[key + "_ms"].append(bench(fn, warmup=3, iters=iters))
+        per[key + "_cpu_ms"].append((time.thread_time() - c0) * 1e3 / (iters + 3))
+
     for _ in range(rounds):
-        dist.barrier()
-        per["ring_ms"].append(bench(ring, warmup=3, iters=iters))
-        dist.barrier()
-        per["bare_ms"].append(bench(bare, warmup=3, iters=iters))
+        timed(ring, "ring")
+        timed(bare, "bare")
         dist.barrier()
         per["check_ms"].append(bench(check, warmup=10, iters=meta_iters))
         dist.barrier()
@@ -108,43 +127,61 @@ def _rank_main(cfg: dict) -> dict:
             "bytes_received": nbytes}
 
 
-def measure(device: str, world: int, *, quick: bool, timeout: float = 600.0) -> dict:
+def measure(device: str, world: int, *, quick: bool, stub_kernels: bool = False, timeout: float = 600.0) -> dict:
     """Run the measurement on ``world`` local gloo ranks; the slowest rank's medians (ranks wait on each
-    other, so the slowest is the step time)."""
+    other, so the slowest is the step time). ``stub_kernels``: the GPU path's host code on CPU."""
     from odysseus_kernels.comm import LocalWorld
 
     cfg = {"device": device, "dtype": "float32" if device == "cpu" else "bfloat16", "batch": 1,
            "tokens": 64 if device == "cpu" else 256, "heads": 2, "head_dim": 32 if device == "cpu" else 64,
-           "iters": 10 if quick else 20, "meta_iters": 30 if quick else 100, "rounds": 3 if quick else 7}
-    with LocalWorld(world, threads=1) as w:
-        per_rank = w.run(_rank_main, cfg, timeout=timeout)
-    keys = ("ring_ms", "bare_ms", "check_ms", "allgather8_ms")
+           "iters": 10 if quick else 20, "meta_iters": 30 if quick else 100, "rounds": 3 if quick else 7,
+           "backend": "triton" if stub_kernels else "auto", "stub_kernels": stub_kernels}
+    env = os.environ.get("TRITON_INTERPRET")
+    if stub_kernels:  # the spawned ranks inherit it before they import triton
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        with LocalWorld(world, threads=1) as w:
+            per_rank = w.run(_rank_main, cfg, timeout=timeout)
+    finally:
+        if stub_kernels:
+            if env is None:
+                os.environ.pop("TRITON_INTERPRET", None)
+            else:
+                os.environ["TRITON_INTERPRET"] = env
+    keys = ("ring_ms", "bare_ms", "check_ms", "allgather8_ms", "ring_cpu_ms", "bare_cpu_ms")
     # per round, the slowest rank (ranks wait on each other, so the slowest is the step time)
     rounds = [{k: max(r["rounds"][k][i] for r in per_rank) for k in keys} for i in range(cfg["rounds"])]
     med = {k: statistics.median(x[k] for x in rounds) for k in keys}
     ratio = statistics.median(x["ring_ms"] / x["bare_ms"] for x in rounds)
     check_ratio = statistics.median(x["check_ms"] / x["allgather8_ms"] for x in rounds)
+    cpu_ratio = statistics.median(x["ring_cpu_ms"] / x["bare_cpu_ms"] for x in rounds)
     return {"cfg": cfg, "per_rank": per_rank, "rounds": rounds, **med, "ratio": ratio, "check_ratio": check_ratio,
+            "cpu_ratio": cpu_ratio,
             "ratios": [x["ring_ms"] / x["bare_ms"] for x in rounds], "batches": per_rank[0]["batches"],
             "ops": per_rank[0]["ops"], "bytes_received": per_rank[0]["bytes_received"]}
 
 
-def rows_of(device: str, world: int, m: dict) -> list[dict]:
-    steps = max(m["batches"], 1)
-    shape = f"B{m['cfg']['batch']} C{m['cfg']['tokens']} H{m['cfg']['heads']} D{m['cfg']['head_dim']} {m['cfg']['dtype']}"
+def rows_of(device: str, world: int, m: dict, label: str) -> list[dict]:
+    """Rows of one measurement; ``steps`` = ring steps of a forward + backward (``2 * world``: every step
+    of a causal zigzag ring has work), ``batches`` = the P2P exchanges they post."""
+    steps, batches = 2 * world, m["batches"]
+    c = m["cfg"]
+    shape = f"B{c['batch']} C{c['tokens']} H{c['heads']} D{c['head_dim']} {c['dtype']}"
+    base = {"device": device, "path": label, "world": world, "shape": shape}
     return [
-        {"device": device, "world": world, "what": "ring_attention fwd+bwd (causal zigzag)", "shape": shape,
-         "steps": steps, "ms": m["ring_ms"], "ms_per_step": m["ring_ms"] / steps, "ratio": m["ratio"],
+        {**base, "what": "ring_attention fwd+bwd (causal zigzag)", "steps": steps, "batches": batches,
+         "ms": m["ring_ms"], "ms_per_step": m["ring_ms"] / steps, "ratio": m["ratio"],
+         "cpu_ms": m["ring_cpu_ms"], "cpu_us_per_step": m["ring_cpu_ms"] / steps * 1e3, "cpu_ratio": m["cpu_ratio"],
          "ratio_per_round": [round(x, 3) for x in m["ratios"]],
          "ms_per_round": [round(x["ring_ms"], 3) for x in m["rounds"]]},
-        {"device": device, "world": world, "what": "bare P2P exchanges (same batches, sizes, peers)", "shape": shape,
-         "steps": steps, "ms": m["bare_ms"], "ms_per_step": m["bare_ms"] / steps, "ratio": 1.0,
-         "ms_per_round": [round(x["bare_ms"], 3) for x in m["rounds"]],
-         "bytes_received": m["bytes_received"]},
-        {"device": device, "world": world, "what": "rank_consistent metadata check (per call)", "shape": "-",
-         "steps": 1, "ms": m["check_ms"], "ms_per_step": m["check_ms"], "ratio": m["check_ratio"]},
-        {"device": device, "world": world, "what": "bare 8-byte all_gather (per call)", "shape": "-",
-         "steps": 1, "ms": m["allgather8_ms"], "ms_per_step": m["allgather8_ms"], "ratio": 1.0},
+        {**base, "what": "bare P2P exchanges (same batches, sizes, peers)", "steps": steps, "batches": batches,
+         "ms": m["bare_ms"], "ms_per_step": m["bare_ms"] / steps, "ratio": 1.0,
+         "cpu_ms": m["bare_cpu_ms"], "cpu_us_per_step": m["bare_cpu_ms"] / steps * 1e3, "cpu_ratio": 1.0,
+         "ms_per_round": [round(x["bare_ms"], 3) for x in m["rounds"]], "bytes_received": m["bytes_received"]},
+        {**base, "what": "rank_consistent metadata check (per call)", "shape": "-", "steps": 1,
+         "ms": m["check_ms"], "ms_per_step": m["check_ms"], "ratio": m["check_ratio"]},
+        {**base, "what": "bare 8-byte all_gather (per call)", "shape": "-", "steps": 1,
+         "ms": m["allgather8_ms"], "ms_per_step": m["allgather8_ms"], "ratio": 1.0},
     ]
 
 
@@ -154,27 +191,36 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto",
                    help="auto: CPU always, and CUDA too when a GPU is present")
     p.add_argument("--world", type=int, default=2, help="local ranks (default 2)")
+    p.add_argument("--no-stub", action="store_true", help="skip the triton-stub measurement on CPU")
     a = p.parse_args(argv)
     import torch
 
     devices = ["cpu", "cuda"] if a.device == "auto" and torch.cuda.is_available() else (
         ["cpu"] if a.device == "auto" else [a.device])
+    runs = [(dev, "default backend", False) for dev in devices]
+    if "cpu" in devices and not a.no_stub:
+        runs.append(("cpu", "triton-stub", True))
     rows, errors = [], {}
-    for dev in devices:
+    for dev, label, stub in runs:
         try:
-            m = measure(dev, a.world, quick=a.quick)
+            m = measure(dev, a.world, quick=a.quick, stub_kernels=stub)
         except Exception as e:  # noqa: BLE001  (gloo may not move CUDA tensors P2P: say so, keep the rest)
-            errors[dev] = f"{type(e).__name__}: {str(e)[:2000]}"
-            print(f"host_overhead: {dev} with {a.world} gloo ranks failed: {errors[dev][:500]}", file=sys.stderr)
+            errors[f"{dev} {label}"] = f"{type(e).__name__}: {str(e)[:2000]}"
+            print(f"host_overhead: {dev} ({label}) with {a.world} gloo ranks failed: {str(e)[:500]}", file=sys.stderr)
             continue
-        rows += rows_of(dev, a.world, m)
+        rows += rows_of(dev, a.world, m, label)
     if rows:
-        print_table(rows, ["device", "world", "what", "shape", "steps", "ms", "ms_per_step", "ratio"])
-        for dev in dict.fromkeys(r["device"] for r in rows):
-            ring, _, check, _ = (r for r in rows if r["device"] == dev)
-            print(f"{dev}: ring fwd+bwd host time {ring['ms_per_step']:.3f} ms per ring step, "
-                  f"{ring['ratio']:.2f}x the bare exchanges; metadata check {check['ms'] * 1e3:.0f} us per call "
-                  f"({check['ratio']:.2f}x a bare 8-byte all-gather); ratio per round: {ring['ratio_per_round']}")
+        print_table(rows, ["device", "path", "what", "shape", "steps", "ms", "ratio", "cpu_ms", "cpu_us_per_step",
+                           "cpu_ratio"])
+        for dev, label, _ in runs:
+            mine = [r for r in rows if r["device"] == dev and r["path"] == label]
+            if not mine:
+                continue
+            ring, _, check, _ = mine
+            print(f"{dev} ({label}): ring fwd+bwd {ring['ms']:.2f} ms wall = {ring['ratio']:.2f}x the bare exchanges "
+                  f"(per round {ring['ratio_per_round']}); host CPU {ring['cpu_us_per_step']:.0f} us per ring step "
+                  f"({ring['cpu_ratio']:.2f}x the bare exchanges' CPU); metadata check {check['ms'] * 1e3:.0f} us "
+                  f"per call ({check['ratio']:.2f}x a bare 8-byte all-gather)")
     write_json(a.out, "host_overhead", rows, {"world": a.world, "errors": errors})
     return 0 if rows else 1
 

@@ -108,6 +108,24 @@ def _canon(v):
     return v
 
 
+_PLAIN = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
+
+
+def _typed_key(v):
+    """A hashable key that identifies a plain metadata value by type and value (``1``, ``1.0`` and
+    ``True`` differ), or ``None`` when ``v`` holds anything else (tensors are digested by value, lists
+    and dicts are not hashable): the cache of :meth:`_Check.signed` then does not apply."""
+    if isinstance(v, _PLAIN):
+        return (type(v), v)
+    if isinstance(v, tuple):  # torch.Size is a tuple
+        keys = tuple(_typed_key(x) for x in v)
+        return None if None in keys else (tuple, keys)
+    return None
+
+
+_signed_cache: dict = {}  # typed metadata -> (fields, digest without error), per process
+
+
 class _Check:
     def __init__(self):
         self._raw: dict[str, object] = {}
@@ -120,6 +138,26 @@ class _Check:
     @property
     def fields(self) -> dict[str, str]:
         return {k: repr(_canon(v)) for k, v in self._raw.items()}
+
+    def signed(self, err: BaseException | None) -> tuple[dict[str, str], int]:
+        """``(fields, digest)``; for plain metadata without an error both are cached per value (an op
+        called again with the same shapes and flags hashes nothing)."""
+        key = None
+        if err is None:
+            key = tuple((k, _typed_key(v)) for k, v in self._raw.items())
+            if any(t is None for _, t in key):
+                key = None
+            else:
+                hit = _signed_cache.get(key)
+                if hit is not None:
+                    return hit
+        fields = self.fields
+        out = (fields, _digest(fields, err))
+        if key is not None:
+            if len(_signed_cache) >= 4096:  # bounded: shapes of a long run with varying lengths
+                _signed_cache.clear()
+            _signed_cache[key] = out
+        return out
 
 
 def _digest(fields: dict[str, str], err: BaseException | None) -> int:
@@ -171,9 +209,9 @@ def rank_consistent(op: str, group=None):
             raise err
         return
     cgroup = control_group(info)
-    fields = check.fields
+    fields, digest = check.signed(err)
     record("metadata", 8 * (info.size - 1), 8 * (info.size - 1))
-    allh = _gather_int64(_digest(fields, err), info, cgroup, op)
+    allh = _gather_int64(digest, info, cgroup, op)
     if bool((allh == allh[0]).all()):  # a CPU tensor: no device synchronisation
         if err is not None:
             raise err

@@ -155,7 +155,8 @@ def new_accumulators(q: torch.Tensor, nrows: int, dv: int):
     return out, lse
 
 
-def _mask_args(b, mask) -> dict:
+def mask_args(b, mask) -> dict:
+    """Mask keyword arguments of a planned block (none for a fully visible one)."""
     return mask.kernel_args(b.q_offset, b.k_offset) if b.masked else {"causal": False}
 
 
@@ -163,7 +164,7 @@ def blocks_forward(q, k, v, blocks, out, lse, *, scale, backend, mask) -> None:
     """Merge the attention of every block (``q[:, b.q]`` vs ``k/v[:, b.k]``) into ``(out, lse)``."""
     for b in blocks:
         attention_block_fwd(q[:, b.q], k[:, b.k], v[:, b.k], softmax_scale=scale, out=out[:, b.q],
-                            lse=lse[:, :, b.q], backend=backend, **_mask_args(b, mask))
+                            lse=lse[:, :, b.q], backend=backend, **mask_args(b, mask))
 
 
 def blocks_backward(dout, q, k, v, out, lse, delta, blocks, dq, dk, dv, *, scale, backend, mask) -> None:
@@ -171,7 +172,7 @@ def blocks_backward(dout, q, k, v, out, lse, delta, blocks, dq, dk, dv, *, scale
     for b in blocks:
         attention_block_bwd(dout[:, b.q], q[:, b.q], k[:, b.k], v[:, b.k], None if out is None else out[:, b.q],
                             lse[:, :, b.q], softmax_scale=scale, delta=delta[:, :, b.q], dq=dq[:, b.q], dk=dk[:, b.k],
-                            dv=dv[:, b.k], backend=backend, **_mask_args(b, mask))
+                            dv=dv[:, b.k], backend=backend, **mask_args(b, mask))
 
 
 def row_delta(dout, out, dtype) -> torch.Tensor:
