@@ -134,7 +134,7 @@ def measure(device: str, world: int, *, quick: bool, stub_kernels: bool = False,
 
     cfg = {"device": device, "dtype": "float32" if device == "cpu" else "bfloat16", "batch": 1,
            "tokens": 64 if device == "cpu" else 256, "heads": 2, "head_dim": 32 if device == "cpu" else 64,
-           "iters": 10 if quick else 20, "meta_iters": 30 if quick else 100, "rounds": 3 if quick else 7,
+           "iters": 10 if quick else 20, "meta_iters": 30 if quick else 100, "rounds": 3 if quick else 15,
            "backend": "triton" if stub_kernels else "auto", "stub_kernels": stub_kernels}
     env = os.environ.get("TRITON_INTERPRET")
     if stub_kernels:  # the spawned ranks inherit it before they import triton

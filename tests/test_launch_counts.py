@@ -1,7 +1,8 @@
 """Host work of one ring call, counted on CPU: the Triton launches (under TRITON_INTERPRET=1) and the
 other device ops (every aten op except views and pure allocations, outside communication) of one
 ``ring_attention`` forward and backward on 4 gloo ranks, per ring step; the same with 8 and 64 packed
-documents in ``doc_zigzag`` (the count must not grow with the documents); the outputs and gradients
+documents in ``doc_zigzag`` (the count must not grow with the documents); the launch configs picked
+once per call, not per step (the kernels are prepared once, ``ShardKernels``); the outputs and gradients
 against float64 attention; and the block-planning time at 32 ranks / 64 documents once cached."""
 import os
 import time
@@ -69,22 +70,39 @@ def _count_ring(layout, docs, c_local):
     sh = lambda t: ok.shard_sequence(t, layout=layout, cu_seqlens=cu)  # noqa: E731
     kw = dict(causal=True, layout=layout, cu_seqlens=cu, backend="triton")
     res = {}
-    for rep in range(2):  # the first call plans and compiles; the second is counted
-        leaves = [sh(t).float().requires_grad_(True) for t in (q, k, v)]
-        dout = sh(do).float()
-        fwd, bwd = _Count(), _Count()
-        undo = _patch_launches(fwd)
-        try:
-            with fwd:
-                out = ok.ring_attention(*leaves, **kw)
-        finally:
-            undo()
-        undo = _patch_launches(bwd)
-        try:
-            with bwd:
-                out.backward(dout)
-        finally:
-            undo()
+    from odysseus_kernels.kernels.attention import triton_attention as ta
+
+    real_pick, picks = ta.pick, []
+
+    def counting_pick(*a, **kw):  # launch configs are chosen when a call prepares its kernels, not per step
+        picks.append(a[1])
+        return real_pick(*a, **kw)
+
+    ta.pick = counting_pick
+    try:
+        for rep in range(2):  # the first call plans and compiles; the second is counted
+            leaves = [sh(t).float().requires_grad_(True) for t in (q, k, v)]
+            dout = sh(do).float()
+            fwd, bwd = _Count(), _Count()
+            picks.clear()
+            undo = _patch_launches(fwd)
+            try:
+                with fwd:
+                    out = ok.ring_attention(*leaves, **kw)
+            finally:
+                undo()
+            fwd_picks = list(picks)
+            picks.clear()
+            undo = _patch_launches(bwd)
+            try:
+                with bwd:
+                    out.backward(dout)
+            finally:
+                undo()
+            bwd_picks = list(picks)
+    finally:
+        ta.pick = real_pick
+    res.update(fwd_picks=fwd_picks, bwd_picks=bwd_picks)
     ref_leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
     ref = attention_ref(*ref_leaves, causal=True, cu_seqlens=cu)
     ref.backward(do)
@@ -112,6 +130,9 @@ def test_ring_call_launches_per_step(layout, docs, c_local):
         assert fwd <= 2 * steps, res
         assert bwd <= 4 * steps, res
         assert res["fwd_launches"] <= steps and res["bwd_launches"] <= 2 * steps + 1, res
+        # host work per step: each kernel's launch config is picked once per call (ShardKernels), not per step
+        assert sorted(res["fwd_picks"]) == ["fwd"], res["fwd_picks"]
+        assert sorted(res["bwd_picks"]) == ["bwd_dkdv", "bwd_dq", "bwd_preprocess"], res["bwd_picks"]
         assert res["err"] < 1e-4, res
 
 
