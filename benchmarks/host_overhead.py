@@ -161,6 +161,71 @@ def measure(device: str, world: int, *, quick: bool, stub_kernels: bool = False,
             "ops": per_rank[0]["ops"], "bytes_received": per_rank[0]["bytes_received"]}
 
 
+def _steps_main(reps: int) -> dict:
+    """In a subprocess with ``TRITON_INTERPRET=1``: the package's host work of one fused (Triton) ring step,
+    forward and backward, without communication (a world-of-two schedule driven step by step in one
+    process) and without the Triton launcher (the interpreter's launch stubbed): microseconds per step,
+    and per call of the two schedules' set-up. What a GPU adds per step: the launcher (1 launch forward,
+    2 backward) and posting the exchange."""
+    import torch
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from odysseus_kernels.comm.groups import GroupInfo
+    from odysseus_kernels.ops.attention.common import resolve_layout
+    from odysseus_kernels.ops.attention.ring import RingBackward, RingForward
+
+    InterpretedFunction.run = lambda self, *a, **kw: None
+    torch.set_num_threads(1)
+    info = GroupInfo(None, 0, 2)
+    g = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(1, 256, 2, 64, generator=g) for _ in range(4))
+    spans, mask = resolve_layout("ring_attention", "zigzag", 2, 256, True, (-1, -1), None)
+    kw = dict(mask=mask, scale=0.125, backend="triton")
+
+    class _Arrived:  # the relay's accumulator "arrived" (no communication in this measurement)
+        def wait(self):
+            return None
+
+    fwd = RingForward(info, spans, q, k, v, **kw)
+    fwd.scratch[0].copy_(fwd.first)
+    bwd = RingBackward(info, spans, q, k, v, fwd.out, fwd.lse, do, **kw)
+    bwd.scratch[0].copy_(bwd.first)
+
+    def bwd_step(t):
+        bwd.compute(t, _Arrived())
+        bwd.relay.sending.clear()
+        bwd.relay.incoming.clear()
+
+    def per_call_us(fn):
+        for _ in range(50):
+            fn()
+        rounds = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            rounds.append((time.perf_counter() - t0) / reps * 1e6)
+        return statistics.median(rounds)
+
+    return {"fwd_step_us": statistics.mean(per_call_us(lambda t=t: fwd.compute(t, None)) for t in (0, 1)),
+            "bwd_step_us": statistics.mean(per_call_us(lambda t=t: bwd_step(t)) for t in (0, 1)),
+            "setup_us": per_call_us(lambda: (RingForward(info, spans, q, k, v, **kw),
+                                             RingBackward(info, spans, q, k, v, fwd.out, fwd.lse, do, **kw)))}
+
+
+def measure_steps(quick: bool) -> dict:
+    """:func:`_steps_main` in a fresh interpreter (TRITON_INTERPRET must be set before triton is imported)."""
+    import json
+    import subprocess
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_steps", "200" if quick else "1000"],
+                         env=env, capture_output=True, text=True, timeout=600, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def rows_of(device: str, world: int, m: dict, label: str) -> list[dict]:
     """Rows of one measurement; ``steps`` = ring steps of a forward + backward (``2 * world``: every step
     of a causal zigzag ring has work), ``batches`` = the P2P exchanges they post."""
@@ -191,8 +256,14 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto",
                    help="auto: CPU always, and CUDA too when a GPU is present")
     p.add_argument("--world", type=int, default=2, help="local ranks (default 2)")
-    p.add_argument("--no-stub", action="store_true", help="skip the triton-stub measurement on CPU")
+    p.add_argument("--no-stub", action="store_true", help="skip the triton-stub measurements on CPU")
+    p.add_argument("--_steps", type=int, default=0, help=argparse.SUPPRESS)  # internal: see measure_steps
     a = p.parse_args(argv)
+    if a._steps:
+        import json
+
+        print(json.dumps(_steps_main(a._steps)))
+        return 0
     import torch
 
     devices = ["cpu", "cuda"] if a.device == "auto" and torch.cuda.is_available() else (
@@ -209,6 +280,17 @@ def main(argv=None) -> int:
             print(f"host_overhead: {dev} ({label}) with {a.world} gloo ranks failed: {str(e)[:500]}", file=sys.stderr)
             continue
         rows += rows_of(dev, a.world, m, label)
+    if "cpu" in devices and not a.no_stub:
+        try:
+            st = measure_steps(a.quick)
+            for what, key in (("fused ring step, forward (host work, no comm, no launcher)", "fwd_step_us"),
+                              ("fused ring step, backward (host work, no comm, no launcher)", "bwd_step_us"),
+                              ("ring fwd+bwd set-up per call (both schedules)", "setup_us")):
+                rows.append({"device": "cpu", "path": "triton-stub", "world": 2, "shape": "B1 C256 H2 D64 float32",
+                             "what": what, "steps": 1, "cpu_us_per_step": st[key]})
+        except Exception as e:  # noqa: BLE001
+            errors["cpu triton-stub steps"] = f"{type(e).__name__}: {str(e)[:2000]}"
+            print(f"host_overhead: the per-step measurement failed: {str(e)[:500]}", file=sys.stderr)
     if rows:
         print_table(rows, ["device", "path", "what", "shape", "steps", "ms", "ratio", "cpu_ms", "cpu_us_per_step",
                            "cpu_ratio"])
@@ -216,7 +298,7 @@ def main(argv=None) -> int:
             mine = [r for r in rows if r["device"] == dev and r["path"] == label]
             if not mine:
                 continue
-            ring, _, check, _ = mine
+            ring, _, check, _ = mine[:4]
             print(f"{dev} ({label}): ring fwd+bwd {ring['ms']:.2f} ms wall = {ring['ratio']:.2f}x the bare exchanges "
                   f"(per round {ring['ratio_per_round']}); host CPU {ring['cpu_us_per_step']:.0f} us per ring step "
                   f"({ring['cpu_ratio']:.2f}x the bare exchanges' CPU); metadata check {check['ms'] * 1e3:.0f} us "
