@@ -74,12 +74,13 @@ class RingForward(Rotation):
         return kp
 
     def kv(self, t):
-        """``(k, v)`` views of step ``t``'s payload (made once per buffer)."""
+        """``(k, v)`` views of step ``t``'s payload (made once per buffer; the entry keeps the buffer, so
+        its id cannot be reused by another tensor while cached)."""
         p = self.payload(t)
-        kv = self._kv.get(id(p))
-        if kv is None:
-            kv = self._kv[id(p)] = (p[0], p[1])
-        return kv
+        hit = self._kv.get(id(p))
+        if hit is None or hit[0] is not p:
+            hit = self._kv[id(p)] = (p, p[0], p[1])
+        return hit[1], hit[2]
 
     def visible(self, t) -> bool:
         vis = self._visible.get(t)
