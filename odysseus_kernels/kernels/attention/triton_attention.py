@@ -546,45 +546,41 @@ class ShardKernels:
             p = self._prepared[kernel] = (cfg, cx, qmeta)
         return p
 
-    def _mask(self, cfg, qmeta, sk, k_pos, k_offset) -> tuple:
-        """``(QPOS, KPOS, QDOC, KDOC, QMETA, KMETA)`` pointers and the two offsets of a block."""
+    def _block(self, kernel: str, k, v, k_pos, k_offset) -> tuple:
+        """``(cfg, constexprs, k, v, mask pointers, runtime tail)`` of one launch of ``kernel`` on a block:
+        the pointers are ``(QPOS, KPOS, QDOC, KDOC, QMETA, KMETA)``, the tail ``(H, G, Sq, Sk, q_offset,
+        k_offset, left, right, scale)`` (the kernel's ``first`` flag follows it)."""
+        cfg, cx, qmeta = self._prepare(kernel)
+        sk = k.shape[1]
         if self.q_pos is not None:
             kdoc = k_pos.doc if self.has_docs else self.dummy
-            return (self.q_pos.pos, k_pos.pos, self.qdoc, kdoc, qmeta, k_pos.meta(cfg.block_n)), 0, 0
-        kdoc = _doc_ids(self.cu, k_offset, sk, self.device) if self.has_docs else self.dummy
-        return (self.dummy, self.dummy, self.qdoc, kdoc, self.dummy, self.dummy), self.q_offset, int(k_offset)
+            ptrs, qo, ko = (self.q_pos.pos, k_pos.pos, self.qdoc, kdoc, qmeta, k_pos.meta(cfg.block_n)), 0, 0
+        else:
+            kdoc = _doc_ids(self.cu, k_offset, sk, self.device) if self.has_docs else self.dummy
+            ptrs, qo, ko = (self.dummy, self.dummy, self.qdoc, kdoc, self.dummy, self.dummy), self.q_offset, k_offset
+        tail = (self.h, self.g, self.sq, sk, qo, int(ko), *self.window, self.scale)
+        return cfg, cx, _unit_last(k), _unit_last(v), ptrs, tail
 
     def fwd(self, k, v, out, lse, *, first, k_pos=None, k_offset=0) -> None:
         """Attention of the shard against one key/value block into the fp32 ``out``/``lse``."""
-        cfg, cx, qmeta = self._prepare("fwd")
-        sk = k.shape[1]
-        k, v = _unit_last(k), _unit_last(v)
-        ptrs, qo, ko = self._mask(cfg, qmeta, sk, k_pos, k_offset)
+        cfg, cx, k, v, ptrs, tail = self._block("fwd", k, v, k_pos, k_offset)
         _fwd_kernel[(cdiv(self.sq, cfg.block_m), self.b * self.h)](
             self.q, k, v, out, lse, *ptrs, *self.q_strides, *_s3(k), *_s3(v), *_s3(out), *lse.stride()[:2],
-            self.h, self.g, self.sq, sk, qo, ko, *self.window, self.scale, 1 if first else 0, **cx)
+            *tail, 1 if first else 0, **cx)
 
     def dq(self, k, v, dq, *, first, k_pos=None, k_offset=0) -> None:
         """dQ of the shard from one key/value block, written (``first``) or added into ``dq``."""
-        cfg, cx, qmeta = self._prepare("bwd_dq")
-        sk = k.shape[1]
-        k, v = _unit_last(k), _unit_last(v)
-        ptrs, qo, ko = self._mask(cfg, qmeta, sk, k_pos, k_offset)
+        cfg, cx, k, v, ptrs, tail = self._block("bwd_dq", k, v, k_pos, k_offset)
         _bwd_dq_kernel[(cdiv(self.sq, cfg.block_m), self.b * self.h)](
             self.q, k, v, self.dout, self.lse, self.delta, dq, *ptrs, *self.q_strides, *_s3(k), *_s3(v),
-            *self.row_strides, *_s3(dq), *self.ls, self.h, self.g, self.sq, sk, qo, ko, *self.window, self.scale,
-            1 if first else 0, **cx)
+            *self.row_strides, *_s3(dq), *self.ls, *tail, 1 if first else 0, **cx)
 
     def dkdv(self, k, v, dk, dv, *, first, k_pos=None, k_offset=0) -> None:
         """dK, dV of one key/value block from the shard, written (``first``) or added into ``dk``/``dv``."""
-        cfg, cx, qmeta = self._prepare("bwd_dkdv")
-        sk = k.shape[1]
-        k, v = _unit_last(k), _unit_last(v)
-        ptrs, qo, ko = self._mask(cfg, qmeta, sk, k_pos, k_offset)
-        _bwd_dkdv_kernel[(cdiv(sk, cfg.block_n), self.b * self.hk)](
+        cfg, cx, k, v, ptrs, tail = self._block("bwd_dkdv", k, v, k_pos, k_offset)
+        _bwd_dkdv_kernel[(cdiv(k.shape[1], cfg.block_n), self.b * self.hk)](
             self.q, k, v, self.dout, self.lse, self.delta, dk, dv, *ptrs, *self.q_strides, *_s3(k), *_s3(v),
-            *self.row_strides, *_s3(dk), *_s3(dv), *self.ls, self.h, self.g, self.sq, sk, qo, ko, *self.window,
-            self.scale, 1 if first else 0, **cx)
+            *self.row_strides, *_s3(dk), *_s3(dv), *self.ls, *tail, 1 if first else 0, **cx)
 
 
 def attention_block_fwd_triton(q, k, v, *, softmax_scale=None, causal=False, q_offset=0, k_offset=0,
