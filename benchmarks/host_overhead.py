@@ -161,24 +161,29 @@ def measure(device: str, world: int, *, quick: bool, stub_kernels: bool = False,
             "ops": per_rank[0]["ops"], "bytes_received": per_rank[0]["bytes_received"]}
 
 
-def _steps_main(reps: int) -> dict:
-    """In a subprocess with ``TRITON_INTERPRET=1``: the package's host work of one fused (Triton) ring step,
-    forward and backward, without communication (a world-of-two schedule driven step by step in one
-    process) and without the Triton launcher (the interpreter's launch stubbed): microseconds per step,
-    and per call of the two schedules' set-up. What a GPU adds per step: the launcher (1 launch forward,
-    2 backward) and posting the exchange."""
+def _steps_main(reps: int, device: str) -> dict:
+    """In a fresh interpreter: the package's host work of one fused (Triton) ring step, forward and
+    backward, without communication (a world-of-two schedule driven step by step in one process):
+    microseconds per step, and per call of the two schedules' set-up. On CPU (``TRITON_INTERPRET=1``)
+    the interpreter's launch is stubbed, so the Triton launcher is not in it; on CUDA the real kernels
+    are launched (bf16; tiny shapes, so the GPU keeps up and the time is the host's). What a GPU ring
+    adds per step: posting the exchange."""
     import torch
-    from triton.runtime.interpreter import InterpretedFunction
 
     from odysseus_kernels.comm.groups import GroupInfo
     from odysseus_kernels.ops.attention.common import resolve_layout
     from odysseus_kernels.ops.attention.ring import RingBackward, RingForward
 
-    InterpretedFunction.run = lambda self, *a, **kw: None
+    cuda = device == "cuda"
+    if not cuda:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        InterpretedFunction.run = lambda self, *a, **kw: None
     torch.set_num_threads(1)
+    dev, dtype = (torch.device("cuda", 0), torch.bfloat16) if cuda else (torch.device("cpu"), torch.float32)
     info = GroupInfo(None, 0, 2)
     g = torch.Generator().manual_seed(0)
-    q, k, v, do = (torch.randn(1, 256, 2, 64, generator=g) for _ in range(4))
+    q, k, v, do = (torch.randn(1, 256, 2, 64, generator=g).to(dev, dtype) for _ in range(4))
     spans, mask = resolve_layout("ring_attention", "zigzag", 2, 256, True, (-1, -1), None)
     kw = dict(mask=mask, scale=0.125, backend="triton")
 
@@ -188,7 +193,9 @@ def _steps_main(reps: int) -> dict:
 
     fwd = RingForward(info, spans, q, k, v, **kw)
     fwd.scratch[0].copy_(fwd.first)
-    bwd = RingBackward(info, spans, q, k, v, fwd.out, fwd.lse, do, **kw)
+    for t in (0, 1):  # real (out, lse) for the backward's inputs (on CUDA; the stub computes nothing)
+        fwd.compute(t, None)
+    bwd = RingBackward(info, spans, q, k, v, fwd.out.to(dtype), fwd.lse, do, **kw)
     bwd.scratch[0].copy_(bwd.first)
 
     def bwd_step(t):
@@ -201,28 +208,39 @@ def _steps_main(reps: int) -> dict:
             fn()
         rounds = []
         for _ in range(5):
+            if cuda:
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
             for _ in range(reps):
                 fn()
             rounds.append((time.perf_counter() - t0) / reps * 1e6)
+        if cuda:
+            torch.cuda.synchronize()
         return statistics.median(rounds)
 
-    return {"fwd_step_us": statistics.mean(per_call_us(lambda t=t: fwd.compute(t, None)) for t in (0, 1)),
+    return {"device": device, "dtype": str(dtype).replace("torch.", ""),
+            "fwd_step_us": statistics.mean(per_call_us(lambda t=t: fwd.compute(t, None)) for t in (0, 1)),
             "bwd_step_us": statistics.mean(per_call_us(lambda t=t: bwd_step(t)) for t in (0, 1)),
             "setup_us": per_call_us(lambda: (RingForward(info, spans, q, k, v, **kw),
-                                             RingBackward(info, spans, q, k, v, fwd.out, fwd.lse, do, **kw)))}
+                                             RingBackward(info, spans, q, k, v, fwd.out.to(dtype), fwd.lse, do,
+                                                          **kw)))}
 
 
-def measure_steps(quick: bool) -> dict:
-    """:func:`_steps_main` in a fresh interpreter (TRITON_INTERPRET must be set before triton is imported)."""
+def measure_steps(quick: bool, device: str) -> dict:
+    """:func:`_steps_main` in a fresh interpreter (``TRITON_INTERPRET`` must be set, on CPU, or unset, on
+    CUDA, before triton is imported)."""
     import json
     import subprocess
 
-    env = dict(os.environ, TRITON_INTERPRET="1")
+    env = dict(os.environ)
+    if device == "cpu":
+        env["TRITON_INTERPRET"] = "1"
+    else:
+        env.pop("TRITON_INTERPRET", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_steps", "200" if quick else "1000"],
-                         env=env, capture_output=True, text=True, timeout=600, check=True).stdout
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_steps", "200" if quick else "1000",
+                          "--device", device], env=env, capture_output=True, text=True, timeout=600, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -262,7 +280,7 @@ def main(argv=None) -> int:
     if a._steps:
         import json
 
-        print(json.dumps(_steps_main(a._steps)))
+        print(json.dumps(_steps_main(a._steps, "cuda" if a.device == "cuda" else "cpu")))
         return 0
     import torch
 
@@ -272,6 +290,22 @@ def main(argv=None) -> int:
     if "cpu" in devices and not a.no_stub:
         runs.append(("cpu", "triton-stub", True))
     rows, errors = [], {}
+    # first the per-step host work (on a GPU machine the most telling number, and the quickest)
+    step_devices = [d for d in devices if d == "cuda" or not a.no_stub]  # CPU: the stubbed launch
+    for dev in step_devices:
+        try:
+            st = measure_steps(a.quick, dev)
+        except Exception as e:  # noqa: BLE001
+            errors[f"{dev} steps"] = f"{type(e).__name__}: {str(e)[:2000]}"
+            print(f"host_overhead: the per-step measurement on {dev} failed: {str(e)[:500]}", file=sys.stderr)
+            continue
+        launcher = "with the Triton launch" if dev == "cuda" else "no launcher"
+        for what, key in ((f"fused ring step, forward (host work, no comm, {launcher})", "fwd_step_us"),
+                          (f"fused ring step, backward (host work, no comm, {launcher})", "bwd_step_us"),
+                          ("ring fwd+bwd set-up per call (both schedules)", "setup_us")):
+            rows.append({"device": dev, "path": "triton step" if dev == "cuda" else "triton-stub step", "world": 2,
+                         "shape": f"B1 C256 H2 D64 {st['dtype']}", "what": what, "steps": 1,
+                         "cpu_us_per_step": st[key]})
     for dev, label, stub in runs:
         try:
             m = measure(dev, a.world, quick=a.quick, stub_kernels=stub)
@@ -280,17 +314,6 @@ def main(argv=None) -> int:
             print(f"host_overhead: {dev} ({label}) with {a.world} gloo ranks failed: {str(e)[:500]}", file=sys.stderr)
             continue
         rows += rows_of(dev, a.world, m, label)
-    if "cpu" in devices and not a.no_stub:
-        try:
-            st = measure_steps(a.quick)
-            for what, key in (("fused ring step, forward (host work, no comm, no launcher)", "fwd_step_us"),
-                              ("fused ring step, backward (host work, no comm, no launcher)", "bwd_step_us"),
-                              ("ring fwd+bwd set-up per call (both schedules)", "setup_us")):
-                rows.append({"device": "cpu", "path": "triton-stub", "world": 2, "shape": "B1 C256 H2 D64 float32",
-                             "what": what, "steps": 1, "cpu_us_per_step": st[key]})
-        except Exception as e:  # noqa: BLE001
-            errors["cpu triton-stub steps"] = f"{type(e).__name__}: {str(e)[:2000]}"
-            print(f"host_overhead: the per-step measurement failed: {str(e)[:500]}", file=sys.stderr)
     if rows:
         print_table(rows, ["device", "path", "what", "shape", "steps", "ms", "ratio", "cpu_ms", "cpu_us_per_step",
                            "cpu_ratio"])

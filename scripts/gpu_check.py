@@ -91,7 +91,7 @@ def default_parts(jobs: int | None = None) -> list[Part]:
              uses=[f"file:{t}" for t in MULTIRANK_TESTS],
              doc="multi-rank tests (gloo ranks in spawned processes; their cuda-marked ones on the GPU)"),
         *bench,
-        Part("host_overhead", 40, _py("benchmarks/host_overhead.py", "--quick", "--no-stub", "--out", "{pdir}"), "bench",
+        Part("host_overhead", 60, _py("benchmarks/host_overhead.py", "--quick", "--no-stub", "--out", "{pdir}"), "bench",
              uses=["bench:benchmarks/host_overhead.py"], doc="ring driver host overhead on CPU and GPU"),
         Part("playground", 20, _py("scripts/gpu_check.py", "--playground", "{pdir}", "{json}"), "json",
              uses=["module:odysseus_kernels.playground"], doc="a short playground run on the GPU"),
