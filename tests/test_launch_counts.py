@@ -3,7 +3,7 @@ other device ops (every aten op except views and pure allocations, outside commu
 ``ring_attention`` forward and backward on 4 gloo ranks, per ring step; the same with 8 and 64 packed
 documents in ``doc_zigzag`` (the count must not grow with the documents); the launch configs picked
 once per call, not per step (the kernels are prepared once, ``ShardKernels``); the outputs and gradients
-against float64 attention; and the block-planning time at 32 ranks / 64 documents once cached."""
+against float64 attention; no wrapper calls Triton's ``ConstexprFunction`` cdiv/next_power_of_2 on the host; and the block-planning time at 32 ranks / 64 documents once cached."""
 import os
 import time
 import traceback
@@ -188,3 +188,25 @@ def _fused_windows_and_gqa():
 def test_fused_ring_steps_with_windows_match_float64():
     for errs in run_world(_fused_windows_and_gqa, 2, timeout=900):
         assert errs and all(e < 1e-4 for e in errs.values()), errs
+
+
+def test_kernel_wrappers_do_host_arithmetic_without_triton_constexpr_functions():
+    """``triton.cdiv`` / ``triton.next_power_of_2`` are ``ConstexprFunction`` objects (~6 us per host
+    call, several per launch): the wrappers use ``kernels.backend.cdiv`` / ``next_pow2``, which agree
+    with them (``tl.cdiv`` inside kernels is unaffected)."""
+    import pathlib
+    import re
+
+    import triton
+
+    from odysseus_kernels.kernels.backend import cdiv, next_pow2
+
+    root = pathlib.Path(ok.__file__).parent
+    pat = re.compile(r"\btriton\.(cdiv|next_power_of_2)\(")
+    hits = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pat.search(line)]
+    assert not hits, hits
+    for a in range(0, 600):
+        assert next_pow2(a) == triton.next_power_of_2(a), a
+        for b in (1, 3, 16, 64, 128):
+            assert cdiv(a, b) == triton.cdiv(a, b), (a, b)
