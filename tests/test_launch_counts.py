@@ -3,7 +3,8 @@ other device ops (every aten op except views and pure allocations, outside commu
 ``ring_attention`` forward and backward on 4 gloo ranks, per ring step; the same with 8 and 64 packed
 documents in ``doc_zigzag`` (the count must not grow with the documents); the launch configs picked
 once per call, not per step (the kernels are prepared once, ``ShardKernels``); the outputs and gradients
-against float64 attention; no wrapper calls Triton's ``ConstexprFunction`` cdiv/next_power_of_2 on the host; and the block-planning time at 32 ranks / 64 documents once cached."""
+against float64 attention; no wrapper calls Triton's ``ConstexprFunction`` cdiv/next_power_of_2 on the
+host; and the block-planning time at 32 ranks / 64 documents once cached."""
 import os
 import time
 import traceback
