@@ -452,3 +452,22 @@ def _forget_group_rank():
 
 def test_forget_group_drops_the_cached_usp_groups():
     assert all(run_world(_forget_group_rank, 2, timeout=120))
+
+
+def test_the_digest_cache_never_changes_a_digest():
+    """``_Check.signed`` caches (fields, digest) of plain metadata: whatever was cached before, it must
+    return exactly what hashing the values afresh gives (1, 1.0, True differ; 0.0 and -0.0 differ;
+    tensors are never cached)."""
+    from odysseus_kernels.comm.validate import _Check, _digest, _signed_cache
+
+    values = [1, 1.0, True, 0, 0.0, -0.0, False, None, "1", (1, 2), (1.0, 2), (True, 2), torch.Size([1, 2]),
+              float("nan"), torch.float32, torch.device("cpu"), (0.0,), (-0.0,), torch.tensor([1.0]),
+              torch.tensor([1.0, 2.0]), [1, 2]]
+    _signed_cache.clear()
+    for order in (values, values[::-1], values):
+        for v in order:
+            c = _Check()
+            c.meta(x=v, q=(2, 3))
+            fields, digest = c.signed(None)
+            assert fields == c.fields and digest == _digest(c.fields, None), (v, fields)
+    assert len(_signed_cache) > 0

@@ -115,6 +115,8 @@ def _typed_key(v):
     """A hashable key that identifies a plain metadata value by type and value (``1``, ``1.0`` and
     ``True`` differ), or ``None`` when ``v`` holds anything else (tensors are digested by value, lists
     and dicts are not hashable): the cache of :meth:`_Check.signed` then does not apply."""
+    if isinstance(v, float):  # by its text: 0.0 == -0.0 (same hash) but they print, so digest, apart
+        return (type(v), repr(v))
     if isinstance(v, _PLAIN):
         return (type(v), v)
     if isinstance(v, tuple):  # torch.Size is a tuple
