@@ -33,6 +33,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_run_args, bench, print_table, write_json  # noqa: E402
 
 
+def _stub_triton_launch() -> None:
+    """Under ``TRITON_INTERPRET=1``: every Triton launch returns at once (the host code around it runs)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    InterpretedFunction.run = lambda self, *a, **kw: None
+
+
 def _rank_main(cfg: dict) -> dict:
     """One rank: time ring fwd+bwd, the captured exchanges replayed bare, the metadata check."""
     import torch
@@ -58,9 +65,7 @@ def _rank_main(cfg: dict) -> dict:
             torch.cuda.synchronize(dev)
 
     if cfg.get("stub_kernels"):  # the GPU path's host code without its kernels (see the module docstring)
-        from triton.runtime.interpreter import InterpretedFunction
-
-        InterpretedFunction.run = lambda self, *a, **kw: None
+        _stub_triton_launch()
     backend = cfg.get("backend", "auto")
 
     def ring():
@@ -176,9 +181,7 @@ def _steps_main(reps: int, device: str) -> dict:
 
     cuda = device == "cuda"
     if not cuda:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        InterpretedFunction.run = lambda self, *a, **kw: None
+        _stub_triton_launch()
     torch.set_num_threads(1)
     dev, dtype = (torch.device("cuda", 0), torch.bfloat16) if cuda else (torch.device("cpu"), torch.float32)
     info = GroupInfo(None, 0, 2)
@@ -195,7 +198,7 @@ def _steps_main(reps: int, device: str) -> dict:
     fwd.scratch[0].copy_(fwd.first)
     for t in (0, 1):  # real (out, lse) for the backward's inputs (on CUDA; the stub computes nothing)
         fwd.compute(t, None)
-    bwd = RingBackward(info, spans, q, k, v, fwd.out.to(dtype), fwd.lse, do, **kw)
+    bwd = RingBackward(info, spans, q, k, v, fwd.out.to(dtype), fwd.lse, do, packed=fwd.kv_packed, **kw)
     bwd.scratch[0].copy_(bwd.first)
 
     def bwd_step(t):
@@ -223,7 +226,7 @@ def _steps_main(reps: int, device: str) -> dict:
             "bwd_step_us": statistics.mean(per_call_us(lambda t=t: bwd_step(t)) for t in (0, 1)),
             "setup_us": per_call_us(lambda: (RingForward(info, spans, q, k, v, **kw),
                                              RingBackward(info, spans, q, k, v, fwd.out.to(dtype), fwd.lse, do,
-                                                          **kw)))}
+                                                          packed=fwd.kv_packed, **kw)))}
 
 
 def measure_steps(quick: bool, device: str) -> dict:

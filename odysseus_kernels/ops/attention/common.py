@@ -168,11 +168,12 @@ def blocks_forward(q, k, v, blocks, out, lse, *, scale, backend, mask) -> None:
 
 
 def blocks_backward(dout, q, k, v, out, lse, delta, blocks, dq, dk, dv, *, scale, backend, mask) -> None:
-    """Accumulate every block's gradients into ``dq``/``dk``/``dv`` (given the rows' final lse, delta)."""
+    """Accumulate every block's gradients into ``dq``/``dk``/``dv`` (given the rows' final lse, and delta or
+    ``out``: ``delta=None`` lets each block take it from ``out``, which PyTorch's CPU flash backward does anyway)."""
     for b in blocks:
         attention_block_bwd(dout[:, b.q], q[:, b.q], k[:, b.k], v[:, b.k], None if out is None else out[:, b.q],
-                            lse[:, :, b.q], softmax_scale=scale, delta=delta[:, :, b.q], dq=dq[:, b.q], dk=dk[:, b.k],
-                            dv=dv[:, b.k], backend=backend, **mask_args(b, mask))
+                            lse[:, :, b.q], softmax_scale=scale, delta=None if delta is None else delta[:, :, b.q],
+                            dq=dq[:, b.q], dk=dk[:, b.k], dv=dv[:, b.k], backend=backend, **mask_args(b, mask))
 
 
 def row_delta(dout, out, dtype) -> torch.Tensor:

@@ -24,7 +24,7 @@ from ...kernels.attention import attention_block_fwd
 from ..ring import Relay, Rotation
 from .blocks import plan_blocks, ring_steps
 from .common import (DEFAULT_LAYOUT, blocks_backward, blocks_forward, empty_attention, fused_steps, is_empty,
-                     mask_args, new_accumulators, row_delta, scale_of, shard_positions, validated_layout)
+                     mask_args, new_accumulators, scale_of, shard_positions, validated_layout)
 from .scheduled import ScheduledAttention
 
 
@@ -34,10 +34,12 @@ class RingForward(Rotation):
     With the Triton backend a step is one kernel launch: the whole local shard of queries against
     the visiting shard of keys (span positions as runtime data, tiles the mask hides skipped), merged
     into the fp32 ``(out, lse)`` inside the kernel (step 0 writes them: no fill). Other backends run
-    the planned blocks of the step (:func:`~.blocks.plan_blocks`) and merge each."""
+    the planned blocks of the step (:func:`~.blocks.plan_blocks`) and merge each. ``packed``: K/V
+    already packed (the backward gets the forward's payload, see :class:`.scheduled.ScheduledAttention`)."""
 
-    def __init__(self, info, spans, q, k, v, *, mask, scale, backend, accumulators=True):
-        super().__init__(info, torch.stack([k, v]))
+    def __init__(self, info, spans, q, k, v, *, mask, scale, backend, accumulators=True, packed=None):
+        self.kv_packed = torch.stack([k, v]) if packed is None else packed  # saved for the backward
+        super().__init__(info, self.kv_packed)
         self.spans, self.mask = spans, mask
         self.q, self.scale, self.backend = q, scale, backend
         self.acc_dtype = acc_dtype(q.dtype)
@@ -119,8 +121,9 @@ class RingBackward(RingForward):
     """Backward schedule: K/V fetched as in forward; the dK/dV accumulator of each shard travels one
     hop behind it (a :class:`~odysseus_kernels.ops.ring.Relay`) and ends on the shard's owner."""
 
-    def __init__(self, info, spans, q, k, v, out, lse, dout, *, mask, scale, backend):
-        super().__init__(info, spans, q, k, v, mask=mask, scale=scale, backend=backend, accumulators=False)
+    def __init__(self, info, spans, q, k, v, out, lse, dout, *, mask, scale, backend, packed=None):
+        super().__init__(info, spans, q, k, v, mask=mask, scale=scale, backend=backend, accumulators=False,
+                         packed=packed)
         self.o, self.lse_final, self.dout = out, lse, dout
         if self.fused:  # one preprocess launch; dQ written by step 0, accumulated in-kernel after
             from ...kernels.attention.triton_attention import ShardKernels, attention_delta_triton
@@ -131,7 +134,7 @@ class RingBackward(RingForward):
                                         window=mask.window, q_pos=self.q_positions(), dout=dout, lse=lse,
                                         delta=self.delta)
         else:
-            self.delta = row_delta(dout, out, self.acc_dtype)  # [B, H, C]
+            self.delta = None  # each block takes rowsum(dout * out) of its rows from out (cpu_flash does anyway)
             self.dq = torch.zeros(q.shape, dtype=self.acc_dtype, device=q.device)
         self.relay = Relay(info, self.steps)  # [2, B, C, H_kv, D] accumulators of dK/dV
         self.returns = self.relay.returns
