@@ -198,7 +198,7 @@ def _steps_main(reps: int, device: str) -> dict:
     fwd.scratch[0].copy_(fwd.first)
     for t in (0, 1):  # real (out, lse) for the backward's inputs (on CUDA; the stub computes nothing)
         fwd.compute(t, None)
-    bwd = RingBackward(info, spans, q, k, v, fwd.out.to(dtype), fwd.lse, do, packed=fwd.kv_packed, **kw)
+    bwd = RingBackward(info, spans, q, k, v, fwd.out.to(dtype), fwd.lse, do, **kw)
     bwd.scratch[0].copy_(bwd.first)
 
     def bwd_step(t):
@@ -226,7 +226,7 @@ def _steps_main(reps: int, device: str) -> dict:
             "bwd_step_us": statistics.mean(per_call_us(lambda t=t: bwd_step(t)) for t in (0, 1)),
             "setup_us": per_call_us(lambda: (RingForward(info, spans, q, k, v, **kw),
                                              RingBackward(info, spans, q, k, v, fwd.out.to(dtype), fwd.lse, do,
-                                                          packed=fwd.kv_packed, **kw)))}
+                                                          **kw)))}
 
 
 def measure_steps(quick: bool, device: str) -> dict:

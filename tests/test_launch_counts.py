@@ -211,39 +211,3 @@ def test_kernel_wrappers_do_host_arithmetic_without_triton_constexpr_functions()
         assert next_pow2(a) == triton.next_power_of_2(a), a
         for b in (1, 3, 16, 64, 128):
             assert cdiv(a, b) == triton.cdiv(a, b), (a, b)
-
-
-def _ring_backward_packing(backend):
-    n = comm.group_info().size
-    L = 12 * n
-    g = torch.Generator().manual_seed(11)
-    q, k, v, do = (torch.randn(1, L, h, 8, generator=g, dtype=torch.float64) for h in (4, 2, 2, 4))
-    sh = lambda t: ok.shard_sequence(t, layout="zigzag")  # noqa: E731
-    leaves = [sh(t).float().requires_grad_(True) for t in (q, k, v)]
-    out = ok.ring_attention(*leaves, causal=True, layout="zigzag", backend=backend)
-    saved = out.grad_fn.saved_tensors
-    kl, vl = leaves[1], leaves[2]
-    packed = [t for t in saved if t.shape == (2,) + tuple(kl.shape)]
-    dout = sh(do).float()
-    counter = _Count()
-    with counter:
-        out.backward(dout)
-    ref_leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    ref = attention_ref(*ref_leaves, causal=True)
-    ref.backward(do)
-    err = max((a.double() - sh(b)).abs().max().item()
-              for a, b in zip([out] + [t.grad for t in leaves], [ref.detach()] + [t.grad for t in ref_leaves]))
-    return {"saves_k_or_v": any(t is kl or t is vl for t in saved), "packed_saved": len(packed),
-            "packed_is_kv": bool(packed) and torch.equal(packed[0][0], kl) and torch.equal(packed[0][1], vl),
-            "bwd_names": counter.names, "err": err}
-
-
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_interpreter)])
-def test_ring_backward_reuses_the_packed_kv_of_the_forward(backend):
-    """The forward packs K/V into one ``[2, ...]`` payload for the exchange; autograd keeps that payload
-    (instead of k and v: the same bytes) and the backward rotates it again, without packing K/V a second
-    time (no stack/cat in the backward); gradients still match float64 attention (3 gloo ranks, GQA)."""
-    for res in run_world(_ring_backward_packing, 3, backend, timeout=600):
-        assert not res["saves_k_or_v"] and res["packed_saved"] == 1 and res["packed_is_kv"], res
-        assert not {"stack", "cat"} & {name.split(".")[0] for name in res["bwd_names"]}, res["bwd_names"]
-        assert res["err"] < 1e-4, res

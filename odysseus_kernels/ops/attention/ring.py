@@ -34,12 +34,10 @@ class RingForward(Rotation):
     With the Triton backend a step is one kernel launch: the whole local shard of queries against
     the visiting shard of keys (span positions as runtime data, tiles the mask hides skipped), merged
     into the fp32 ``(out, lse)`` inside the kernel (step 0 writes them: no fill). Other backends run
-    the planned blocks of the step (:func:`~.blocks.plan_blocks`) and merge each. ``packed``: K/V
-    already packed (the backward gets the forward's payload, see :class:`.scheduled.ScheduledAttention`)."""
+    the planned blocks of the step (:func:`~.blocks.plan_blocks`) and merge each."""
 
-    def __init__(self, info, spans, q, k, v, *, mask, scale, backend, accumulators=True, packed=None):
-        self.kv_packed = torch.stack([k, v]) if packed is None else packed  # saved for the backward
-        super().__init__(info, self.kv_packed)
+    def __init__(self, info, spans, q, k, v, *, mask, scale, backend, accumulators=True):
+        super().__init__(info, torch.stack([k, v]))
         self.spans, self.mask = spans, mask
         self.q, self.scale, self.backend = q, scale, backend
         self.acc_dtype = acc_dtype(q.dtype)
@@ -121,9 +119,8 @@ class RingBackward(RingForward):
     """Backward schedule: K/V fetched as in forward; the dK/dV accumulator of each shard travels one
     hop behind it (a :class:`~odysseus_kernels.ops.ring.Relay`) and ends on the shard's owner."""
 
-    def __init__(self, info, spans, q, k, v, out, lse, dout, *, mask, scale, backend, packed=None):
-        super().__init__(info, spans, q, k, v, mask=mask, scale=scale, backend=backend, accumulators=False,
-                         packed=packed)
+    def __init__(self, info, spans, q, k, v, out, lse, dout, *, mask, scale, backend):
+        super().__init__(info, spans, q, k, v, mask=mask, scale=scale, backend=backend, accumulators=False)
         self.o, self.lse_final, self.dout = out, lse, dout
         if self.fused:  # one preprocess launch; dQ written by step 0, accumulated in-kernel after
             from ...kernels.attention.triton_attention import ShardKernels, attention_delta_triton

@@ -14,35 +14,22 @@ class ScheduledAttention(torch.autograd.Function):
     schedule; ``bwd_cls(info, spans, q, k, v, out, lse, dout, ...)`` exposes ``grads()`` ->
     ``(dq, dk, dv)``. Used by ring attention and TokenRing. Returns ``(out, lse)``: ``out`` in
     ``q.dtype``, ``lse`` ``[B, H, C]`` in the accumulator dtype (fp32; fp64 for fp64), not differentiable.
-
-    A forward schedule that packed K/V into one ``[2, B, C, H_kv, D]`` tensor for the exchange sets
-    ``kv_packed`` to it: that tensor is saved instead of ``k`` and ``v`` (the same bytes) and given to
-    the backward schedule as ``packed=``, so the backward does not pack them again.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, fwd_cls, bwd_cls, info, spans, mask, scale, backend):
         sched = run_schedule(fwd_cls(info, spans, q, k, v, mask=mask, scale=scale, backend=backend), info)
         out = sched.out.to(q.dtype)
-        packed = getattr(sched, "kv_packed", None)
-        if packed is None:
-            ctx.save_for_backward(q, k, v, out, sched.lse)
-        else:
-            ctx.save_for_backward(q, packed, out, sched.lse)
-        ctx.opts = (bwd_cls, info, spans, mask, scale, backend, packed is not None)
+        ctx.save_for_backward(q, k, v, out, sched.lse)
+        ctx.opts = (bwd_cls, info, spans, mask, scale, backend)
         ctx.mark_non_differentiable(sched.lse)
         return out, sched.lse
 
     @staticmethod
     def backward(ctx, dout, _dlse=None):
-        bwd_cls, info, spans, mask, scale, backend, is_packed = ctx.opts
-        if is_packed:
-            q, packed, out, lse = ctx.saved_tensors
-            k, v, more = packed[0], packed[1], {"packed": packed}
-        else:
-            q, k, v, out, lse = ctx.saved_tensors
-            more = {}
+        q, k, v, out, lse = ctx.saved_tensors
+        bwd_cls, info, spans, mask, scale, backend = ctx.opts
         sched = run_schedule(bwd_cls(info, spans, q, k, v, out, lse, dout.contiguous(), mask=mask, scale=scale,
-                                     backend=backend, **more), info)
+                                     backend=backend), info)
         dq, dk, dv = sched.grads()
         return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)) + (None,) * 7
