@@ -13,6 +13,7 @@ import torch
 
 from ..._util import acc_dtype
 from ...comm import all_gather, group_info, reduce_scatter
+from ...kernels.attention.api import resolve_backend
 from .blocks import plan_blocks
 from .common import (DEFAULT_LAYOUT, blocks_backward, blocks_forward, empty_attention, is_empty,
                      new_accumulators, row_delta, scale_of, validated_layout)
@@ -41,8 +42,10 @@ class _AllGatherKV(torch.autograd.Function):
         dout = dout.contiguous()
         dq = torch.zeros(q.shape, dtype=acc, device=q.device)
         dkv = torch.zeros(kv.shape, dtype=acc, device=kv.device)  # [2, B, L, H_kv, D]
-        blocks_backward(dout, q, kv[0], kv[1], out, lse, row_delta(dout, out, acc), blocks, dq, dkv[0], dkv[1],
-                        scale=scale, backend=backend, mask=mask)
+        # delta once for the Triton blocks; other backends take it from out (PyTorch's CPU flash kernel does anyway)
+        delta = row_delta(dout, out, acc) if resolve_backend(backend, q) == "triton" else None
+        blocks_backward(dout, q, kv[0], kv[1], out, lse, delta, blocks, dq, dkv[0], dkv[1], scale=scale,
+                        backend=backend, mask=mask)
         n, b, L = info.size, q.shape[0], kv.shape[2]
         rank_major = dkv.view(2, b, n, L // n, *kv.shape[3:]).permute(2, 0, 1, 3, 4, 5).contiguous()
         mine = reduce_scatter(rank_major.view(n * 2, b, L // n, *kv.shape[3:]), group=info)  # [2, B, C, H_kv, D]
