@@ -229,6 +229,51 @@ def _steps_main(reps: int, device: str) -> dict:
                                                           **kw)))}
 
 
+def _p2p_main(cfg: dict) -> dict:
+    """One rank: plain ``torch.distributed`` isend/irecv with the peer (no package code), ``n`` exchanges of
+    ``[2, 1, 64, 2, 32]`` fp32 (32 KB) for each busy-wait between posting and waiting (``work_ms``)."""
+    import torch
+    import torch.distributed as dist
+
+    peer = 1 - dist.get_rank()
+    x = torch.zeros(2, 1, 64, 2, 32)
+    y = torch.empty_like(x)
+    out = {}
+    for work in cfg["work_ms"]:
+        dist.barrier()
+        times = []
+        for _ in range(cfg["n"] + cfg["warmup"]):
+            t0 = time.perf_counter()
+            a, b = dist.isend(x, peer, tag=7), dist.irecv(y, peer, tag=7)
+            while time.perf_counter() - t0 < work / 1e3:
+                pass
+            a.wait()
+            b.wait()
+            times.append((time.perf_counter() - t0) * 1e3)
+        out[work] = times[cfg["warmup"]:]
+    return out
+
+
+def measure_p2p(n: int = 2000, work_ms=(0.0, 0.3, 1.0), timeout: float = 600.0) -> list[dict]:
+    """What the machine's gloo transport costs a ring step, without the package: 2 local gloo ranks exchange
+    32 KB with plain isend/irecv, with ``work_ms`` of busy compute between posting and waiting. Rows:
+    median and 99th percentile ms per exchange and the fraction of exchanges taking 3 ms or more (on a
+    2-vCPU machine the transport thread runs mostly once a rank blocks, so compute does not hide the
+    exchange, and some exchanges stall for a scheduler tick)."""
+    from odysseus_kernels.comm import LocalWorld
+
+    with LocalWorld(2, threads=1) as w:
+        per_rank = w.run(_p2p_main, {"n": n, "warmup": min(100, n), "work_ms": list(work_ms)}, timeout=timeout)
+    rows = []
+    for work in work_ms:
+        t = sorted(max(a, b) for a, b in zip(per_rank[0][work], per_rank[1][work]))  # the slower rank per exchange
+        rows.append({"device": "cpu", "path": "plain isend/irecv", "world": 2, "shape": "32 KB fp32",
+                     "what": f"one exchange, {work:g} ms of compute between post and wait", "steps": 1,
+                     "ms": statistics.median(t), "p99_ms": t[min(len(t) - 1, int(0.99 * len(t)))],
+                     "frac_3ms": sum(x >= 3.0 for x in t) / len(t), "n": len(t)})
+    return rows
+
+
 def measure_steps(quick: bool, device: str) -> dict:
     """:func:`_steps_main` in a fresh interpreter (``TRITON_INTERPRET`` must be set, on CPU, or unset, on
     CUDA, before triton is imported)."""
@@ -278,6 +323,9 @@ def main(argv=None) -> int:
                    help="auto: CPU always, and CUDA too when a GPU is present")
     p.add_argument("--world", type=int, default=2, help="local ranks (default 2)")
     p.add_argument("--no-stub", action="store_true", help="skip the triton-stub measurements on CPU")
+    p.add_argument("--p2p-latency", action="store_true",
+                   help="also time plain gloo isend/irecv with 0 / 0.3 / 1 ms of compute between post and wait "
+                        "(the machine's transport, without the package)")
     p.add_argument("--_steps", type=int, default=0, help=argparse.SUPPRESS)  # internal: see measure_steps
     a = p.parse_args(argv)
     if a._steps:
@@ -317,6 +365,17 @@ def main(argv=None) -> int:
             print(f"host_overhead: {dev} ({label}) with {a.world} gloo ranks failed: {str(e)[:500]}", file=sys.stderr)
             continue
         rows += rows_of(dev, a.world, m, label)
+    if a.p2p_latency and "cpu" in devices:
+        try:
+            p2p = measure_p2p(500 if a.quick else 2000)
+        except Exception as e:  # noqa: BLE001
+            errors["cpu p2p"] = f"{type(e).__name__}: {str(e)[:2000]}"
+            print(f"host_overhead: the plain isend/irecv measurement failed: {str(e)[:500]}", file=sys.stderr)
+        else:
+            rows += p2p
+            for r in p2p:
+                print(f"cpu (plain isend/irecv): {r['what']}: median {r['ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, "
+                      f"{100 * r['frac_3ms']:.1f}% of {r['n']} take >= 3 ms")
     if rows:
         print_table(rows, ["device", "path", "what", "shape", "steps", "ms", "ratio", "cpu_ms", "cpu_us_per_step",
                            "cpu_ratio"])
