@@ -15,8 +15,8 @@ from ..._util import acc_dtype
 from ...comm import all_gather, group_info, reduce_scatter
 from ...kernels.attention.api import resolve_backend
 from .blocks import plan_blocks
-from .common import (DEFAULT_LAYOUT, blocks_backward, blocks_forward, empty_attention, is_empty,
-                     new_accumulators, row_delta, scale_of, validated_layout)
+from .common import (DEFAULT_LAYOUT, blocks_attention, blocks_backward, empty_attention, is_empty, row_delta,
+                     scale_of, validated_layout)
 
 
 class _AllGatherKV(torch.autograd.Function):
@@ -26,8 +26,7 @@ class _AllGatherKV(torch.autograd.Function):
         n, b = info.size, q.shape[0]
         kv = kv.view(n, b, 2, *k.shape[1:]).permute(2, 1, 0, 3, 4, 5).reshape(2, b, n * k.shape[1], *k.shape[2:])
         blocks = plan_blocks(spans[info.rank], [sp for r in spans for sp in r], mask)
-        out, lse = new_accumulators(q, q.shape[1], v.shape[-1])
-        blocks_forward(q, kv[0], kv[1], blocks, out, lse, scale=scale, backend=backend, mask=mask)
+        out, lse = blocks_attention(q, kv[0], kv[1], blocks, scale=scale, backend=backend, mask=mask)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, kv, out, lse)
         ctx.opts = (info, blocks, scale, backend, k.dtype, mask)

@@ -167,6 +167,21 @@ def blocks_forward(q, k, v, blocks, out, lse, *, scale, backend, mask) -> None:
                             lse=lse[:, :, b.q], backend=backend, **mask_args(b, mask))
 
 
+def blocks_attention(q, k, v, blocks, *, scale, backend, mask):
+    """Fresh accumulators ``(out, lse)`` (contiguous, accumulator dtype) holding the attention of ``blocks``:
+    a single block over all query rows is computed straight into them (no fill, no merge); anything else
+    merges into filled ones (:func:`blocks_forward`)."""
+    acc = acc_dtype(q.dtype)
+    b0 = blocks[0] if len(blocks) == 1 else None
+    if b0 is not None and b0.q_start == 0 and b0.q_stop == q.shape[1]:
+        o, lse = attention_block_fwd(q, k[:, b0.k], v[:, b0.k], softmax_scale=scale, out_dtype=acc, backend=backend,
+                                     **mask_args(b0, mask))
+        return o.contiguous(), (lse if lse.dtype == acc else lse.to(acc)).contiguous()
+    out, lse = new_accumulators(q, q.shape[1], v.shape[-1])
+    blocks_forward(q, k, v, blocks, out, lse, scale=scale, backend=backend, mask=mask)
+    return out, lse
+
+
 def blocks_backward(dout, q, k, v, out, lse, delta, blocks, dq, dk, dv, *, scale, backend, mask) -> None:
     """Accumulate every block's gradients into ``dq``/``dk``/``dv`` (given the rows' final lse, and delta or
     ``out``: ``delta=None`` lets each block take it from ``out``, which PyTorch's CPU flash backward does anyway)."""

@@ -20,11 +20,10 @@ import torch
 
 from ..._util import acc_dtype
 from ...comm import group_info
-from ...kernels.attention import attention_block_fwd
 from ..ring import Relay, Rotation
 from .blocks import plan_blocks, ring_steps
-from .common import (DEFAULT_LAYOUT, blocks_backward, blocks_forward, empty_attention, fused_steps, is_empty,
-                     mask_args, new_accumulators, scale_of, shard_positions, validated_layout)
+from .common import (DEFAULT_LAYOUT, blocks_attention, blocks_backward, blocks_forward, empty_attention, fused_steps,
+                     is_empty, scale_of, shard_positions, validated_layout)
 from .scheduled import ScheduledAttention
 
 
@@ -56,7 +55,7 @@ class RingForward(Rotation):
             self.out = torch.empty(b, c, h, v.shape[-1], dtype=self.acc_dtype, device=q.device)
             self.lse = torch.empty(b, h, c, dtype=self.acc_dtype, device=q.device)
         else:
-            self.out = self.lse = None  # made by step 0 (see first_blocks)
+            self.out = self.lse = None  # made by step 0 (blocks_attention)
 
     def blocks(self, t):
         return plan_blocks(self.spans[self.info.rank], self.spans[self.src(t)], self.mask)
@@ -88,26 +87,13 @@ class RingForward(Rotation):
             vis = self._visible[t] = t == 0 or bool(self.blocks(t))
         return vis
 
-    def first_blocks(self, k, v, blocks) -> None:
-        """Step 0 of the per-block path: a single block over all query rows (the causal or full self
-        block) becomes the accumulators; anything else merges into filled ones."""
-        b0 = blocks[0] if len(blocks) == 1 else None
-        if b0 is not None and b0.q_start == 0 and b0.q_stop == self.q.shape[1]:
-            o, lse = attention_block_fwd(self.q, k[:, b0.k], v[:, b0.k], softmax_scale=self.scale,
-                                         out_dtype=self.acc_dtype, backend=self.backend,
-                                         **mask_args(b0, self.mask))
-            self.out = o.contiguous()
-            self.lse = lse if lse.dtype == self.acc_dtype else lse.to(self.acc_dtype)
-            return
-        self.out, self.lse = new_accumulators(self.q, self.q.shape[1], v.shape[-1])
-        blocks_forward(self.q, k, v, blocks, self.out, self.lse, scale=self.scale, backend=self.backend, mask=self.mask)
-
     def compute(self, t, handle):
         k, v = self.kv(t)
         if not self.fused:
             blocks = self.blocks(t)
-            if t == 0:
-                self.first_blocks(k, v, blocks)
+            if t == 0:  # step 0 makes the accumulators
+                self.out, self.lse = blocks_attention(self.q, k, v, blocks, scale=self.scale, backend=self.backend,
+                                                      mask=self.mask)
             else:
                 blocks_forward(self.q, k, v, blocks, self.out, self.lse, scale=self.scale, backend=self.backend,
                                mask=self.mask)

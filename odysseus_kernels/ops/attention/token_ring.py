@@ -35,7 +35,7 @@ from ..layout import layout_spans
 from ..ring import NOTHING, Schedule
 from ..ring.tags import TOKEN_RING_BACK, TOKEN_RING_OUT
 from .blocks import Mask, needed_query_slots, plan_blocks, span_rows
-from .common import (DEFAULT_LAYOUT, blocks_backward, blocks_forward, empty_attention, is_empty,
+from .common import (DEFAULT_LAYOUT, blocks_attention, blocks_backward, empty_attention, is_empty,
                      new_accumulators, row_delta, rows, scale_of, validated_layout)
 from .scheduled import ScheduledAttention
 
@@ -157,10 +157,8 @@ class TokenRingForward(_TokenRingBase):
 
     def serve(self, travelled, src, slots):
         qs = travelled[0]
-        out, lse = new_accumulators(qs, qs.shape[1], self.v.shape[-1])
-        blocks_forward(qs, self.k, self.v, self.blocks_for(src, slots), out, lse, scale=self.scale,
-                       backend=self.backend, mask=self.mask)
-        return [out, lse]
+        return list(blocks_attention(qs, self.k, self.v, self.blocks_for(src, slots), scale=self.scale,
+                                     backend=self.backend, mask=self.mask))
 
     def absorb(self, slots, results):
         o, lse = results
