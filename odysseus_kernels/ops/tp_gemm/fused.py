@@ -180,14 +180,20 @@ def gemm_reduce_scatter(x4: torch.Tensor, w: torch.Tensor, info: GroupInfo, out_
     sig = Signal(st.rs, st.counters, e)
     posted = []
 
+    # Receive buffers are made here, on the caller's stream, before any is written on the comm stream.
+    targets = [out[:, start:stop] for start, stop in bounds]
+    bufs = [t if t.is_contiguous() else out.new_empty(t.shape) for t in targets]
+
     def post(c, start, stop):
         seg = part[n * p * start:n * p * stop]
-        tgt = out[:, start:stop]
-        buf = tgt if tgt.is_contiguous() else out.new_empty(tgt.shape)
-        posted.append((tgt, buf, reduce_scatter_async(buf.view(p * (stop - start), o), seg,
-                                                      group=info)))
+        posted.append((targets[c], bufs[c], reduce_scatter_async(bufs[c].view(p * (stop - start), o), seg,
+                                                                 group=info)))
 
-    if x4.is_cuda:
+    if x4.is_cuda and n == 1:  # nothing to overlap: the chunks' copies follow the GEMM on this stream
+        persistent_gemm(a2, w, None, out=part, rows=rows, signal=sig, margin=margin)
+        for c, (start, stop) in enumerate(bounds):
+            post(c, start, stop)
+    elif x4.is_cuda:
         from ...extension import extension_available
 
         cur, cs = torch.cuda.current_stream(x4.device), comm_stream(x4.device)
@@ -206,6 +212,7 @@ def gemm_reduce_scatter(x4: torch.Tensor, w: torch.Tensor, info: GroupInfo, out_
                 if memop:
                     torch.ops.odysseus_kernels.stream_wait_value32(st.rs[c:c + 1], e, False)
                 post(c, start, stop)
+        cur.wait_stream(cs)  # whatever the comm stream did (its waits, the collectives' launches) comes first
     else:
         persistent_gemm(a2, w, None, out=part, rows=rows, signal=sig)
         for c, (start, stop) in enumerate(bounds):
