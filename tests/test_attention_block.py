@@ -8,6 +8,7 @@ import torch
 
 from odysseus_kernels.kernels.attention import attention_block_bwd, attention_block_fwd, attention_ref, merge_attention
 from odysseus_kernels.kernels.attention.reference import block_mask
+from tests.triton_device import DEVICE
 
 # id, (sq, sk, h, hk, d, dv), mask kwargs
 CASES = [
@@ -51,21 +52,24 @@ def test_reference_matches_float64_math(shape, mask):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("shape, mask", CASES)
 def test_triton_forward_and_backward_match_the_reference(shape, mask, dtype):
+    """In the interpreter on CPU, or compiled on the GPU when there is one (tests/triton_device.py)."""
     q, k, v, do = _inputs(shape, dtype, seed=1)
     o_ref, l_ref = attention_block_fwd(q, k, v, backend="torch", **mask)
     g_ref = attention_block_bwd(do, q, k, v, o_ref, l_ref, backend="torch", **mask)
-    qc, kc, vc, dc = (t.to(dtype) for t in (q, k, v, do))
+    qc, kc, vc, dc = (t.to(DEVICE, dtype) for t in (q, k, v, do))
     o, lse = attention_block_fwd(qc, kc, vc, backend="triton", **mask)
-    assert o.dtype == dtype and lse.dtype == torch.float32
-    assert torch.equal(torch.isinf(lse), torch.isinf(l_ref))  # rows that see no key: lse = -inf, out = 0
+    assert o.dtype == dtype and lse.dtype == torch.float32 and o.device == qc.device
+    o, lse_host = o.cpu(), lse.cpu()
+    assert torch.equal(torch.isinf(lse_host), torch.isinf(l_ref))  # rows that see no key: lse = -inf, out = 0
     atol, rtol = TOL[dtype]
     fin = lambda t: torch.where(torch.isinf(t), torch.zeros_like(t), t)  # noqa: E731
     torch.testing.assert_close(o.double(), o_ref, atol=atol * 10, rtol=rtol * 10)
-    torch.testing.assert_close(fin(lse).double(), fin(l_ref), atol=atol * 10, rtol=rtol * 10)
-    grads = attention_block_bwd(dc, qc, kc, vc, o, lse, backend="triton", grad_dtype=torch.float32, **mask)
+    torch.testing.assert_close(fin(lse_host).double(), fin(l_ref), atol=atol * 10, rtol=rtol * 10)
+    grads = attention_block_bwd(dc, qc, kc, vc, o.to(DEVICE), lse, backend="triton", grad_dtype=torch.float32,
+                                **mask)
     for got, want in zip(grads, g_ref):
         assert not got.isnan().any()
-        torch.testing.assert_close(got.double(), want, atol=atol * 50, rtol=rtol * 50)
+        torch.testing.assert_close(got.cpu().double(), want, atol=atol * 50, rtol=rtol * 50)
 
 
 def test_merge_of_disjoint_key_blocks_equals_attention_over_the_union():
@@ -159,3 +163,15 @@ def test_cpu_flash_path_of_the_torch_backend_matches_the_reference(causal, dtype
     want = attention_block_bwd_torch(do, q, k[:, :20], v[:, :20], o_ref, l_ref, causal=causal)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, **tol)
+
+
+def test_document_ids_from_host_boundaries_are_built_once():
+    """``cu_seqlens`` given as host boundaries: a block's document ids are computed and uploaded once and
+    reused (on a GPU a per-launch upload would be a blocking copy, which CUDA graphs cannot hold)."""
+    from odysseus_kernels.kernels.attention.triton_attention import _doc_ids
+
+    a = _doc_ids([0, 7, 30, 40], 5, 20, DEVICE)
+    assert _doc_ids((0, 7, 30, 40), 5, 20, DEVICE) is a
+    assert a.dtype == torch.int32 and a.cpu().tolist() == [1, 1] + [2] * 18
+    t = _doc_ids(torch.tensor([0, 7, 30, 40], device=DEVICE), 5, 20, DEVICE)  # a tensor: on its device, as given
+    assert torch.equal(t.cpu(), a.cpu()) and _doc_ids(None, 0, 3, DEVICE) is None

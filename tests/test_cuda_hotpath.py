@@ -2,7 +2,8 @@
 ``torch.cuda.CUDAGraph`` can capture and replay. ``cuda``-marked: runs on one GPU at world size 1
 (gloo cannot move CUDA tensors point to point, so multi-rank capture needs NCCL and several GPUs).
 
-Each op is called once first (Triton compiles, block plans are cached, the extension loads), then
+Each op (and ring, TokenRing, all-gather-KV and local attention over packed documents given as a host
+list) is called once first (Triton compiles, block plans are cached, the extension loads), then
 ``torch.cuda.set_sync_debug_mode("error")`` turns any synchronising call (``.item()``, ``.cpu()``,
 ``nonzero``, a blocking copy) into an error during a forward and a backward.
 
@@ -31,9 +32,12 @@ def _qkv(dtype=torch.bfloat16, hkv=HKV, grad=True):
     return [t.requires_grad_(grad) for t in (q, k, v)]
 
 
-def _attention(name):
+def _attention(name, **kw):
     op = getattr(ok, name)
-    return lambda q, k, v: op(q, k, v, causal=True)
+    return lambda q, k, v: op(q, k, v, causal=True, **kw)
+
+
+DOCS = [0, 37, 160, L]  # packed documents, given as a host list (the document ids are built once and cached)
 
 
 _GAMMA = {}
@@ -52,6 +56,8 @@ OPS = {
     "allgather_kv_attention": (_attention("allgather_kv_attention"), HKV),
     "local_attention": (_attention("local_attention"), HKV),
     "lasp2_linear_attention": (_lasp2, H),
+    **{f"{name}+docs": (_attention(name, cu_seqlens=DOCS), HKV)
+       for name in ("ring_attention", "token_ring_attention", "allgather_kv_attention", "local_attention")},
 }
 
 

@@ -28,6 +28,7 @@ Head dims that are not powers of two are padded with masked lanes. fp32 inputs u
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -430,11 +431,22 @@ def _arch(t: torch.Tensor):
 
 
 def _doc_ids(cu_seqlens, offset, n, device):
+    """Document ids (int32 ``[n]``) of positions ``offset ..``: from a tensor on its device, from host
+    boundaries (list/tuple) computed on the host once and uploaded once (cached: no copy per launch)."""
     if cu_seqlens is None:
         return None
-    cu = torch.as_tensor(cu_seqlens, device=device)
-    pos = torch.arange(offset, offset + n, device=device)
-    return torch.searchsorted(cu, pos, right=True).to(torch.int32)
+    if isinstance(cu_seqlens, torch.Tensor):
+        cu = torch.as_tensor(cu_seqlens, device=device)
+        pos = torch.arange(offset, offset + n, device=device)
+        return torch.searchsorted(cu, pos, right=True).to(torch.int32)
+    return _host_doc_ids(tuple(int(c) for c in cu_seqlens), int(offset), int(n), str(device))
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_doc_ids(cu: tuple, offset: int, n: int, device: str) -> torch.Tensor:
+    pos = torch.arange(offset, offset + n)
+    ids = torch.searchsorted(torch.tensor(cu, dtype=torch.int64), pos, right=True).to(torch.int32)
+    return ids.to(device)
 
 
 class Positions:
