@@ -341,6 +341,10 @@ def main(argv=None) -> int:
     if "cpu" in devices and not a.no_stub:
         runs.append(("cpu", "triton-stub", True))
     rows, errors = [], {}
+
+    def save():  # after every measurement: a run stopped later (a budget, a hung transport) keeps what it had
+        write_json(a.out, "host_overhead", rows, {"world": a.world, "errors": errors})
+
     # first the per-step host work (on a GPU machine the most telling number, and the quickest)
     step_devices = [d for d in devices if d == "cuda" or not a.no_stub]  # CPU: the stubbed launch
     for dev in step_devices:
@@ -357,6 +361,7 @@ def main(argv=None) -> int:
             rows.append({"device": dev, "path": "triton step" if dev == "cuda" else "triton-stub step", "world": 2,
                          "shape": f"B1 C256 H2 D64 {st['dtype']}", "what": what, "steps": 1,
                          "cpu_us_per_step": st[key]})
+        save()
     for dev, label, stub in runs:
         try:
             m = measure(dev, a.world, quick=a.quick, stub_kernels=stub)
@@ -365,6 +370,7 @@ def main(argv=None) -> int:
             print(f"host_overhead: {dev} ({label}) with {a.world} gloo ranks failed: {str(e)[:500]}", file=sys.stderr)
             continue
         rows += rows_of(dev, a.world, m, label)
+        save()
     if a.p2p_latency and "cpu" in devices:
         try:
             p2p = measure_p2p(500 if a.quick else 2000)
@@ -388,7 +394,7 @@ def main(argv=None) -> int:
                   f"(per round {ring['ratio_per_round']}); host CPU {ring['cpu_us_per_step']:.0f} us per ring step "
                   f"({ring['cpu_ratio']:.2f}x the bare exchanges' CPU); metadata check {check['ms'] * 1e3:.0f} us "
                   f"per call ({check['ratio']:.2f}x a bare 8-byte all-gather)")
-    write_json(a.out, "host_overhead", rows, {"world": a.world, "errors": errors})
+    save()
     return 0 if rows else 1
 
 

@@ -5,7 +5,6 @@ documents in ``doc_zigzag`` (the count must not grow with the documents); the la
 once per call, not per step (the kernels are prepared once, ``ShardKernels``); the outputs and gradients
 against float64 attention; no wrapper calls Triton's ``ConstexprFunction`` cdiv/next_power_of_2 on the
 host; and the block-planning time at 32 ranks / 64 documents once cached."""
-import os
 import time
 import traceback
 
@@ -17,9 +16,7 @@ import odysseus_kernels as ok
 from odysseus_kernels import comm
 from odysseus_kernels.kernels.attention import attention_ref
 from tests.distributed import run_world
-
-needs_interpreter = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                       reason="runs the Triton kernels under the interpreter (TRITON_INTERPRET=1)")
+from tests.triton_device import needs_interpreter
 
 _ALLOC = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
 

@@ -18,6 +18,7 @@ from odysseus_kernels.kernels.linear_attention import (
     state_scan,
 )
 from odysseus_kernels.kernels.linear_attention import configs, gate
+from tests.triton_device import DEVICE, needs_interpreter
 
 # max |got - ref| / max |ref|, per dtype (fp32 is exact fp32 on a GPU too: input_precision="ieee")
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 3e-3}
@@ -78,7 +79,8 @@ TRITON_CASES = [
 @pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")])
 @pytest.mark.parametrize("c, dk, dv, decay", TRITON_CASES)
 def test_triton_matches_the_float64_formula(c, dk, dv, decay, dtype):
-    q, k, v, do, g, gg = _inputs(1, c, 2, dk, dv, decay, seed=c + dk)
+    """In the interpreter on CPU, or compiled on the GPU when there is one (tests/triton_device.py)."""
+    q, k, v, do, g, gg = _inputs(1, c, 2, dk, dv, decay, seed=c + dk, device=DEVICE)
     low = [t.to(dtype) for t in (q, k, v, do)]
     # the reference sees the same (rounded) inputs: what is measured is the kernels' error
     want = _reference(*(t.double() for t in low), g, gg)
@@ -89,12 +91,12 @@ def test_triton_matches_the_float64_formula(c, dk, dv, decay, dtype):
 
 
 @pytest.mark.parametrize("decay", ["none", "g"])
-def test_triton_with_the_gpu_launch_config_under_the_interpreter(decay):
+def test_triton_with_the_gpu_launch_config(decay):
     """The sm_90 row (64-token chunks, 64-lane tiles) at head dims 128 and 72: two K/V tiles, one
-    partly masked; a ragged last chunk."""
+    partly masked; a ragged last chunk (in the interpreter on CPU, compiled on a GPU)."""
     cfg = configs.pick(90, torch.float32, 128)
     assert (cfg.bt, cfg.bk, cfg.bv) == (64, 64, 64)
-    q, k, v, do, g, gg = _inputs(1, 100, 2, 128, 72, decay, seed=3)
+    q, k, v, do, g, gg = _inputs(1, 100, 2, 128, 72, decay, seed=3, device=DEVICE)
     want = _reference(q, k, v, do, g, gg)
     low = [t.float() for t in (q, k, v, do)]
     got = (intra_chunk_fwd(*low[:3], g=g, g_gamma=gg, backend="triton", config=cfg),
@@ -114,6 +116,7 @@ def test_torch_chunked_path_is_exact(block, decay):
     _compare(got, want, TOL[torch.float64])
 
 
+@needs_interpreter  # the torch twins chunk like the interpreter's launch config
 @pytest.mark.parametrize("decay", ["g_gamma", "g"])
 def test_triton_steps_match_their_torch_twins(decay):
     """Chunk states, the shard state M, state gradients and G, one by one (ragged last chunk)."""
@@ -133,7 +136,7 @@ def test_triton_steps_match_their_torch_twins(decay):
 @pytest.mark.parametrize("decay", ["g_gamma", "g"])
 def test_exact_at_every_token_including_the_diagonal(backend, decay):
     # a known public implementation is causal only at chunk granularity and drops the diagonal block
-    q, k, v, _, g, gg = _inputs(1, 40, 2, 8, 8, decay, seed=1)
+    q, k, v, _, g, gg = _inputs(1, 40, 2, 8, 8, decay, seed=1, device="cpu" if backend == "torch" else DEVICE)
     dt = torch.float64 if backend == "torch" else torch.float32
     o = intra_chunk_fwd(q.to(dt), k.to(dt), v.to(dt), g=g, g_gamma=gg, block=16, backend=backend)
     tok = g[0] if g is not None else gg.expand(40, 2)  # [L, H] per-token log-decay
@@ -144,6 +147,7 @@ def test_exact_at_every_token_including_the_diagonal(backend, decay):
         assert _rel(o[0, t], want) < TOL[dt], t
 
 
+@needs_interpreter  # CPU tensors through the Triton path
 def test_empty_inputs_give_empty_outputs():
     for shape in ((0, 5, 2, 8), (1, 0, 2, 8)):
         q = torch.randn(shape)

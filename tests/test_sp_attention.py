@@ -26,6 +26,7 @@ from odysseus_kernels.ops.attention import (
 from odysseus_kernels.ops.attention.blocks import Mask, plan_blocks, ring_steps
 from odysseus_kernels.ops.layout import layout_spans
 from tests.distributed import run_world, world_cached
+from tests.triton_device import needs_interpreter
 
 # (atol, rtol) per dtype against the float64 reference
 TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (2e-5, 2e-5), torch.bfloat16: (3e-2, 3e-2)}
@@ -492,6 +493,7 @@ def _check_triton_backend(name):
                for a, b in zip([out] + [t.grad for t in ls], [ref.detach()] + [t.grad for t in ref_leaves]))
 
 
+@needs_interpreter
 @pytest.mark.parametrize("n, case", [p for p in _params(_triton_cases, lambda name: name) if p.values[0] in (2, 3)])
 def test_ops_on_the_triton_block_kernels(n, case):
     per_rank = run_world(_check_triton_backend, n, *case, timeout=600)
