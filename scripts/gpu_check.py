@@ -268,6 +268,14 @@ def probe_env() -> dict:
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
+    from importlib import metadata as md
+
+    info["packages"] = {}
+    for dist in ("numpy", "setuptools", "ninja", "pytest", "pytest-xdist"):
+        try:
+            info["packages"][dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            info["packages"][dist] = None
     try:
         info["nvcc"] = subprocess.run(["nvcc", "--version"], capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[-1]
     except (OSError, subprocess.SubprocessError, IndexError):
@@ -403,8 +411,17 @@ def build() -> int:
         if f"{major}.{minor}" not in ("8.0", "9.0"):
             archs.append(f"{major}.{minor}")
         env["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
-    print(f"gpu_check: building the extension for TORCH_CUDA_ARCH_LIST={env.get('TORCH_CUDA_ARCH_LIST', '(setup.py default)')}",
-          flush=True)
+    try:
+        import setuptools
+
+        tools = f"setuptools {setuptools.__version__} (pyproject.toml needs >= 77)"
+    except ImportError:
+        tools = "no setuptools"
+    import shutil
+
+    tools += ", ninja " + ("found" if shutil.which("ninja") else "NOT found (a serial build)")
+    print(f"gpu_check: building the extension for TORCH_CUDA_ARCH_LIST={env.get('TORCH_CUDA_ARCH_LIST', '(setup.py default)')}"
+          f"; torch {torch.__version__} (CUDA {torch.version.cuda}), {tools}", flush=True)
     return subprocess.run([PY, "setup.py", "build_ext", "--inplace"], cwd=ROOT, env=env).returncode
 
 
