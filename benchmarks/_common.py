@@ -102,8 +102,9 @@ def write_json(out_dir: str | None, name: str, rows: list[dict], extra: dict | N
         return None
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.json")
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:  # then renamed: a run killed mid-write leaves the previous file whole
         json.dump({"meta": {**metadata(), **(extra or {})}, "results": rows}, f, indent=2)
+    os.replace(path + ".tmp", path)
     print(f"wrote {path}")
     return path
 

@@ -1,5 +1,6 @@
 """The GPU kit (scripts/gpu_check.py, scripts/render_results.py) without a GPU: the dry run, the
-fail-soft runner and its budgets on fake parts, junit parsing, the summary, the file limits, and the
+fail-soft runner and its budgets on fake parts, junit parsing, the summary, the file limits, the gloo
+probe keeping its answers through a crashed or stuck rank, and the
 README section rendered from a fake results directory."""
 import importlib.util
 import json
@@ -176,3 +177,27 @@ def test_render_results_without_runs_and_without_markers(tmp_path):
     assert rr.main(["--readme", str(readme), "--results", str(tmp_path)]) == 2
     with pytest.raises(ValueError):
         rr.fill(f"{rr.END}\n{rr.BEGIN}\n", "x")
+
+
+def _probe_rank_dies(rank, world, init, out):
+    """A probe rank pair where rank 0 answers one collective and waits, and rank 1 dies."""
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump({"all_reduce": "ok"}, f)
+        time.sleep(60)
+    os._exit(3)
+
+
+def _probe_rank_hangs(rank, world, init, out):
+    time.sleep(60)
+
+
+def test_gloo_probe_keeps_what_it_got_before_a_crash_or_its_deadline():
+    t0 = time.monotonic()
+    res = gc.probe_gloo(deadline_s=30, rank_fn=_probe_rank_dies)
+    assert res["ops"]["all_reduce"] == "ok" and "crash" in res
+    assert res["ops"]["p2p"].startswith("not reached") and "exit" in res["crash"].lower()
+    res = gc.probe_gloo(deadline_s=2, rank_fn=_probe_rank_hangs)
+    assert res["crash"] == "stopped after 2 s (a rank was still waiting)"
+    assert all(v.startswith("not reached") for v in res["ops"].values())
+    assert time.monotonic() - t0 < 50  # neither waited for its ranks' 60 s
