@@ -201,3 +201,17 @@ def test_gloo_probe_keeps_what_it_got_before_a_crash_or_its_deadline():
     assert res["crash"] == "stopped after 2 s (a rank was still waiting)"
     assert all(v.startswith("not reached") for v in res["ops"].values())
     assert time.monotonic() - t0 < 50  # neither waited for its ranks' 60 s
+
+
+def test_pytest_part_over_budget_still_reports_the_tests_it_ran(tmp_path):
+    test = tmp_path / "test_slow.py"
+    test.write_text("import time\n"
+                    "def test_a(): pass\n"
+                    "def test_b(): time.sleep(60)\n")
+    part = gc.Part("tests_slow", 12, [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test), "--rootdir",
+                                      str(tmp_path), "-c", os.devnull, "--junitxml={junit}"], "pytest")
+    t0 = time.monotonic()
+    (rec,) = gc.run_parts([part], str(tmp_path / "o"), total_budget_s=120, tmp=str(tmp_path / "t"))
+    assert time.monotonic() - t0 < 20
+    assert rec["status"] == "timeout", rec
+    assert (rec["tests"]["passed"], rec["tests"]["total"], rec["tests"].get("interrupted")) == (1, 1, 1), rec["tests"]
