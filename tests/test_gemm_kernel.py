@@ -6,7 +6,6 @@ bounded spin), the local piece 0 is never waited on, wrap-around epochs; the GEM
 tiles per chunk and flags every chunk once, leaving the counters at zero. The config table and the
 gate cases are consistent. GPU runs (a producer stream delivering pieces late) are in
 tests/test_tp_gemm_cuda.py."""
-import os
 
 import pytest
 import torch
@@ -14,8 +13,9 @@ import torch
 from odysseus_kernels.kernels.gemm import RowMap, Signal, Wait, persistent_gemm, pick
 from odysseus_kernels.kernels.gemm.gate import gate_cases
 from odysseus_kernels.kernels.gemm.configs import INTERPRETER, MODES, TABLE, TABLE_N_MAJOR
+from tests.triton_device import INTERPRETING
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1",
+pytestmark = pytest.mark.skipif(torch.cuda.is_available() or not INTERPRETING,
                                 reason="interpreter tests (CPU, TRITON_INTERPRET=1)")
 DTYPES = [torch.float32, torch.float16]
 

@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 import odysseus_kernels as ok
 from tests.distributed import run_world
+from tests.triton_device import INTERPRETING
 
 _SYNCING = {"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero",
             "argwhere", "masked_select", "unique", "unique_consecutive", "equal", "allclose"}
@@ -185,7 +186,7 @@ def _check_cu_seqlens_tensor():
 
 @pytest.mark.parametrize("n, backend", [(3, "triton"), (2, "triton"), (3, "torch")])
 def test_attention_ops_make_no_host_reads(n, backend):
-    if backend == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+    if backend == "triton" and not INTERPRETING:
         pytest.skip("the Triton backend runs on CPU only under TRITON_INTERPRET=1")
     per_rank = run_world(_check_attention, n, backend, timeout=900)
     bad = {case: hits for rep in per_rank for case, (hits, _) in rep.items() if hits}
@@ -196,7 +197,7 @@ def test_attention_ops_make_no_host_reads(n, backend):
 
 @pytest.mark.parametrize("n", [3])
 def test_rsa_lasp2_and_tp_gemms_make_no_host_reads(n):
-    if os.environ.get("TRITON_INTERPRET") != "1":
+    if not INTERPRETING:
         pytest.skip("LASP-2's Triton backend runs on CPU only under TRITON_INTERPRET=1")
     per_rank = run_world(_check_other, n, timeout=900)
     bad = {case: v[0] for rep in per_rank for case, v in rep.items() if isinstance(v, tuple) and v[0]}

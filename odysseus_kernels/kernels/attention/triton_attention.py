@@ -432,21 +432,14 @@ def _arch(t: torch.Tensor):
 
 def _doc_ids(cu_seqlens, offset, n, device):
     """Document ids (int32 ``[n]``) of positions ``offset ..``: from a tensor on its device, from host
-    boundaries (list/tuple) computed on the host once and uploaded once (cached: no copy per launch)."""
+    boundaries (list/tuple) those of the cached :class:`Positions` of that span (no copy per launch)."""
     if cu_seqlens is None:
         return None
     if isinstance(cu_seqlens, torch.Tensor):
         cu = torch.as_tensor(cu_seqlens, device=device)
         pos = torch.arange(offset, offset + n, device=device)
         return torch.searchsorted(cu, pos, right=True).to(torch.int32)
-    return _host_doc_ids(tuple(int(c) for c in cu_seqlens), int(offset), int(n), str(device))
-
-
-@functools.lru_cache(maxsize=1024)
-def _host_doc_ids(cu: tuple, offset: int, n: int, device: str) -> torch.Tensor:
-    pos = torch.arange(offset, offset + n)
-    ids = torch.searchsorted(torch.tensor(cu, dtype=torch.int64), pos, right=True).to(torch.int32)
-    return ids.to(device)
+    return cached_positions(((int(offset), int(n)),), tuple(int(c) for c in cu_seqlens), str(device)).doc
 
 
 class Positions:
@@ -485,6 +478,13 @@ class Positions:
             m = m.contiguous().to(self.device)
             self._meta[block] = m
         return m
+
+
+@functools.lru_cache(maxsize=1024)
+def cached_positions(spans: tuple, cu_seqlens, device: str) -> Positions:
+    """The :class:`Positions` of ``spans`` (a tuple of ``(start, length)``) and ``cu_seqlens`` (a tuple or
+    ``None``) on ``device``, built and uploaded once and reused."""
+    return Positions(spans, cu_seqlens, torch.device(device))
 
 
 def _s3(t: torch.Tensor) -> tuple:

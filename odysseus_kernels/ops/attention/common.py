@@ -134,16 +134,11 @@ def fused_steps(backend: str, q: torch.Tensor) -> bool:
     return resolve_backend(backend, q) == "triton"
 
 
-@functools.lru_cache(maxsize=1024)
-def _positions(spans: tuple, cu, device: str):
-    from ...kernels.attention.triton_attention import Positions
-
-    return Positions(spans, cu, torch.device(device))
-
-
 def shard_positions(spans, mask, device):
     """Cached :class:`~odysseus_kernels.kernels.attention.triton_attention.Positions` of a shard."""
-    return _positions(tuple(spans), mask.cu_seqlens, str(device))
+    from ...kernels.attention.triton_attention import cached_positions
+
+    return cached_positions(tuple(spans), mask.cu_seqlens, str(device))
 
 
 def new_accumulators(q: torch.Tensor, nrows: int, dv: int):
