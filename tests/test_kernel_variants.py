@@ -1,0 +1,222 @@
+"""Compiled kernel variants per call, counted on CPU. Every Triton launch of an op's forward and backward
+is keyed the way Triton's JIT keys its compile cache on a GPU: the sm_90 CUDA backend's specialization
+of each argument (dtype; pointers and integers divisible by 16; integers equal to 1; constexpr values)
+and the launch options, computed by Triton's own binder while the interpreter runs the launch.
+
+Why: a value that changes from ring step to ring step (an offset, a length, a first-step flag, the
+other K/V buffer, a travelling accumulator) and is specialized on would compile a new variant of the
+kernel in the middle of the first GPU call (seconds each) and add a cache entry per value. Asserted for
+the ring (contiguous, zigzag, packed documents, a sliding window), TokenRing, all-gather-KV, Ulysses,
+LASP-2 and the fused TP GEMMs on 3 gloo ranks: one variant per kernel in a call's forward and backward,
+and no new variant on a second call with the same shapes (its key set is the first call's).
+Attention and LASP-2 launches are keyed in bf16 (the flagship dtype) with the kernel bodies skipped
+(only the keys are under test; the interpreter's bf16 ``tl.dot`` is wrong anyway); the fused GEMMs run
+in fp16, because their host checks the flags the kernels set.
+"""
+import collections
+
+import pytest
+import torch
+
+import odysseus_kernels as ok
+from odysseus_kernels import comm
+from tests.distributed import run_world
+from tests.triton_device import needs_interpreter
+
+N = 3
+
+
+class _JitKeys:
+    """While active: every interpreted Triton launch records ``(kernel name, runtime specialization,
+    constexpr values, JIT cache key)`` for an sm_90 CUDA target. The runtime specialization is what the
+    JIT derives from the values of the non-constexpr arguments (dtype; divisible by 16; equal to 1);
+    the constexprs are what the wrapper chose. ``run_kernels=False`` skips the kernel body; ``honour_do_not_specialize=False`` keys
+    launches as if the kernels specialized every argument (the check of this test's own teeth)."""
+
+    def __init__(self, run_kernels: bool, *, honour_do_not_specialize: bool = True):
+        self.run_kernels, self.honour = run_kernels, honour_do_not_specialize
+        self.launches: list[tuple[str, tuple, tuple, str]] = []
+
+    def __enter__(self):
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler.compiler import make_backend
+        from triton.runtime.interpreter import InterpretedFunction
+        from triton.runtime.jit import JITFunction, compute_cache_key, create_function_from_signature
+
+        backend = make_backend(GPUTarget("cuda", 90, 32))
+        binders = {}
+        self._orig = orig = InterpretedFunction.run
+        launches, run_kernels, honour = self.launches, self.run_kernels, self.honour
+
+        def run(fn_self, *args, grid, warmup, **kwargs):
+            hit = binders.get(fn_self.fn)
+            if hit is None:  # the JIT's own binder (what JITFunction.run calls on a GPU)
+                opts = {k: fn_self.kwargs[k] for k in ("do_not_specialize", "do_not_specialize_on_alignment")
+                        if fn_self.kwargs.get(k) is not None and honour}
+                jit = JITFunction(fn_self.fn, **opts)
+                declared = tuple(p.is_constexpr for p in jit.params)
+                hit = binders[fn_self.fn] = (create_function_from_signature(jit.signature, jit.params, backend),
+                                             declared)
+            binder, declared = hit
+            _, spec, options = binder(*args, **kwargs)
+            runtime = tuple(str(x) for x, c in zip(spec, declared) if not c)
+            constexprs = tuple(str(x[1]) for x, c in zip(spec, declared) if c)
+            launches.append((fn_self.fn.__name__, runtime, constexprs, compute_cache_key({}, spec, options)))
+            if run_kernels:
+                return orig(fn_self, *args, grid=grid, warmup=warmup, **kwargs)
+            return None
+
+        InterpretedFunction.run = run
+        return self
+
+    def __exit__(self, *exc):
+        from triton.runtime.interpreter import InterpretedFunction
+
+        InterpretedFunction.run = self._orig
+
+
+def _attention_call(op, layout, causal, window, docs, heads=(4, 2)):
+    n = comm.group_info().size
+    c, (h, hk), d = 64, heads, 64
+    L = c * n
+    cu = None if docs is None else [0] + [x * L // 32 for x in docs] + [L]  # cut points in 32nds of the stream
+    g = torch.Generator().manual_seed(3)
+    full = [torch.randn(1, L, hh, d, generator=g) for hh in (h, hk, hk, h)]
+    sh = lambda t: ok.shard_sequence(t, layout=layout, cu_seqlens=cu).to(torch.bfloat16)  # noqa: E731
+    q, k, v = (sh(t).requires_grad_(True) for t in full[:3])
+    dout = sh(full[3])
+    kw = dict(causal=causal, layout=layout, cu_seqlens=cu, backend="triton")
+    if window is not None:
+        kw["window_size"] = window
+    return lambda: getattr(ok, op)(q, k, v, **kw), lambda out: out.backward(dout)
+
+
+def _lasp2_call():
+    g = torch.Generator().manual_seed(4)
+    q, k, v, dout = (torch.randn(1, 100, 4, d, generator=g).to(torch.bfloat16) for d in (32, 32, 64, 64))
+    decay = -torch.rand(1, 100, 4, generator=g)
+    leaves = [t.requires_grad_(True) for t in (q, k, v)]
+    return lambda: ok.lasp2_linear_attention(*leaves, g=decay, backend="triton"), lambda out: out.backward(dout)
+
+
+def _gemm_call(op):
+    n = comm.group_info().size
+    g = torch.Generator().manual_seed(5)
+    if op == "all_gather_linear":
+        x, w = torch.randn(2, 8, 48, generator=g), torch.randn(40, 48, generator=g)
+        dout = torch.randn(2, 8 * n, 40, generator=g)
+    else:
+        x, w = torch.randn(2, 8 * n, 48, generator=g), torch.randn(40, 48, generator=g)
+        dout = torch.randn(2, 8, 40, generator=g)
+    x, w = (t.to(torch.float16).requires_grad_(True) for t in (x, w))
+    b = torch.randn(40, generator=g).to(torch.float16).requires_grad_(True)
+    return lambda: getattr(ok, op)(x, w, b, impl="fused"), lambda out: out.backward(dout.to(torch.float16))
+
+
+# case -> (the call, run the kernel bodies, {(phase, kernel): variants}). Variants beyond one are the
+# wrappers' constexpr choices, never a step's values: TokenRing and all-gather-KV launch per planned
+# block, a block on the causal diagonal (CAUSAL=True) or fully visible (CAUSAL=False); LASP-2's
+# backward runs its scan kernels in the REVERSE direction and its output kernel for dq, dk and dv
+# (REVERSE x TRANS_H); each fused GEMM runs once per phase.
+_RING = {("forward", "_fwd_kernel"): 1, ("backward", "_bwd_preprocess_kernel"): 1,
+         ("backward", "_bwd_dq_kernel"): 1, ("backward", "_bwd_dkdv_kernel"): 1}
+_BLOCKS = {("forward", "_fwd_kernel"): 2, ("backward", "_bwd_dq_kernel"): 2, ("backward", "_bwd_dkdv_kernel"): 2}
+_GEMM = {("forward", "_gemm_kernel"): 1, ("backward", "_gemm_kernel"): 1}
+CASES = {
+    "ring-contiguous-causal": (lambda: _attention_call("ring_attention", "contiguous", True, None, None), False, _RING),
+    "ring-zigzag-causal": (lambda: _attention_call("ring_attention", "zigzag", True, None, None), False, _RING),
+    "ring-zigzag-noncausal": (lambda: _attention_call("ring_attention", "zigzag", False, None, None), False, _RING),
+    "ring-doc_zigzag-4docs": (lambda: _attention_call("ring_attention", "doc_zigzag", True, None, (6, 9, 21)), False,
+                              _RING),
+    "ring-contiguous-window": (lambda: _attention_call("ring_attention", "contiguous", True, (80, 0), None), False,
+                               _RING),
+    "token_ring-zigzag": (lambda: _attention_call("token_ring_attention", "zigzag", True, None, None), False, _BLOCKS),
+    "token_ring-contiguous-3docs": (lambda: _attention_call("token_ring_attention", "contiguous", True, None, (5, 13)),
+                                    False, _BLOCKS),
+    "allgather_kv-zigzag": (lambda: _attention_call("allgather_kv_attention", "zigzag", True, None, None), False,
+                            _BLOCKS),
+    "ulysses-contiguous-3docs": (lambda: _attention_call("ulysses_attention", "contiguous", True, None, (5, 13),
+                                                         heads=(6, 3)), False, _RING),
+    "lasp2-decay": (_lasp2_call, False, {("forward", "_chunk_local_kernel"): 1, ("forward", "_chunk_scan_kernel"): 1,
+                                         ("forward", "_chunk_out_kernel"): 1, ("backward", "_chunk_local_kernel"): 2,
+                                         ("backward", "_chunk_scan_kernel"): 2, ("backward", "_chunk_out_kernel"): 3}),
+    "all_gather_linear-fused": (lambda: _gemm_call("all_gather_linear"), True, _GEMM),
+    "linear_reduce_scatter-fused": (lambda: _gemm_call("linear_reduce_scatter"), True, _GEMM),
+}
+
+
+def _variants(case):
+    make, run_kernels, _ = CASES[case]
+    fwd, bwd = make()
+    calls = []
+    for _ in range(2):
+        with _JitKeys(run_kernels) as f:
+            out = fwd()
+        with _JitKeys(run_kernels) as b:
+            bwd(out)
+        calls.append({"forward": f.launches, "backward": b.launches})
+    return calls
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_variants_do_not_depend_on_the_step(case):
+    expected = CASES[case][2]
+    for rank, (first, second) in enumerate(run_world(_variants, N, case, timeout=600)):
+        seen = {}
+        for phase, launches in first.items():
+            for name, runtime, constexprs, _ in launches:
+                seen.setdefault((phase, name), []).append((runtime, constexprs))
+        assert seen, f"rank {rank}: no Triton launch recorded"
+        print(f"rank {rank} {case}: " + ", ".join(
+            f"{p} {k}: {len(v)} launches, {len(set(c for _, c in v))} variant(s)" for (p, k), v in seen.items()))
+        assert set(seen) <= set(expected), f"rank {rank}: unexpected kernels {sorted(set(seen) - set(expected))}"
+        for (phase, name), items in seen.items():
+            runtimes = {r for r, _ in items}
+            assert len(runtimes) == 1, (
+                f"rank {rank} {phase} {name}: the JIT would specialize its launches apart (a step's pointer "
+                f"alignment or integer value): {sorted(runtimes)}")
+            variants = {c for _, c in items}
+            assert len(variants) <= expected[(phase, name)], (
+                f"rank {rank} {phase} {name}: {len(variants)} constexpr variants, expected at most "
+                f"{expected[(phase, name)]}: {sorted(variants)}")
+        keys = lambda call: {x[3] for launches in call.values() for x in launches}  # noqa: E731
+        assert keys(second) <= keys(first), (f"rank {rank}: a second call with the same shapes compiles again: "
+                                             f"{sorted(keys(second) - keys(first))}")
+
+
+def _ring_fwd_if_everything_specialized():
+    fwd, _ = _attention_call("ring_attention", "zigzag", True, None, None)
+    with _JitKeys(False, honour_do_not_specialize=False) as rec:
+        fwd()
+    return {r for name, r, _, _ in rec.launches if name == "_fwd_kernel"}
+
+
+@needs_interpreter
+def test_a_specialized_step_value_would_be_caught():
+    """Without the kernels' ``do_not_specialize`` the ring's per-step values (first-step flag, offsets,
+    lengths) would key each step's launch apart: the check above would fail."""
+    for rank, runtimes in enumerate(run_world(_ring_fwd_if_everything_specialized, N)):
+        assert len(runtimes) > 1, f"rank {rank}: {runtimes}"
+
+
+@needs_interpreter
+def test_keys_tell_apart_what_the_jit_specializes():
+    """The recorder sees what the JIT would compile anew: a misaligned pointer (a view one element in)
+    and a different constexpr give new keys; the same launch again gives the same key."""
+    from odysseus_kernels.kernels.attention.triton_attention import attention_block_fwd_triton
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 65, 2, 32, generator=g) for _ in range(3))
+    with _JitKeys(run_kernels=False) as rec:
+        attention_block_fwd_triton(q[:, :64], k[:, :64], v[:, :64], causal=True)
+        attention_block_fwd_triton(q[:, :64], k[:, :64], v[:, :64], causal=True)
+        attention_block_fwd_triton(q[:, 1:], k[:, :64], v[:, :64], causal=True)  # q one row in: 256 B, aligned
+        flat = torch.randn(1 * 64 * 2 * 32 + 1, generator=g)
+        attention_block_fwd_triton(flat[1:].view(1, 64, 2, 32), k[:, :64], v[:, :64], causal=True)  # 4 B off
+        attention_block_fwd_triton(q[:, :64, :, :16].contiguous(), k[:, :64, :, :16].contiguous(),
+                                   v[:, :64, :, :16].contiguous(), causal=True)  # head dim 16: constexprs
+    keys = [key for *_, key in rec.launches]
+    assert len(keys) == 5
+    assert keys[0] == keys[1] == keys[2]
+    assert len({keys[0], keys[3], keys[4]}) == 3
