@@ -36,6 +36,7 @@ class _JitKeys:
     def __init__(self, run_kernels: bool, *, honour_do_not_specialize: bool = True):
         self.run_kernels, self.honour = run_kernels, honour_do_not_specialize
         self.launches: list[tuple[str, tuple, tuple, str]] = []
+        self.named: list[tuple[str, dict, dict]] = []  # (kernel, argument -> specialization, launch options)
 
     def __enter__(self):
         from triton.backends.compiler import GPUTarget
@@ -62,6 +63,8 @@ class _JitKeys:
             runtime = tuple(str(x) for x, c in zip(spec, declared) if not c)
             constexprs = tuple(str(x[1]) for x, c in zip(spec, declared) if c)
             launches.append((fn_self.fn.__name__, runtime, constexprs, compute_cache_key({}, spec, options)))
+            self.named.append((fn_self.fn.__name__, dict(zip(fn_self.arg_names, spec)),
+                               {k: options[k] for k in ("num_warps", "num_stages") if k in options}))
             if run_kernels:
                 return orig(fn_self, *args, grid=grid, warmup=warmup, **kwargs)
             return None
@@ -102,14 +105,15 @@ def _lasp2_call():
 def _gemm_call(op):
     n = comm.group_info().size
     g = torch.Generator().manual_seed(5)
+    # feature dims in multiples of 16 (model widths; what the compile gate assumes), an odd row count
     if op == "all_gather_linear":
-        x, w = torch.randn(2, 8, 48, generator=g), torch.randn(40, 48, generator=g)
-        dout = torch.randn(2, 8 * n, 40, generator=g)
+        x, w = torch.randn(2, 7, 64, generator=g), torch.randn(48, 64, generator=g)
+        dout = torch.randn(2, 7 * n, 48, generator=g)
     else:
-        x, w = torch.randn(2, 8 * n, 48, generator=g), torch.randn(40, 48, generator=g)
-        dout = torch.randn(2, 8, 40, generator=g)
+        x, w = torch.randn(2, 7 * n, 64, generator=g), torch.randn(48, 64, generator=g)
+        dout = torch.randn(2, 7, 48, generator=g)
     x, w = (t.to(torch.float16).requires_grad_(True) for t in (x, w))
-    b = torch.randn(40, generator=g).to(torch.float16).requires_grad_(True)
+    b = torch.randn(48, generator=g).to(torch.float16).requires_grad_(True)
     return lambda: getattr(ok, op)(x, w, b, impl="fused"), lambda out: out.backward(dout.to(torch.float16))
 
 
@@ -183,6 +187,78 @@ def test_kernel_variants_do_not_depend_on_the_step(case):
         keys = lambda call: {x[3] for launches in call.values() for x in launches}  # noqa: E731
         assert keys(second) <= keys(first), (f"rank {rank}: a second call with the same shapes compiles again: "
                                              f"{sorted(keys(second) - keys(first))}")
+
+
+# Constexprs the compile gate brackets instead of listing every combination: it compiles the mask-free
+# and the heaviest mask variant of each attention kernel (see kernels/attention/gate.py).
+_BRACKETED = {"CAUSAL", "HAS_DOCS", "POS"}
+
+
+def _as_on_sm90():
+    """The wrappers pick their sm_90 launch configs (tiles, warps, stages) while the interpreter runs."""
+    from odysseus_kernels.kernels.attention import triton_attention
+    from odysseus_kernels.kernels.gemm import persistent
+    from odysseus_kernels.kernels.linear_attention import configs
+
+    triton_attention._arch = lambda t: 90
+    configs.arch_of = lambda device: 90
+    persistent.device_arch = lambda device: 90
+
+
+def _gate_mismatches(case):
+    """Each launch of a call (with the sm_90 configs) against the compile gate's sm_90 cases: the cases
+    of the same kernel, launch options, argument types and constexprs (JIT-specialized ones included,
+    e.g. unit strides; mask flags bracketed), and every argument a case compiles as divisible by 16 that
+    this launch does not pass as such."""
+    from odysseus_kernels.kernels import aot
+
+    _as_on_sm90()
+    make, run_kernels, _ = CASES[case]
+    fwd, bwd = make()
+    with _JitKeys(run_kernels) as rec:
+        bwd(fwd())
+    cases = [c for fam in aot.discover_families() for c in aot.family_cases(aot.family_module(fam)) if 90 in c.archs]
+    problems, seen = [], set()
+    for name, spec, options in rec.named:
+        label = (name, tuple(sorted((a, str(v)) for a, v in spec.items())), tuple(sorted(options.items())))
+        if label in seen:
+            continue
+        seen.add(label)
+        found = []
+        for c in cases:
+            if getattr(c.fn, "fn", c.fn).__name__ != name or (c.num_warps, c.num_stages) != (
+                    options.get("num_warps"), options.get("num_stages")):
+                continue
+            same = True
+            for arg, (kind, attr) in spec.items():
+                declared = c.signature[arg]
+                if declared == "constexpr":
+                    same = kind == "constexpr" and (c.constexprs[arg] == attr or arg in _BRACKETED)
+                else:
+                    same = kind == declared
+                if not same:
+                    break
+            if same:
+                found.append(c)
+        if not found:
+            problems.append(f"{name}: no gate case compiles this launch ({spec}, {options})")
+        for c in found:
+            loose = [a for a in c.divisible_args() if spec[a][1] != "D"]
+            if loose:
+                problems.append(f"{name}: gate case {c.label} compiles {loose} as divisible by 16, the launch "
+                                f"does not pass them so: {[spec[a] for a in loose]}")
+    return problems, len(seen)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_compile_gate_compiles_what_runs(case):
+    """What the gate measured on sm_90 (shared memory, registers, spills, wgmma) is what these calls compile:
+    every distinct launch has a gate case with its signature, constexprs and options, and the gate's
+    divisibility-by-16 assumptions hold for it (shapes with multiples of 16 tokens and head dims)."""
+    for rank, (problems, distinct) in enumerate(run_world(_gate_mismatches, N, case, timeout=600)):
+        assert distinct > 0, f"rank {rank}: no launch recorded"
+        assert not problems, f"rank {rank}: " + "\n".join(problems)
 
 
 def _ring_fwd_if_everything_specialized():

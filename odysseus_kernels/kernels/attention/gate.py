@@ -30,8 +30,8 @@ def gate_cases():
     """Every (kernel, config) :func:`pick` can return for sm_90 and sm_80, at bf16/fp16/fp32 and head
     dims 32, 64, 96 (padded to 128), 128 and 256, each in the mask-free and the heaviest mask variant
     (causal + window + documents + span positions) with fp32 accumulators (the ring), and for 16-bit
-    inputs the causal per-block variant that writes out / gradients in the input dtype, with the
-    wrappers' exact signature and constexprs."""
+    inputs the causal per-block variant that writes out / gradients in the input dtype (and the
+    preprocess reading the output in the input dtype), with the wrappers' exact signature and constexprs."""
     cases = []
     for arch in ARCHS:
         for dtype in ("bf16", "fp16", "fp32"):
@@ -40,7 +40,10 @@ def gate_cases():
                     cfg = pick(arch, kernel, dtype, d)
                     fn, types = _signature(kernel, dtype)
                     variants = ta.gate_constexprs(kernel, d, d, cfg, dtype)
-                    if dtype != "fp32" and kernel != "bwd_preprocess":
+                    if dtype != "fp32" and kernel == "bwd_preprocess":
+                        # the ops' backward reads the output in the input dtype (the per-block API may pass fp32)
+                        variants = variants + [("io=" + dtype, variants[0][1], ("O",))]
+                    elif dtype != "fp32":
                         # the per-block API (local attention, Ulysses) writes out / grads in the input dtype
                         io = {"fwd": ("O",), "bwd_dq": ("DQ",), "bwd_dkdv": ("DK", "DV_")}[kernel]
                         variants = variants + [("causal,io=" + dtype, dict(variants[0][1], CAUSAL=True), io)]
