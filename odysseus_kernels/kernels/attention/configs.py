@@ -9,7 +9,8 @@ Key: ``(arch, kernel, dtype class, head-dim bucket)``. ``arch`` is the compute c
 (``TRITON_INTERPRET=1`` on CPU: the Ampere entries, deterministic). ``dtype class`` is ``"16"``
 (bf16/fp16) or ``"32"`` (fp32). The head-dim bucket is ``next_power_of_2(max(D, Dv, 16))`` (the padded
 tile width). Mask flags (causal, windows, documents, span positions) change the code but not the
-tiles: the gate compiles both the mask-free and the heaviest mask variant of each entry.
+tiles: the gate compiles the mask-free and the heaviest mask variant of each entry, and at 16-bit head
+dims 64 and 128 every combination of the flags.
 
 Why these numbers (Triton 3.8 compiler and ptxas, no GPU): with ``num_warps=8, num_stages=2`` every
 kernel fits the per-block shared memory of sm_90 (232,448 B) and sm_80 (166,912 B) with no register
@@ -60,11 +61,11 @@ _TILES = {
 
 
 # (arch, kernel, dtype class, bucket) entries that differ from _TILES: on sm_80 (no wgmma, mma.sync
-# accumulators in registers) the _TILES choices spill with documents/span positions on (forward d<=64:
-# 240 B, forward d128: 68 B, dK/dV d64: 712 B, dK/dV d128: 16 B); these do not
+# accumulators in registers) the _TILES dK/dV choices spill with documents/span positions on (d64:
+# 712 B, d128: 16 B); these do not. The sm_80 forward uses _TILES: compiled in every mask-flag
+# combination, the former overrides spilled 4-16 B with span positions but no documents (a zigzag ring)
+# and _TILES does not (Triton 3.8 and 3.6).
 _ARCH_OVERRIDES = {
-    **{(80, "fwd", "16", b): (64, 64, 8, 2) for b in (16, 32, 64)},
-    (80, "fwd", "16", 128): (64, 16, 8, 2),
     (80, "bwd_dkdv", "16", 64): (64, 32, 8, 2),
     (80, "bwd_dkdv", "16", 128): (32, 32, 8, 2),
 }

@@ -4,10 +4,13 @@ Kept apart from the table (:mod:`.configs`) so that the table imports no kernel 
 module's import of the table is the only edge between them."""
 from __future__ import annotations
 
+import itertools
+
 from ..aot import GateCase
 from . import triton_attention as ta
 from .configs import ARCHS, KERNELS, pick
 
+FLAGSHIP_HEAD_DIMS = (64, 128)  # 16-bit head dims compiled in every mask-flag combination
 _PTR = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
 
 
@@ -31,7 +34,9 @@ def gate_cases():
     dims 32, 64, 96 (padded to 128), 128 and 256, each in the mask-free and the heaviest mask variant
     (causal + window + documents + span positions) with fp32 accumulators (the ring), and for 16-bit
     inputs the causal per-block variant that writes out / gradients in the input dtype (and the
-    preprocess reading the output in the input dtype), with the wrappers' exact signature and constexprs."""
+    preprocess reading the output in the input dtype); at 16-bit head dims 64 and 128 (where spills fail
+    the gate) every combination of the three mask flags, both with fp32 accumulators and with
+    input-dtype outputs. The wrappers' exact signature and constexprs throughout."""
     cases = []
     for arch in ARCHS:
         for dtype in ("bf16", "fp16", "fp32"):
@@ -44,9 +49,17 @@ def gate_cases():
                         # the ops' backward reads the output in the input dtype (the per-block API may pass fp32)
                         variants = variants + [("io=" + dtype, variants[0][1], ("O",))]
                     elif dtype != "fp32":
+                        base = variants[0][1]
                         # the per-block API (local attention, Ulysses) writes out / grads in the input dtype
                         io = {"fwd": ("O",), "bwd_dq": ("DQ",), "bwd_dkdv": ("DK", "DV_")}[kernel]
-                        variants = variants + [("causal,io=" + dtype, dict(variants[0][1], CAUSAL=True), io)]
+                        if d in FLAGSHIP_HEAD_DIMS:  # every mask-flag combination the ops launch, not only the two ends
+                            combos = [("+".join(f for f, on in zip(("causal", "docs", "pos"), flags) if on) or "none",
+                                       dict(base, CAUSAL=flags[0], HAS_DOCS=flags[1], POS=flags[2]))
+                                      for flags in itertools.product((False, True), repeat=3)]
+                            variants = variants + [v for v in combos if v[0] not in ("none", "causal+docs+pos")]
+                            variants = variants + [(tag + ",io=" + dtype, cx, io) for tag, cx in combos]
+                        else:
+                            variants = variants + [("causal,io=" + dtype, dict(base, CAUSAL=True), io)]
                     for tag, cx, *io in variants:
                         sig = {name: ("constexpr" if name in cx else types[name]) for name in fn.arg_names}
                         sig.update({name: _PTR[dtype] for name in (io[0] if io else ())})
