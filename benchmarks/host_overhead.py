@@ -33,11 +33,27 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_run_args, bench, print_table, write_json  # noqa: E402
 
 
-def _stub_triton_launch() -> None:
-    """Under ``TRITON_INTERPRET=1``: every Triton launch returns at once (the host code around it runs)."""
+def _stub_triton_launch(bind: bool = False) -> None:
+    """Under ``TRITON_INTERPRET=1``: every Triton launch returns at once (the host code around it runs).
+    ``bind=True``: first it binds its arguments the way ``JITFunction.run`` does on an sm_90 GPU on every
+    launch (Triton's own binder: each argument's specialization, then the compile-cache key), the Python
+    part of the Triton launcher; the driver's launch call itself is not in it."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    InterpretedFunction.run = lambda self, *a, **kw: None
+    if not bind:
+        InterpretedFunction.run = lambda self, *a, **kw: None
+        return
+    from odysseus_kernels.kernels.aot import JitBinding
+
+    bindings = {}
+
+    def run(self, *args, grid, warmup, **kwargs):
+        b = bindings.get(self.fn)
+        if b is None:
+            b = bindings[self.fn] = JitBinding(self)
+        b(*args, **kwargs)
+
+    InterpretedFunction.run = run
 
 
 def _rank_main(cfg: dict) -> dict:
@@ -221,12 +237,17 @@ def _steps_main(reps: int, device: str) -> dict:
             torch.cuda.synchronize()
         return statistics.median(rounds)
 
-    return {"device": device, "dtype": str(dtype).replace("torch.", ""),
-            "fwd_step_us": statistics.mean(per_call_us(lambda t=t: fwd.compute(t, None)) for t in (0, 1)),
-            "bwd_step_us": statistics.mean(per_call_us(lambda t=t: bwd_step(t)) for t in (0, 1)),
-            "setup_us": per_call_us(lambda: (RingForward(info, spans, q, k, v, **kw),
-                                             RingBackward(info, spans, q, k, v, fwd.out.to(dtype), fwd.lse, do,
-                                                          **kw)))}
+    res = {"device": device, "dtype": str(dtype).replace("torch.", ""),
+           "fwd_step_us": statistics.mean(per_call_us(lambda t=t: fwd.compute(t, None)) for t in (0, 1)),
+           "bwd_step_us": statistics.mean(per_call_us(lambda t=t: bwd_step(t)) for t in (0, 1)),
+           "setup_us": per_call_us(lambda: (RingForward(info, spans, q, k, v, **kw),
+                                            RingBackward(info, spans, q, k, v, fwd.out.to(dtype), fwd.lse, do,
+                                                         **kw)))}
+    if not cuda:  # the same steps with the Python part of Triton's launcher (its argument binding) in them
+        _stub_triton_launch(bind=True)
+        res["fwd_step_bound_us"] = statistics.mean(per_call_us(lambda t=t: fwd.compute(t, None)) for t in (0, 1))
+        res["bwd_step_bound_us"] = statistics.mean(per_call_us(lambda t=t: bwd_step(t)) for t in (0, 1))
+    return res
 
 
 def _p2p_main(cfg: dict) -> dict:
@@ -355,9 +376,14 @@ def main(argv=None) -> int:
             print(f"host_overhead: the per-step measurement on {dev} failed: {str(e)[:500]}", file=sys.stderr)
             continue
         launcher = "with the Triton launch" if dev == "cuda" else "no launcher"
+        bound = "+ the launcher's argument binding (Triton's binder, sm_90), no driver call"
         for what, key in ((f"fused ring step, forward (host work, no comm, {launcher})", "fwd_step_us"),
                           (f"fused ring step, backward (host work, no comm, {launcher})", "bwd_step_us"),
+                          (f"fused ring step, forward (host work, no comm, {bound})", "fwd_step_bound_us"),
+                          (f"fused ring step, backward (host work, no comm, {bound})", "bwd_step_bound_us"),
                           ("ring fwd+bwd set-up per call (both schedules)", "setup_us")):
+            if key not in st:
+                continue
             rows.append({"device": dev, "path": "triton step" if dev == "cuda" else "triton-stub step", "world": 2,
                          "shape": f"B1 C256 H2 D64 {st['dtype']}", "what": what, "steps": 1,
                          "cpu_us_per_step": st[key]})

@@ -39,32 +39,25 @@ class _JitKeys:
         self.named: list[tuple[str, dict, dict]] = []  # (kernel, argument -> specialization, launch options)
 
     def __enter__(self):
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler.compiler import make_backend
         from triton.runtime.interpreter import InterpretedFunction
-        from triton.runtime.jit import JITFunction, compute_cache_key, create_function_from_signature
 
-        backend = make_backend(GPUTarget("cuda", 90, 32))
-        binders = {}
+        from odysseus_kernels.kernels.aot import JitBinding
+
+        bindings = {}
         self._orig = orig = InterpretedFunction.run
-        launches, run_kernels, honour = self.launches, self.run_kernels, self.honour
+        launches, named, run_kernels, honour = self.launches, self.named, self.run_kernels, self.honour
 
         def run(fn_self, *args, grid, warmup, **kwargs):
-            hit = binders.get(fn_self.fn)
-            if hit is None:  # the JIT's own binder (what JITFunction.run calls on a GPU)
-                opts = {k: fn_self.kwargs[k] for k in ("do_not_specialize", "do_not_specialize_on_alignment")
-                        if fn_self.kwargs.get(k) is not None and honour}
-                jit = JITFunction(fn_self.fn, **opts)
-                declared = tuple(p.is_constexpr for p in jit.params)
-                hit = binders[fn_self.fn] = (create_function_from_signature(jit.signature, jit.params, backend),
-                                             declared)
-            binder, declared = hit
-            _, spec, options = binder(*args, **kwargs)
+            binding = bindings.get(fn_self.fn)
+            if binding is None:  # the JIT's own binder (what JITFunction.run calls on a GPU)
+                binding = bindings[fn_self.fn] = JitBinding(fn_self if honour else fn_self.fn)
+            spec, options, key = binding(*args, **kwargs)
+            declared = binding.declared
             runtime = tuple(str(x) for x, c in zip(spec, declared) if not c)
             constexprs = tuple(str(x[1]) for x, c in zip(spec, declared) if c)
-            launches.append((fn_self.fn.__name__, runtime, constexprs, compute_cache_key({}, spec, options)))
-            self.named.append((fn_self.fn.__name__, dict(zip(fn_self.arg_names, spec)),
-                               {k: options[k] for k in ("num_warps", "num_stages") if k in options}))
+            launches.append((binding.name, runtime, constexprs, key))
+            named.append((binding.name, dict(zip(binding.names, spec)),
+                          {k: options[k] for k in ("num_warps", "num_stages") if k in options}))
             if run_kernels:
                 return orig(fn_self, *args, grid=grid, warmup=warmup, **kwargs)
             return None
@@ -189,11 +182,6 @@ def test_kernel_variants_do_not_depend_on_the_step(case):
                                              f"{sorted(keys(second) - keys(first))}")
 
 
-# Constexprs the compile gate brackets instead of listing every combination: it compiles the mask-free
-# and the heaviest mask variant of each attention kernel (see kernels/attention/gate.py).
-_BRACKETED = {"CAUSAL", "HAS_DOCS", "POS"}
-
-
 def _as_on_sm90():
     """The wrappers pick their sm_90 launch configs (tiles, warps, stages) while the interpreter runs."""
     from odysseus_kernels.kernels.attention import triton_attention
@@ -208,7 +196,7 @@ def _as_on_sm90():
 def _gate_mismatches(case):
     """Each launch of a call (with the sm_90 configs) against the compile gate's sm_90 cases: the cases
     of the same kernel, launch options, argument types and constexprs (JIT-specialized ones included,
-    e.g. unit strides; mask flags bracketed), and every argument a case compiles as divisible by 16 that
+    e.g. unit strides), and every argument a case compiles as divisible by 16 that
     this launch does not pass as such."""
     from odysseus_kernels.kernels import aot
 
@@ -233,7 +221,7 @@ def _gate_mismatches(case):
             for arg, (kind, attr) in spec.items():
                 declared = c.signature[arg]
                 if declared == "constexpr":
-                    same = kind == "constexpr" and (c.constexprs[arg] == attr or arg in _BRACKETED)
+                    same = kind == "constexpr" and c.constexprs[arg] == attr
                 else:
                     same = kind == declared
                 if not same:

@@ -98,6 +98,44 @@ class GateCase:
         return f"{self.kernel}[{self.dtype},d{self.head_dim},w{self.num_warps},s{self.num_stages},{cx}]"
 
 
+# --------------------------------------------------------------------------- the JIT's own keying
+
+class JitBinding:
+    """Triton's own argument binding of one kernel for an ``sm_<arch>`` CUDA target, without a GPU: what
+    ``JITFunction.run`` computes on every launch before it looks up (or compiles) the kernel and calls
+    its launcher. ``kernel`` is the ``@triton.jit`` function, compiled or interpreted
+    (``TRITON_INTERPRET=1``: its ``do_not_specialize`` lists are kept).
+
+    ``binding(*args, **kwargs)`` -> ``(specialization, options, key)``: per argument, in order, the
+    JIT's ``(type, attribute)`` (``"D"``: divisible by 16; an integer equal to 1 becomes
+    ``("constexpr", 1)``; ``None``: not specialized) or ``("constexpr", value)``; the launch options;
+    and the compile-cache key (a new key is a new compilation). ``names`` and ``declared`` (whether
+    each argument is a ``tl.constexpr``) follow the argument order."""
+
+    def __init__(self, kernel, arch: int = 90):
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler.compiler import make_backend
+        from triton.runtime.jit import JITFunction, compute_cache_key, create_function_from_signature
+
+        fn = getattr(kernel, "fn", kernel)
+        opts = getattr(kernel, "kwargs", None)  # an interpreted kernel keeps its @triton.jit arguments here
+        if opts is None:
+            opts = {"do_not_specialize": getattr(kernel, "do_not_specialize", None),
+                    "do_not_specialize_on_alignment": getattr(kernel, "do_not_specialize_on_alignment", None)}
+        opts = {k: opts[k] for k in ("do_not_specialize", "do_not_specialize_on_alignment") if opts.get(k)}
+        jit = JITFunction(fn, **opts)
+        self.name = fn.__name__
+        self.names = tuple(jit.arg_names)
+        self.declared = tuple(p.is_constexpr for p in jit.params)
+        self._bind = create_function_from_signature(jit.signature, jit.params, make_backend(GPUTarget("cuda", arch, 32)))
+        self._key = compute_cache_key
+        self._keys: dict = {}
+
+    def __call__(self, *args, **kwargs):
+        _, spec, options = self._bind(*args, **kwargs)
+        return spec, options, self._key(self._keys, spec, options)
+
+
 # --------------------------------------------------------------------------- families
 
 def family_module(name: str) -> str:
