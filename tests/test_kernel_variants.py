@@ -284,3 +284,43 @@ def test_keys_tell_apart_what_the_jit_specializes():
     assert len(keys) == 5
     assert keys[0] == keys[1] == keys[2]
     assert len({keys[0], keys[3], keys[4]}) == 3
+
+
+@pytest.mark.cuda
+def test_the_jit_compiles_a_ring_call_once_on_the_gpu():
+    """On a GPU, the JIT's own compile caches: the two steps of a world-of-two zigzag ring, forward and
+    backward, driven one by one in one process (bf16, d64; the relay's accumulator taken as arrived) add at
+    most one compiled variant per kernel, and the same steps again add none."""
+    from odysseus_kernels.comm.groups import GroupInfo
+    from odysseus_kernels.kernels.attention import triton_attention as ta
+    from odysseus_kernels.ops.attention.common import resolve_layout
+    from odysseus_kernels.ops.attention.ring import RingBackward, RingForward
+
+    kernels = (ta._fwd_kernel, ta._bwd_preprocess_kernel, ta._bwd_dq_kernel, ta._bwd_dkdv_kernel)
+    compiled = lambda: [sum(len(c[0]) for c in k.device_caches.values()) for k in kernels]  # noqa: E731
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, do = (torch.randn(1, 256, 2, 64, device="cuda", generator=g).bfloat16() for _ in range(4))
+    info = GroupInfo(None, 0, 2)
+    spans, mask = resolve_layout("ring_attention", "zigzag", 2, 256, True, (-1, -1), None)
+    kw = dict(mask=mask, scale=0.125, backend="triton")
+    arrived = type("Arrived", (), {"wait": lambda self: None})()
+
+    def ring_steps():
+        fwd = RingForward(info, spans, q, k, v, **kw)
+        fwd.scratch[0].copy_(fwd.first)
+        for t in (0, 1):
+            fwd.compute(t, None)
+        bwd = RingBackward(info, spans, q, k, v, fwd.out.to(q.dtype), fwd.lse, do, **kw)
+        bwd.scratch[0].copy_(bwd.first)
+        for t in (0, 1):
+            bwd.compute(t, arrived)
+            bwd.relay.sending.clear()
+            bwd.relay.incoming.clear()
+        torch.cuda.synchronize()
+
+    before = compiled()
+    ring_steps()
+    first = compiled()
+    ring_steps()
+    assert all(0 <= b - a <= 1 for a, b in zip(before, first)), (before, first)
+    assert compiled() == first
