@@ -36,8 +36,9 @@ from _common import add_run_args, bench, print_table, write_json  # noqa: E402
 def _stub_triton_launch(bind: bool = False) -> None:
     """Under ``TRITON_INTERPRET=1``: every Triton launch returns at once (the host code around it runs).
     ``bind=True``: first it binds its arguments the way ``JITFunction.run`` does on an sm_90 GPU on every
-    launch (Triton's own binder: each argument's specialization, then the compile-cache key), the Python
-    part of the Triton launcher; the driver's launch call itself is not in it."""
+    launch (Triton's own binder: each argument's specialization, then the cache key), the largest Python
+    part of the Triton launcher; the rest of ``JITFunction.run`` (device and stream lookups, launch
+    metadata) and the driver's launch call are not in it."""
     from triton.runtime.interpreter import InterpretedFunction
 
     if not bind:

@@ -7,6 +7,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 import host_overhead  # noqa: E402
+from tests.triton_device import needs_interpreter  # noqa: E402
 
 
 def test_p2p_latency_rows():
@@ -27,6 +28,7 @@ def test_fused_step_rows_with_and_without_the_launchers_binding():
         assert 0.0 < st[key] < 1e6, st
 
 
+@needs_interpreter
 def test_bound_stub_runs_the_jit_binder(monkeypatch):
     """``_stub_triton_launch(bind=True)``: each launch goes through ``JitBinding`` (the JIT's own binder) and
     computes nothing."""

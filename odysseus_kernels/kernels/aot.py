@@ -101,16 +101,20 @@ class GateCase:
 # --------------------------------------------------------------------------- the JIT's own keying
 
 class JitBinding:
-    """Triton's own argument binding of one kernel for an ``sm_<arch>`` CUDA target, without a GPU: what
-    ``JITFunction.run`` computes on every launch before it looks up (or compiles) the kernel and calls
-    its launcher. ``kernel`` is the ``@triton.jit`` function, compiled or interpreted
-    (``TRITON_INTERPRET=1``: its ``do_not_specialize`` lists are kept).
+    """Triton's own argument binding of one kernel for an ``sm_<arch>`` CUDA target, without a GPU: the
+    binder ``JITFunction.run`` calls on every launch (each argument's specialization) and a cache key
+    from it, before the JIT looks up (or compiles) the kernel and calls its launcher. ``kernel`` is the
+    ``@triton.jit`` function, compiled or interpreted (``TRITON_INTERPRET=1``: its ``do_not_specialize``
+    lists are kept).
 
     ``binding(*args, **kwargs)`` -> ``(specialization, options, key)``: per argument, in order, the
     JIT's ``(type, attribute)`` (``"D"``: divisible by 16; an integer equal to 1 becomes
     ``("constexpr", 1)``; ``None``: not specialized) or ``("constexpr", value)``; the launch options;
-    and the compile-cache key (a new key is a new compilation). ``names`` and ``declared`` (whether
-    each argument is a ``tl.constexpr``) follow the argument order."""
+    and a key built like the JIT's compile-cache key (two launches share a key exactly when the JIT
+    would run them with one compiled kernel; the JIT's own key string also holds its debug and
+    instrumentation options). ``names`` and ``declared`` (whether each argument is a
+    ``tl.constexpr``) follow the argument order. Not in it: the rest of ``JITFunction.run`` (device
+    and stream lookups, hooks, launch metadata) and the driver's launch call."""
 
     def __init__(self, kernel, arch: int = 90):
         from triton.backends.compiler import GPUTarget
@@ -123,7 +127,14 @@ class JitBinding:
             opts = {"do_not_specialize": getattr(kernel, "do_not_specialize", None),
                     "do_not_specialize_on_alignment": getattr(kernel, "do_not_specialize_on_alignment", None)}
         opts = {k: opts[k] for k in ("do_not_specialize", "do_not_specialize_on_alignment") if opts.get(k)}
+        from triton.runtime import jit as _jit
+
+        registry = getattr(_jit, "_triton_jit_function_registry", None)  # Triton >= 3.7 registers every JITFunction
+        held = dict(registry) if registry is not None else None
         jit = JITFunction(fn, **opts)
+        if registry is not None:  # this copy must not replace the real kernel's entry
+            registry.clear()
+            registry.update(held)
         self.name = fn.__name__
         self.names = tuple(jit.arg_names)
         self.declared = tuple(p.is_constexpr for p in jit.params)
