@@ -375,10 +375,24 @@ def _gloo_rank(rank, world, init, out):
     dist.destroy_process_group()
 
 
-def probe_gloo(world: int = 2, deadline_s: float = 16.0, rank_fn=None) -> dict:
+def _rank_death(procs) -> str | None:
+    """How the first rank that failed ended, or None while none has."""
+    for i, proc in enumerate(procs):
+        code = proc.exitcode
+        if code not in (None, 0):
+            return f"rank {i} exited with code {code}" if code > 0 else f"rank {i} was killed by signal {-code}"
+    return None
+
+
+def probe_gloo(world: int = 2, deadline_s: float = 16.0, rank_fn=None, grace_s: float = 6.0) -> dict:
     """Which gloo collectives move CUDA tensors (``rank_fn(rank, world, init, out)`` runs each rank; tests
     pass their own): every answer a rank 0 wrote before a crash, or before ``deadline_s`` stopped a
-    rank that was still waiting, is kept; what was not reached says so."""
+    rank that was still waiting, is kept; what was not reached says so.
+
+    When a rank dies the others get ``grace_s`` more (longer than the ranks' 4 s gloo timeout) to
+    finish on their own: the survivor writes each answer after its collective returns, so stopping it
+    the moment its peer exits would lose an answer it already had (torch's ``ProcessContext.join``
+    terminates the survivors at once, so the ranks are polled here instead)."""
     import torch
     import torch.multiprocessing as mp
 
@@ -389,16 +403,22 @@ def probe_gloo(world: int = 2, deadline_s: float = 16.0, rank_fn=None) -> dict:
     crash = None
     ctx = mp.start_processes(rank_fn or _gloo_rank, args=(world, init, out), nprocs=world, start_method="spawn", join=False)
     deadline = time.monotonic() + deadline_s
-    try:
-        while not ctx.join(timeout=0.5):
-            if time.monotonic() > deadline:
+    while any(proc.is_alive() for proc in ctx.processes):
+        if crash is None:
+            crash = _rank_death(ctx.processes)  # a rank died, e.g. gloo handed a CUDA pointer to its socket
+            if crash is not None:
+                deadline = min(deadline, time.monotonic() + grace_s)
+        if time.monotonic() > deadline:
+            if crash is None:
                 crash = f"stopped after {deadline_s:.0f} s (a rank was still waiting)"
-                break
-    except Exception as e:  # noqa: BLE001  (a rank died, e.g. gloo handed a CUDA pointer to its socket)
-        crash = f"{type(e).__name__}: {str(e)[:500]}"
+            break
+        time.sleep(0.2)
+    if crash is None:
+        crash = _rank_death(ctx.processes)
     for proc in ctx.processes:
         if proc.is_alive():
             proc.kill()
+        proc.join(5)
     ops = {}
     try:
         with open(out) as f:

@@ -180,12 +180,19 @@ def test_render_results_without_runs_and_without_markers(tmp_path):
 
 
 def _probe_rank_dies(rank, world, init, out):
-    """A probe rank pair where rank 0 answers one collective and waits, and rank 1 dies."""
-    if rank == 0:
-        with open(out, "w") as f:
-            json.dump({"all_reduce": "ok"}, f)
-        time.sleep(60)
-    os._exit(3)
+    """A probe rank pair where rank 1 dies first and rank 0 writes its answer to one collective only
+    after that (as a survivor whose collective returned just before its peer crashed), then waits."""
+    dying = out + ".rank1-exiting"
+    if rank == 1:
+        open(dying, "w").close()
+        os._exit(3)
+    t0 = time.monotonic()
+    while not os.path.exists(dying) and time.monotonic() - t0 < 20:
+        time.sleep(0.05)
+    time.sleep(1.5)  # the probe has seen rank 1's exit by now (it looks every 0.2 s)
+    with open(out, "w") as f:
+        json.dump({"all_reduce": "ok"}, f)
+    time.sleep(60)
 
 
 def _probe_rank_hangs(rank, world, init, out):
@@ -194,9 +201,10 @@ def _probe_rank_hangs(rank, world, init, out):
 
 def test_gloo_probe_keeps_what_it_got_before_a_crash_or_its_deadline():
     t0 = time.monotonic()
-    res = gc.probe_gloo(deadline_s=30, rank_fn=_probe_rank_dies)
-    assert res["ops"]["all_reduce"] == "ok" and "crash" in res
-    assert res["ops"]["p2p"].startswith("not reached") and "exit" in res["crash"].lower()
+    res = gc.probe_gloo(deadline_s=30, rank_fn=_probe_rank_dies, grace_s=8)
+    assert res["crash"] == "rank 1 exited with code 3", res
+    assert res["ops"]["all_reduce"] == "ok", res  # written after rank 1's exit, within the survivors' grace
+    assert res["ops"]["p2p"] == "not reached: rank 1 exited with code 3", res
     res = gc.probe_gloo(deadline_s=2, rank_fn=_probe_rank_hangs)
     assert res["crash"] == "stopped after 2 s (a rank was still waiting)"
     assert all(v.startswith("not reached") for v in res["ops"].values())
