@@ -46,13 +46,8 @@ def _stub_triton_launch(bind: bool = False) -> None:
         return
     from odysseus_kernels.kernels.aot import JitBinding
 
-    bindings = {}
-
     def run(self, *args, grid, warmup, **kwargs):
-        b = bindings.get(self.fn)
-        if b is None:
-            b = bindings[self.fn] = JitBinding(self)
-        b(*args, **kwargs)
+        JitBinding.of(self)(*args, **kwargs)
 
     InterpretedFunction.run = run
 
@@ -183,6 +178,39 @@ def measure(device: str, world: int, *, quick: bool, stub_kernels: bool = False,
             "ops": per_rank[0]["ops"], "bytes_received": per_rank[0]["bytes_received"]}
 
 
+def ring_schedules(world: int, q, k, v, do, layout: str = "zigzag"):
+    """A causal ring's forward and backward schedules (``RingForward``, ``RingBackward``) for rank 0 of a
+    ``world``-rank ring, driven in one process without communication (the fused Triton steps, scale
+    1/8): every receive buffer holds this rank's own K/V (the steps' inputs have their real shapes), and
+    the forward has run its steps so the backward gets its ``out`` and ``lse``. The caller drives
+    ``fwd.compute(t, None)`` and ``bwd.compute(t, ARRIVED)`` (the travelling dK/dV taken as arrived)."""
+    from odysseus_kernels.comm.groups import GroupInfo
+    from odysseus_kernels.ops.attention.common import resolve_layout
+    from odysseus_kernels.ops.attention.ring import RingBackward, RingForward
+
+    info = GroupInfo(None, 0, world)
+    spans, mask = resolve_layout("ring_attention", layout, world, q.shape[1], True, (-1, -1), None)
+    kw = dict(mask=mask, scale=0.125, backend="triton")
+    fwd = RingForward(info, spans, q, k, v, **kw)
+    for buf in fwd.scratch:
+        buf.copy_(fwd.first)
+    for t in range(world):
+        fwd.compute(t, None)
+    bwd = RingBackward(info, spans, q, k, v, fwd.out.to(q.dtype), fwd.lse, do, **kw)
+    for buf in bwd.scratch:
+        buf.copy_(bwd.first)
+    return fwd, bwd, (lambda: (RingForward(info, spans, q, k, v, **kw),
+                               RingBackward(info, spans, q, k, v, fwd.out.to(q.dtype), fwd.lse, do, **kw)))
+
+
+class _Arrived:  # a relay's accumulator "arrived" (no communication here)
+    def wait(self):
+        return None
+
+
+ARRIVED = _Arrived()
+
+
 def _steps_main(reps: int, device: str) -> dict:
     """In a fresh interpreter: the package's host work of one fused (Triton) ring step, forward and
     backward, without communication (a world-of-two schedule driven step by step in one process):
@@ -192,34 +220,17 @@ def _steps_main(reps: int, device: str) -> dict:
     adds per step: posting the exchange."""
     import torch
 
-    from odysseus_kernels.comm.groups import GroupInfo
-    from odysseus_kernels.ops.attention.common import resolve_layout
-    from odysseus_kernels.ops.attention.ring import RingBackward, RingForward
-
     cuda = device == "cuda"
     if not cuda:
         _stub_triton_launch()
     torch.set_num_threads(1)
     dev, dtype = (torch.device("cuda", 0), torch.bfloat16) if cuda else (torch.device("cpu"), torch.float32)
-    info = GroupInfo(None, 0, 2)
     g = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(1, 256, 2, 64, generator=g).to(dev, dtype) for _ in range(4))
-    spans, mask = resolve_layout("ring_attention", "zigzag", 2, 256, True, (-1, -1), None)
-    kw = dict(mask=mask, scale=0.125, backend="triton")
-
-    class _Arrived:  # the relay's accumulator "arrived" (no communication in this measurement)
-        def wait(self):
-            return None
-
-    fwd = RingForward(info, spans, q, k, v, **kw)
-    fwd.scratch[0].copy_(fwd.first)
-    for t in (0, 1):  # real (out, lse) for the backward's inputs (on CUDA; the stub computes nothing)
-        fwd.compute(t, None)
-    bwd = RingBackward(info, spans, q, k, v, fwd.out.to(dtype), fwd.lse, do, **kw)
-    bwd.scratch[0].copy_(bwd.first)
+    fwd, bwd, setup = ring_schedules(2, q, k, v, do)  # real (out, lse) on CUDA; the stub computes nothing
 
     def bwd_step(t):
-        bwd.compute(t, _Arrived())
+        bwd.compute(t, ARRIVED)
         bwd.relay.sending.clear()
         bwd.relay.incoming.clear()
 
@@ -241,9 +252,7 @@ def _steps_main(reps: int, device: str) -> dict:
     res = {"device": device, "dtype": str(dtype).replace("torch.", ""),
            "fwd_step_us": statistics.mean(per_call_us(lambda t=t: fwd.compute(t, None)) for t in (0, 1)),
            "bwd_step_us": statistics.mean(per_call_us(lambda t=t: bwd_step(t)) for t in (0, 1)),
-           "setup_us": per_call_us(lambda: (RingForward(info, spans, q, k, v, **kw),
-                                            RingBackward(info, spans, q, k, v, fwd.out.to(dtype), fwd.lse, do,
-                                                         **kw)))}
+           "setup_us": per_call_us(setup)}
     if not cuda:  # the same steps with the Python part of Triton's launcher (its argument binding) in them
         _stub_triton_launch(bind=True)
         res["fwd_step_bound_us"] = statistics.mean(per_call_us(lambda t=t: fwd.compute(t, None)) for t in (0, 1))

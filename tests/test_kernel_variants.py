@@ -13,7 +13,9 @@ Attention and LASP-2 launches are keyed in bf16 (the flagship dtype) with the ke
 (only the keys are under test; the interpreter's bf16 ``tl.dot`` is wrong anyway); the fused GEMMs run
 in fp16, because their host checks the flags the kernels set.
 """
-import collections
+import os
+import sys
+import typing
 
 import pytest
 import torch
@@ -23,41 +25,53 @@ from odysseus_kernels import comm
 from tests.distributed import run_world
 from tests.triton_device import needs_interpreter
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import host_overhead  # noqa: E402  (its ring_schedules drives a ring in one process, for the cuda test)
+
 N = 3
 
 
+class _Launch(typing.NamedTuple):
+    """One recorded launch, as the JIT on an sm_90 GPU would see it."""
+    kernel: str
+    args: dict  # argument name -> the JIT's specialization: (type, attribute) or ("constexpr", value)
+    options: dict  # num_warps, num_stages
+    key: str  # built like the JIT's compile-cache key
+
+    def runtime(self, declared) -> tuple:
+        """The specializations of the non-constexpr arguments (what the JIT derives from their values)."""
+        return tuple(str(x) for x, c in zip(self.args.values(), declared) if not c)
+
+    def constexprs(self, declared) -> tuple:
+        """The constexpr values (what the wrapper chose)."""
+        return tuple(str(x[1]) for x, c in zip(self.args.values(), declared) if c)
+
+
 class _JitKeys:
-    """While active: every interpreted Triton launch records ``(kernel name, runtime specialization,
-    constexpr values, JIT cache key)`` for an sm_90 CUDA target. The runtime specialization is what the
-    JIT derives from the values of the non-constexpr arguments (dtype; divisible by 16; equal to 1);
-    the constexprs are what the wrapper chose. ``run_kernels=False`` skips the kernel body; ``honour_do_not_specialize=False`` keys
-    launches as if the kernels specialized every argument (the check of this test's own teeth)."""
+    """While active: every interpreted Triton launch is recorded in ``launches`` (a ``_Launch`` each) for
+    an sm_90 CUDA target, with ``declared[kernel]`` saying which of its arguments are ``tl.constexpr``.
+    ``run_kernels=False`` skips the kernel body; ``honour_do_not_specialize=False`` keys launches as if
+    the kernels specialized every argument (the check of this test's own teeth)."""
 
     def __init__(self, run_kernels: bool, *, honour_do_not_specialize: bool = True):
         self.run_kernels, self.honour = run_kernels, honour_do_not_specialize
-        self.launches: list[tuple[str, tuple, tuple, str]] = []
-        self.named: list[tuple[str, dict, dict]] = []  # (kernel, argument -> specialization, launch options)
+        self.launches: list[_Launch] = []
+        self.declared: dict[str, tuple] = {}
 
     def __enter__(self):
         from triton.runtime.interpreter import InterpretedFunction
 
         from odysseus_kernels.kernels.aot import JitBinding
 
-        bindings = {}
         self._orig = orig = InterpretedFunction.run
-        launches, named, run_kernels, honour = self.launches, self.named, self.run_kernels, self.honour
+        launches, declared, run_kernels, honour = self.launches, self.declared, self.run_kernels, self.honour
 
         def run(fn_self, *args, grid, warmup, **kwargs):
-            binding = bindings.get(fn_self.fn)
-            if binding is None:  # the JIT's own binder (what JITFunction.run calls on a GPU)
-                binding = bindings[fn_self.fn] = JitBinding(fn_self if honour else fn_self.fn)
+            binding = JitBinding.of(fn_self if honour else fn_self.fn)  # the JIT's own binder, as on a GPU
             spec, options, key = binding(*args, **kwargs)
-            declared = binding.declared
-            runtime = tuple(str(x) for x, c in zip(spec, declared) if not c)
-            constexprs = tuple(str(x[1]) for x, c in zip(spec, declared) if c)
-            launches.append((binding.name, runtime, constexprs, key))
-            named.append((binding.name, dict(zip(binding.names, spec)),
-                          {k: options[k] for k in ("num_warps", "num_stages") if k in options}))
+            declared[binding.name] = binding.declared
+            launches.append(_Launch(binding.name, dict(zip(binding.names, spec)),
+                                    {k: options[k] for k in ("num_warps", "num_stages") if k in options}, key))
             if run_kernels:
                 return orig(fn_self, *args, grid=grid, warmup=warmup, **kwargs)
             return None
@@ -69,6 +83,11 @@ class _JitKeys:
         from triton.runtime.interpreter import InterpretedFunction
 
         InterpretedFunction.run = self._orig
+
+    def variants(self) -> list[tuple[str, tuple, tuple, str]]:
+        """``(kernel, runtime specialization, constexprs, key)`` per launch (plain tuples: they cross processes)."""
+        return [(x.kernel, x.runtime(self.declared[x.kernel]), x.constexprs(self.declared[x.kernel]), x.key)
+                for x in self.launches]
 
 
 def _attention_call(op, layout, causal, window, docs, heads=(4, 2), c=64):
@@ -156,7 +175,7 @@ def _variants(case):
             out = fwd()
         with _JitKeys(run_kernels) as b:
             bwd(out)
-        calls.append({"forward": f.launches, "backward": b.launches})
+        calls.append({"forward": f.variants(), "backward": b.variants()})
     return calls
 
 
@@ -212,7 +231,7 @@ def _gate_mismatches(case):
         bwd(fwd())
     cases = [c for fam in aot.discover_families() for c in aot.family_cases(aot.family_module(fam)) if 90 in c.archs]
     problems, seen = [], set()
-    for name, spec, options in rec.named:
+    for name, spec, options, _ in rec.launches:
         label = (name, tuple(sorted((a, str(v)) for a, v in spec.items())), tuple(sorted(options.items())))
         if label in seen:
             continue
@@ -258,7 +277,7 @@ def _fwd_if_everything_specialized(op, layout):
     fwd, _ = _attention_call(op, layout, True, None, None, c=38)
     with _JitKeys(False, honour_do_not_specialize=False) as rec:
         fwd()
-    launches = [spec for name, spec, _ in rec.named if name == "_fwd_kernel"]
+    launches = [x.args for x in rec.launches if x.kernel == "_fwd_kernel"]
     return ({str(sorted(spec.items())) for spec in launches},
             {str(sorted((a, v) for a, v in spec.items() if a != "first")) for spec in launches})
 
@@ -290,44 +309,69 @@ def test_keys_tell_apart_what_the_jit_specializes():
         attention_block_fwd_triton(flat[1:].view(1, 64, 2, 32), k[:, :64], v[:, :64], causal=True)  # 4 B off
         attention_block_fwd_triton(q[:, :64, :, :16].contiguous(), k[:, :64, :, :16].contiguous(),
                                    v[:, :64, :, :16].contiguous(), causal=True)  # head dim 16: constexprs
-    keys = [key for *_, key in rec.launches]
+    keys = [x.key for x in rec.launches]
     assert len(keys) == 5
     assert keys[0] == keys[1] == keys[2]
     assert len({keys[0], keys[3], keys[4]}) == 3
 
 
+@needs_interpreter
+def test_a_binding_is_built_once_per_kernel_and_arch():
+    """``JitBinding.of``: the recorder and the host-overhead benchmark bind every launch, so the binder is
+    built once per kernel and target; a raw function (every argument specialized) gets its own."""
+    from odysseus_kernels.kernels.aot import JitBinding
+    from odysseus_kernels.kernels.attention import triton_attention as ta
+
+    kern = ta._fwd_kernel
+    assert JitBinding.of(kern) is JitBinding.of(kern)
+    assert JitBinding.of(kern, arch=80) is not JitBinding.of(kern)
+    assert JitBinding.of(kern.fn) is not JitBinding.of(kern)
+    assert JitBinding.of(ta._bwd_dq_kernel).name == "_bwd_dq_kernel"
+
+
+def _ring_in_one_process(q, k, v, do):
+    """The three steps of a world-of-three zigzag ring, forward and backward, driven one by one without
+    communication; the travelling dK/dV accumulators are taken as arrived, so step 2 adds into one."""
+    _, bwd, _ = host_overhead.ring_schedules(3, q, k, v, do)  # the forward's three steps run in it
+    for t in range(3):
+        bwd.compute(t, host_overhead.ARRIVED)
+        bwd.relay.returns(t)  # the accumulator leaving after step t; its receive buffer is step t+1's
+    bwd.finish()
+
+
+@needs_interpreter
+def test_the_cuda_tests_ring_driving_keys_one_variant_per_kernel():
+    """The driving of the cuda test below, on CPU (bf16 keyed, kernel bodies skipped): every Triton kernel
+    of the ring's forward and backward is launched, each with one JIT key, and the same steps again add none."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(1, 256, 2, 64, generator=g).bfloat16() for _ in range(4))
+    with _JitKeys(run_kernels=False) as first:
+        _ring_in_one_process(q, k, v, do)
+    with _JitKeys(run_kernels=False) as again:
+        _ring_in_one_process(q, k, v, do)
+    keys = {}
+    for x in first.launches:
+        keys.setdefault(x.kernel, set()).add(x.key)
+    assert set(keys) == {"_fwd_kernel", "_bwd_preprocess_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel"}, keys
+    assert all(len(v) == 1 for v in keys.values()), keys
+    assert {x.key for x in again.launches} == {x.key for x in first.launches}
+    assert sum(x.kernel == "_fwd_kernel" for x in first.launches) == 3  # one per step
+
+
 @pytest.mark.cuda
 def test_the_jit_compiles_a_ring_call_once_on_the_gpu():
-    """On a GPU, the JIT itself: the three steps of a world-of-three zigzag ring, forward and backward, driven
-    one by one in one process (bf16, d64; the travelling dK/dV accumulators taken as arrived, so step 2
-    adds into one), launch one compiled kernel per Triton kernel, and the same steps again compile nothing."""
-    from odysseus_kernels.comm.groups import GroupInfo
+    """On a GPU, the JIT itself: a world-of-three zigzag ring's steps driven in one process
+    (``_ring_in_one_process``; bf16, d64) launch one compiled kernel per Triton kernel, and the same steps
+    again compile nothing."""
     from odysseus_kernels.kernels.attention import triton_attention as ta
-    from odysseus_kernels.ops.attention.common import resolve_layout
-    from odysseus_kernels.ops.attention.ring import RingBackward, RingForward
 
     kernels = (ta._fwd_kernel, ta._bwd_preprocess_kernel, ta._bwd_dq_kernel, ta._bwd_dkdv_kernel)
     cached = lambda: [sum(len(c[0]) for c in k.device_caches.values()) for k in kernels]  # noqa: E731
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, do = (torch.randn(1, 256, 2, 64, device="cuda", generator=g).bfloat16() for _ in range(4))
-    info = GroupInfo(None, 0, 3)
-    spans, mask = resolve_layout("ring_attention", "zigzag", 3, 256, True, (-1, -1), None)
-    kw = dict(mask=mask, scale=0.125, backend="triton")
-    arrived = type("Arrived", (), {"wait": lambda self: None})()
 
     def ring_steps():
-        fwd = RingForward(info, spans, q, k, v, **kw)
-        for buf in fwd.scratch:
-            buf.copy_(fwd.first)
-        for t in range(3):
-            fwd.compute(t, None)
-        bwd = RingBackward(info, spans, q, k, v, fwd.out.to(q.dtype), fwd.lse, do, **kw)
-        for buf in bwd.scratch:
-            buf.copy_(bwd.first)
-        for t in range(3):
-            bwd.compute(t, arrived)
-            bwd.relay.returns(t)  # the accumulator leaving after step t; its receive buffer is step t+1's
-        bwd.finish()
+        _ring_in_one_process(q, k, v, do)
         torch.cuda.synchronize()
 
     launched = {kern.fn.__name__: [] for kern in kernels}  # the compiled kernel of every launch

@@ -146,6 +146,17 @@ class JitBinding:
         _, spec, options = self._bind(*args, **kwargs)
         return spec, options, self._key(self._keys, spec, options)
 
+    _cache: dict = {}
+
+    @classmethod
+    def of(cls, kernel, arch: int = 90) -> "JitBinding":
+        """The binding of ``kernel`` for ``sm_<arch>``, built once per process (building one compiles
+        Triton's binder; code that binds every launch asks here)."""
+        key = (kernel, arch)
+        if key not in cls._cache:
+            cls._cache[key] = cls(kernel, arch)
+        return cls._cache[key]
+
 
 # --------------------------------------------------------------------------- families
 
