@@ -35,28 +35,29 @@ class _Launch(typing.NamedTuple):
     """One recorded launch, as the JIT on an sm_90 GPU would see it."""
     kernel: str
     args: dict  # argument name -> the JIT's specialization: (type, attribute) or ("constexpr", value)
+    declared: tuple  # per argument, whether the kernel declares it tl.constexpr (the binding's own tuple)
     options: dict  # num_warps, num_stages
     key: str  # built like the JIT's compile-cache key
 
-    def runtime(self, declared) -> tuple:
+    @property
+    def runtime(self) -> tuple:
         """The specializations of the non-constexpr arguments (what the JIT derives from their values)."""
-        return tuple(str(x) for x, c in zip(self.args.values(), declared) if not c)
+        return tuple(str(x) for x, c in zip(self.args.values(), self.declared) if not c)
 
-    def constexprs(self, declared) -> tuple:
+    @property
+    def constexprs(self) -> tuple:
         """The constexpr values (what the wrapper chose)."""
-        return tuple(str(x[1]) for x, c in zip(self.args.values(), declared) if c)
+        return tuple(str(x[1]) for x, c in zip(self.args.values(), self.declared) if c)
 
 
 class _JitKeys:
     """While active: every interpreted Triton launch is recorded in ``launches`` (a ``_Launch`` each) for
-    an sm_90 CUDA target, with ``declared[kernel]`` saying which of its arguments are ``tl.constexpr``.
-    ``run_kernels=False`` skips the kernel body; ``honour_do_not_specialize=False`` keys launches as if
-    the kernels specialized every argument (the check of this test's own teeth)."""
+    an sm_90 CUDA target. ``run_kernels=False`` skips the kernel body; ``honour_do_not_specialize=False``
+    keys launches as if the kernels specialized every argument (the check of this test's own teeth)."""
 
     def __init__(self, run_kernels: bool, *, honour_do_not_specialize: bool = True):
         self.run_kernels, self.honour = run_kernels, honour_do_not_specialize
         self.launches: list[_Launch] = []
-        self.declared: dict[str, tuple] = {}
 
     def __enter__(self):
         from triton.runtime.interpreter import InterpretedFunction
@@ -64,13 +65,12 @@ class _JitKeys:
         from odysseus_kernels.kernels.aot import JitBinding
 
         self._orig = orig = InterpretedFunction.run
-        launches, declared, run_kernels, honour = self.launches, self.declared, self.run_kernels, self.honour
+        launches, run_kernels, honour = self.launches, self.run_kernels, self.honour
 
         def run(fn_self, *args, grid, warmup, **kwargs):
             binding = JitBinding.of(fn_self if honour else fn_self.fn)  # the JIT's own binder, as on a GPU
             spec, options, key = binding(*args, **kwargs)
-            declared[binding.name] = binding.declared
-            launches.append(_Launch(binding.name, dict(zip(binding.names, spec)),
+            launches.append(_Launch(binding.name, dict(zip(binding.names, spec)), binding.declared,
                                     {k: options[k] for k in ("num_warps", "num_stages") if k in options}, key))
             if run_kernels:
                 return orig(fn_self, *args, grid=grid, warmup=warmup, **kwargs)
@@ -86,8 +86,7 @@ class _JitKeys:
 
     def variants(self) -> list[tuple[str, tuple, tuple, str]]:
         """``(kernel, runtime specialization, constexprs, key)`` per launch (plain tuples: they cross processes)."""
-        return [(x.kernel, x.runtime(self.declared[x.kernel]), x.constexprs(self.declared[x.kernel]), x.key)
-                for x in self.launches]
+        return [(x.kernel, x.runtime, x.constexprs, x.key) for x in self.launches]
 
 
 def _attention_call(op, layout, causal, window, docs, heads=(4, 2), c=64):
@@ -231,7 +230,7 @@ def _gate_mismatches(case):
         bwd(fwd())
     cases = [c for fam in aot.discover_families() for c in aot.family_cases(aot.family_module(fam)) if 90 in c.archs]
     problems, seen = [], set()
-    for name, spec, options, _ in rec.launches:
+    for name, spec, options in ((x.kernel, x.args, x.options) for x in rec.launches):
         label = (name, tuple(sorted((a, str(v)) for a, v in spec.items())), tuple(sorted(options.items())))
         if label in seen:
             continue
