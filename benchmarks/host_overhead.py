@@ -33,23 +33,69 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_run_args, bench, print_table, write_json  # noqa: E402
 
 
-def _stub_triton_launch(bind: bool = False) -> None:
-    """Under ``TRITON_INTERPRET=1``: every Triton launch returns at once (the host code around it runs).
-    ``bind=True``: first it binds its arguments the way ``JITFunction.run`` does on an sm_90 GPU on every
-    launch (Triton's own binder: each argument's specialization, then the cache key), the largest Python
-    part of the Triton launcher; the rest of ``JITFunction.run`` (device and stream lookups, launch
-    metadata) and the driver's launch call are not in it."""
+def _stub_triton_launch() -> None:
+    """Under ``TRITON_INTERPRET=1``: every Triton launch returns at once (the host code around it runs)."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    if not bind:
-        InterpretedFunction.run = lambda self, *a, **kw: None
-        return
-    from odysseus_kernels.kernels.aot import JitBinding
+    InterpretedFunction.run = lambda self, *a, **kw: None
 
-    def run(self, *args, grid, warmup, **kwargs):
-        JitBinding.of(self)(*args, **kwargs)
 
-    InterpretedFunction.run = run
+class RecordingDriver:
+    """A stand-in for Triton's CUDA driver on a machine without a GPU (``install_recording_driver``):
+    the JIT really runs (binds, compiles for sm_90 with Triton's own ptxas, caches, loads, checks the
+    kernel's shared memory against an H100/H200's) and its launcher call is recorded, not made. So
+    ``JITFunction.run`` and the package's direct launches (:mod:`odysseus_kernels.kernels.launch`) run
+    their whole host path except the driver's C call. ``calls``: the launcher's arguments of every launch
+    (``grid x, y, z, stream, function, packed metadata, launch metadata, enter hook, exit hook, *args``)
+    while ``record`` is true; the launcher records nothing otherwise (a benchmark's no-op)."""
+
+    STREAM, SHARED = 7, 232448
+
+    def __init__(self):
+        self.calls: list = []
+        self.record = True
+        self.utils = self
+
+    # the driver
+    def is_active(self):
+        return True
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return self.STREAM
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", 90, 32)
+
+    def launcher_cls(self, src, metadata):
+        def launch(*args):
+            if self.record:
+                self.calls.append(args)
+        return launch
+
+    # its utils
+    def load_binary(self, name, kernel, shared, device):
+        return 1, 0x1000 + len(name), 64, 0, 1024  # module, function handle, registers, spills, max threads
+
+    def get_device_properties(self, device):
+        return {"max_shared_mem": self.SHARED, "multiprocessor_count": 132, "max_num_regs": 65536, "warpSize": 32}
+
+    def unload_module(self, module):
+        return None
+
+
+def install_recording_driver() -> RecordingDriver:
+    """Make a :class:`RecordingDriver` Triton's active driver (a process that never had a GPU and did
+    not set ``TRITON_INTERPRET``) and return it."""
+    from triton.runtime.driver import driver
+
+    d = RecordingDriver()
+    driver.set_active(d)
+    return d
 
 
 def _rank_main(cfg: dict) -> dict:
@@ -211,23 +257,44 @@ class _Arrived:  # a relay's accumulator "arrived" (no communication here)
 ARRIVED = _Arrived()
 
 
+def ring_in_one_process(world: int, q, k, v, do) -> None:
+    """Every step of a ``world``-rank zigzag ring's forward and backward (:func:`ring_schedules`, rank 0),
+    driven one by one without communication; the travelling dK/dV accumulators are taken as arrived, so
+    the last step adds into one."""
+    _, bwd, _ = ring_schedules(world, q, k, v, do)  # the forward's steps run in it
+    for t in range(world):
+        bwd.compute(t, ARRIVED)
+        bwd.relay.returns(t)  # the accumulator leaving after step t; its receive buffer is step t+1's
+    bwd.finish()
+
+
 def _steps_main(reps: int, device: str) -> dict:
     """In a fresh interpreter: the package's host work of one fused (Triton) ring step, forward and
     backward, without communication (a world-of-two schedule driven step by step in one process):
-    microseconds per step, and per call of the two schedules' set-up. On CPU (``TRITON_INTERPRET=1``)
-    the interpreter's launch is stubbed, so the Triton launcher is not in it; on CUDA the real kernels
-    are launched (bf16; tiny shapes, so the GPU keeps up and the time is the host's). What a GPU ring
-    adds per step: posting the exchange."""
+    microseconds per step, and per call of the two schedules' set-up. ``device``:
+
+    - ``"cuda"``: the real kernels (bf16; tiny shapes, so the GPU keeps up and the time is the host's),
+      launched directly (``*_step_us``, the default) and through Triton's JIT on every launch
+      (``*_step_jit_us``, ``set_triton_launch("jit")``);
+    - ``"cpu"`` (``TRITON_INTERPRET=1``): the interpreter's launch stubbed, no launcher at all;
+    - ``"cpu-jit"`` (no interpreter): Triton's real JIT with a :class:`RecordingDriver` (kernels compiled
+      for sm_90, the driver's launch call a no-op), both launch modes as on CUDA.
+
+    What a GPU ring adds per step: posting the exchange (and, off CUDA, the driver's launch call)."""
     import torch
 
     cuda = device == "cuda"
-    if not cuda:
+    if device == "cpu":
         _stub_triton_launch()
+    elif device == "cpu-jit":
+        install_recording_driver().record = False
+    from odysseus_kernels.kernels import launch
+
     torch.set_num_threads(1)
     dev, dtype = (torch.device("cuda", 0), torch.bfloat16) if cuda else (torch.device("cpu"), torch.float32)
     g = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(1, 256, 2, 64, generator=g).to(dev, dtype) for _ in range(4))
-    fwd, bwd, setup = ring_schedules(2, q, k, v, do)  # real (out, lse) on CUDA; the stub computes nothing
+    fwd, bwd, setup = ring_schedules(2, q, k, v, do)  # real (out, lse) on CUDA; the stubs compute nothing
 
     def bwd_step(t):
         bwd.compute(t, ARRIVED)
@@ -249,14 +316,19 @@ def _steps_main(reps: int, device: str) -> dict:
             torch.cuda.synchronize()
         return statistics.median(rounds)
 
-    res = {"device": device, "dtype": str(dtype).replace("torch.", ""),
-           "fwd_step_us": statistics.mean(per_call_us(lambda t=t: fwd.compute(t, None)) for t in (0, 1)),
-           "bwd_step_us": statistics.mean(per_call_us(lambda t=t: bwd_step(t)) for t in (0, 1)),
-           "setup_us": per_call_us(setup)}
-    if not cuda:  # the same steps with the Python part of Triton's launcher (its argument binding) in them
-        _stub_triton_launch(bind=True)
-        res["fwd_step_bound_us"] = statistics.mean(per_call_us(lambda t=t: fwd.compute(t, None)) for t in (0, 1))
-        res["bwd_step_bound_us"] = statistics.mean(per_call_us(lambda t=t: bwd_step(t)) for t in (0, 1))
+    def steps(suffix=""):
+        res[f"fwd_step{suffix}_us"] = statistics.mean(per_call_us(lambda t=t: fwd.compute(t, None)) for t in (0, 1))
+        res[f"bwd_step{suffix}_us"] = statistics.mean(per_call_us(lambda t=t: bwd_step(t)) for t in (0, 1))
+
+    res = {"device": device, "dtype": str(dtype).replace("torch.", ""), "launch": launch.get_triton_launch()}
+    steps()
+    res["setup_us"] = per_call_us(setup)
+    if device != "cpu":  # the same steps with every launch through Triton's JIT (its binding, its key)
+        launch.set_triton_launch("jit")
+        try:
+            steps("_jit")
+        finally:
+            launch.set_triton_launch("direct")
     return res
 
 
@@ -306,15 +378,15 @@ def measure_p2p(n: int = 2000, work_ms=(0.0, 0.3, 1.0), timeout: float = 600.0) 
 
 
 def measure_steps(quick: bool, device: str) -> dict:
-    """:func:`_steps_main` in a fresh interpreter (``TRITON_INTERPRET`` must be set, on CPU, or unset, on
-    CUDA, before triton is imported)."""
+    """:func:`_steps_main` in a fresh interpreter (``TRITON_INTERPRET`` must be set, on ``"cpu"``, or unset,
+    on ``"cuda"`` and ``"cpu-jit"``, before triton is imported)."""
     import json
     import subprocess
 
     env = dict(os.environ)
     if device == "cpu":
         env["TRITON_INTERPRET"] = "1"
-    else:
+    else:  # cuda, cpu-jit: the real JIT
         env.pop("TRITON_INTERPRET", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -347,10 +419,27 @@ def rows_of(device: str, world: int, m: dict, label: str) -> list[dict]:
     ]
 
 
+def _step_rows(launch: str) -> list:
+    return [(f"{d}_step{sfx}_us", f"fused ring step, {what} (host work, no comm, {how})")
+            for sfx, how in (("", launch + ", direct launch (default)"), ("_jit", launch + ", every launch through the JIT"))
+            for d, what in (("fwd", "forward"), ("bwd", "backward"))]
+
+
+# measure_steps' results as rows: (key, what) per device, and each device's "path" column
+STEP_ROWS = {
+    "cuda": _step_rows("the Triton launch") + [("setup_us", "ring fwd+bwd set-up per call (both schedules)")],
+    "cpu": [("fwd_step_us", "fused ring step, forward (host work, no comm, no launcher)"),
+            ("bwd_step_us", "fused ring step, backward (host work, no comm, no launcher)"),
+            ("setup_us", "ring fwd+bwd set-up per call (both schedules)")],
+    "cpu-jit": _step_rows("Triton's JIT, sm_90 kernels, no driver call"),
+}
+STEP_PATHS = {"cuda": "triton step", "cpu": "triton-stub step", "cpu-jit": "triton-jit step (recording driver)"}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_args(p)
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto",
+    p.add_argument("--device", choices=["cpu", "cuda", "auto", "cpu-jit"], default="auto",
                    help="auto: CPU always, and CUDA too when a GPU is present")
     p.add_argument("--world", type=int, default=2, help="local ranks (default 2)")
     p.add_argument("--no-stub", action="store_true", help="skip the triton-stub measurements on CPU")
@@ -362,7 +451,7 @@ def main(argv=None) -> int:
     if a._steps:
         import json
 
-        print(json.dumps(_steps_main(a._steps, "cuda" if a.device == "cuda" else "cpu")))
+        print(json.dumps(_steps_main(a._steps, a.device)))
         return 0
     import torch
 
@@ -377,7 +466,8 @@ def main(argv=None) -> int:
         write_json(a.out, "host_overhead", rows, {"world": a.world, "errors": errors})
 
     # first the per-step host work (on a GPU machine the most telling number, and the quickest)
-    step_devices = [d for d in devices if d == "cuda" or not a.no_stub]  # CPU: the stubbed launch
+    step_devices = [d for d in devices if d == "cuda"] + (["cpu", "cpu-jit"] if "cpu" in devices and not a.no_stub
+                                                          else [])
     for dev in step_devices:
         try:
             st = measure_steps(a.quick, dev)
@@ -385,17 +475,11 @@ def main(argv=None) -> int:
             errors[f"{dev} steps"] = f"{type(e).__name__}: {str(e)[:2000]}"
             print(f"host_overhead: the per-step measurement on {dev} failed: {str(e)[:500]}", file=sys.stderr)
             continue
-        launcher = "with the Triton launch" if dev == "cuda" else "no launcher"
-        bound = "+ the launcher's argument binding (Triton's binder, sm_90), no driver call"
-        for what, key in ((f"fused ring step, forward (host work, no comm, {launcher})", "fwd_step_us"),
-                          (f"fused ring step, backward (host work, no comm, {launcher})", "bwd_step_us"),
-                          (f"fused ring step, forward (host work, no comm, {bound})", "fwd_step_bound_us"),
-                          (f"fused ring step, backward (host work, no comm, {bound})", "bwd_step_bound_us"),
-                          ("ring fwd+bwd set-up per call (both schedules)", "setup_us")):
+        for key, label in STEP_ROWS[dev]:
             if key not in st:
                 continue
-            rows.append({"device": dev, "path": "triton step" if dev == "cuda" else "triton-stub step", "world": 2,
-                         "shape": f"B1 C256 H2 D64 {st['dtype']}", "what": what, "steps": 1,
+            rows.append({"device": "cuda" if dev == "cuda" else "cpu", "path": STEP_PATHS[dev], "world": 2,
+                         "shape": f"B1 C256 H2 D64 {st['dtype']}", "what": label, "steps": 1,
                          "cpu_us_per_step": st[key]})
         save()
     for dev, label, stub in runs:

@@ -95,9 +95,11 @@ case "$cmd" in
     gate "$@" ;;
   test)
     setup
+    setup_triton_b
+    # tests/test_launch_direct.py checks the direct launches under this Triton too
+    export ODYSSEUS_TRITON_B="$VENV/triton-$TRITON_B"
     rc=0
     if [ "${ODYSSEUS_GATE:-1}" != 0 ]; then
-      setup_triton_b
       t0=$SECONDS
       if ! gate; then
         rc=1

@@ -87,6 +87,37 @@ def test_attention_ops_do_not_sync_the_host(name, mode):
     assert torch.isfinite(out.float()).all() and all(torch.isfinite(t.grad.float()).all() for t in (q, k, v))
 
 
+@pytest.mark.parametrize("name", ["ring_attention", "token_ring_attention", "local_attention+docs"])
+def test_direct_launches_run_what_the_jit_runs(name):
+    """The default direct launches (``kernels.launch``): a warm call launches nothing through Triton's JIT,
+    and its output and gradients equal, bit for bit, those of a call with every launch through the JIT
+    (``set_triton_launch("jit")``): the same compiled kernels with the same arguments."""
+    from odysseus_kernels.kernels import launch
+
+    fn, hkv = OPS[name]
+    dout = torch.randn(B, L, H, D, device="cuda", dtype=torch.bfloat16)
+
+    def call():
+        q, k, v = _qkv(hkv=hkv)
+        out = fn(q, k, v)
+        out.backward(dout)
+        torch.cuda.synchronize()
+        return [out, q.grad, k.grad, v.grad]
+
+    call()  # warm-up: compile, and the first launch of each fingerprint through the JIT
+    n = launch.jit_launches()
+    direct = call()
+    assert launch.jit_launches() == n, f"{name}: a warm call launched {launch.jit_launches() - n} kernels through the JIT"
+    launch.set_triton_launch("jit")
+    try:
+        jit = call()
+    finally:
+        launch.set_triton_launch("direct")
+    assert launch.jit_launches() > n
+    for a, b in zip(direct, jit):
+        assert torch.equal(a, b), f"{name}: direct and JIT launches differ by {(a.float() - b.float()).abs().max().item()}"
+
+
 @pytest.mark.parametrize("name", ["all_gather_linear", "linear_reduce_scatter"])
 def test_tp_gemms_do_not_sync_the_host(name):
     x = torch.randn(B, L, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)

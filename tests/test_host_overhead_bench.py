@@ -7,7 +7,6 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 import host_overhead  # noqa: E402
-from tests.triton_device import needs_interpreter  # noqa: E402
 
 
 def test_p2p_latency_rows():
@@ -20,30 +19,26 @@ def test_p2p_latency_rows():
         assert 0.0 <= r["frac_3ms"] <= 1.0, r
 
 
-def test_fused_step_rows_with_and_without_the_launchers_binding():
-    """The per-step host measurement of the GPU path on CPU (a fresh interpreter, the kernels stubbed):
-    the plain steps, and the same steps with Triton's own sm_90 argument binding in every launch."""
+def test_fused_step_measurements_with_no_launcher_and_with_the_jit():
+    """The per-step host measurement of the GPU path on CPU, each in a fresh interpreter: the kernels
+    stubbed under the interpreter (no launcher), and Triton's real JIT with the recording driver, in both
+    launch modes (direct, the default, and every launch through the JIT); each has its rows."""
     st = host_overhead.measure_steps(quick=True, device="cpu")
-    for key in ("fwd_step_us", "bwd_step_us", "fwd_step_bound_us", "bwd_step_bound_us", "setup_us"):
-        assert 0.0 < st[key] < 1e6, st
+    jit = host_overhead.measure_steps(quick=True, device="cpu-jit")
+    assert set(st) >= {"fwd_step_us", "bwd_step_us", "setup_us"} and "fwd_step_jit_us" not in st, st
+    assert jit["launch"] == "direct" and jit["dtype"] == "float32", jit
+    for m, dev in ((st, "cpu"), (jit, "cpu-jit")):
+        keys = [key for key, _ in host_overhead.STEP_ROWS[dev]]
+        assert all(0.0 < m[key] < 1e6 for key in keys), (dev, m)
+    assert len(host_overhead.STEP_ROWS["cpu-jit"]) == 4 and len(host_overhead.STEP_ROWS["cuda"]) == 5
 
 
-@needs_interpreter
-def test_bound_stub_runs_the_jit_binder(monkeypatch):
-    """``_stub_triton_launch(bind=True)``: each launch goes through ``JitBinding`` (the JIT's own binder) and
-    computes nothing."""
-    import torch
-    from triton.runtime.interpreter import InterpretedFunction
-
-    from odysseus_kernels.kernels import aot
-    from odysseus_kernels.kernels.attention.triton_attention import attention_block_fwd_triton
-
-    calls = []
-    real = aot.JitBinding.__call__
-    monkeypatch.setattr(aot.JitBinding, "__call__", lambda self, *a, **kw: calls.append(self.name) or real(self, *a, **kw))
-    monkeypatch.setattr(InterpretedFunction, "run", InterpretedFunction.run)  # restored after the test
-    host_overhead._stub_triton_launch(bind=True)
-    q = torch.randn(1, 32, 2, 16)
-    out, lse = attention_block_fwd_triton(q, q, q, causal=True)
-    assert calls == ["_fwd_kernel"]
-    assert out.shape == (1, 32, 2, 16) and lse.shape == (1, 2, 32)
+def test_the_recording_driver_keeps_launches_only_while_recording():
+    d = host_overhead.RecordingDriver()
+    run = d.launcher_cls(None, None)
+    run(1, 2, 3)
+    d.record = False
+    run(4)
+    assert d.calls == [(1, 2, 3)]
+    assert d.utils.get_device_properties(0)["max_shared_mem"] == 232448
+    assert d.get_current_target().arch == 90 and d.get_current_stream(0) == d.STREAM

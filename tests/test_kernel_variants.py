@@ -316,8 +316,8 @@ def test_keys_tell_apart_what_the_jit_specializes():
 
 @needs_interpreter
 def test_a_binding_is_built_once_per_kernel_and_arch():
-    """``JitBinding.of``: the recorder and the host-overhead benchmark bind every launch, so the binder is
-    built once per kernel and target; a raw function (every argument specialized) gets its own."""
+    """``JitBinding.of``: the recorder binds every launch (and tests/launch_check.py thousands), so the
+    binder is built once per kernel and target; a raw function (every argument specialized) gets its own."""
     from odysseus_kernels.kernels.aot import JitBinding
     from odysseus_kernels.kernels.attention import triton_attention as ta
 
@@ -330,12 +330,8 @@ def test_a_binding_is_built_once_per_kernel_and_arch():
 
 def _ring_in_one_process(q, k, v, do):
     """The three steps of a world-of-three zigzag ring, forward and backward, driven one by one without
-    communication; the travelling dK/dV accumulators are taken as arrived, so step 2 adds into one."""
-    _, bwd, _ = host_overhead.ring_schedules(3, q, k, v, do)  # the forward's three steps run in it
-    for t in range(3):
-        bwd.compute(t, host_overhead.ARRIVED)
-        bwd.relay.returns(t)  # the accumulator leaving after step t; its receive buffer is step t+1's
-    bwd.finish()
+    communication (``host_overhead.ring_in_one_process``)."""
+    host_overhead.ring_in_one_process(3, q, k, v, do)
 
 
 @needs_interpreter

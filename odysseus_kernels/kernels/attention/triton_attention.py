@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from ..backend import cdiv, next_pow2
+from ..launch import prepared
 from .configs import current_arch, pick
 
 _RUNTIME = ["Sq", "Sk", "q_offset", "k_offset", "left", "right", "first"]
@@ -366,6 +367,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV_, QPOS, KPOS, QDOC, KDOC, Q
     tl.store(p_dv, b_dv.to(DV_.dtype.element_ty), mask=dv_mask)
 
 
+_KERNELS = {"fwd": _fwd_kernel, "bwd_dq": _bwd_dq_kernel, "bwd_dkdv": _bwd_dkdv_kernel}
+
+
 # ---------------------------------------------------------------- argument types (for the compile gate)
 
 def _types(names: str, **kinds) -> dict:
@@ -555,14 +559,14 @@ class ShardKernels:
                       POS=self.q_pos is not None, PREC=_prec(self.dtype), num_warps=cfg.num_warps,
                       num_stages=cfg.num_stages)
             qmeta = self.q_pos.meta(cfg.block_m) if self.q_pos is not None else self.dummy
-            p = self._prepared[kernel] = (cfg, cx, qmeta)
+            p = self._prepared[kernel] = (cfg, prepared(_KERNELS[kernel], **cx), qmeta)
         return p
 
     def _block(self, kernel: str, k, v, k_pos, k_offset) -> tuple:
-        """``(cfg, constexprs, k, v, mask pointers, runtime tail)`` of one launch of ``kernel`` on a block:
+        """``(cfg, prepared launch, k, v, mask pointers, runtime tail)`` of one launch of ``kernel`` on a block:
         the pointers are ``(QPOS, KPOS, QDOC, KDOC, QMETA, KMETA)``, the tail ``(H, G, Sq, Sk, q_offset,
         k_offset, left, right, scale)`` (the kernel's ``first`` flag follows it)."""
-        cfg, cx, qmeta = self._prepare(kernel)
+        cfg, launch, qmeta = self._prepare(kernel)
         sk = k.shape[1]
         if self.q_pos is not None:
             kdoc = k_pos.doc if self.has_docs else self.dummy
@@ -571,28 +575,28 @@ class ShardKernels:
             kdoc = _doc_ids(self.cu, k_offset, sk, self.device) if self.has_docs else self.dummy
             ptrs, qo, ko = (self.dummy, self.dummy, self.qdoc, kdoc, self.dummy, self.dummy), self.q_offset, k_offset
         tail = (self.h, self.g, self.sq, sk, qo, int(ko), *self.window, self.scale)
-        return cfg, cx, _unit_last(k), _unit_last(v), ptrs, tail
+        return cfg, launch, _unit_last(k), _unit_last(v), ptrs, tail
 
     def fwd(self, k, v, out, lse, *, first, k_pos=None, k_offset=0) -> None:
         """Attention of the shard against one key/value block into the fp32 ``out``/``lse``."""
-        cfg, cx, k, v, ptrs, tail = self._block("fwd", k, v, k_pos, k_offset)
-        _fwd_kernel[(cdiv(self.sq, cfg.block_m), self.b * self.h)](
+        cfg, launch, k, v, ptrs, tail = self._block("fwd", k, v, k_pos, k_offset)
+        launch((cdiv(self.sq, cfg.block_m), self.b * self.h), (
             self.q, k, v, out, lse, *ptrs, *self.q_strides, *_s3(k), *_s3(v), *_s3(out), *lse.stride()[:2],
-            *tail, 1 if first else 0, **cx)
+            *tail, 1 if first else 0))
 
     def dq(self, k, v, dq, *, first, k_pos=None, k_offset=0) -> None:
         """dQ of the shard from one key/value block, written (``first``) or added into ``dq``."""
-        cfg, cx, k, v, ptrs, tail = self._block("bwd_dq", k, v, k_pos, k_offset)
-        _bwd_dq_kernel[(cdiv(self.sq, cfg.block_m), self.b * self.h)](
+        cfg, launch, k, v, ptrs, tail = self._block("bwd_dq", k, v, k_pos, k_offset)
+        launch((cdiv(self.sq, cfg.block_m), self.b * self.h), (
             self.q, k, v, self.dout, self.lse, self.delta, dq, *ptrs, *self.q_strides, *_s3(k), *_s3(v),
-            *self.row_strides, *_s3(dq), *self.ls, *tail, 1 if first else 0, **cx)
+            *self.row_strides, *_s3(dq), *self.ls, *tail, 1 if first else 0))
 
     def dkdv(self, k, v, dk, dv, *, first, k_pos=None, k_offset=0) -> None:
         """dK, dV of one key/value block from the shard, written (``first``) or added into ``dk``/``dv``."""
-        cfg, cx, k, v, ptrs, tail = self._block("bwd_dkdv", k, v, k_pos, k_offset)
-        _bwd_dkdv_kernel[(cdiv(k.shape[1], cfg.block_n), self.b * self.hk)](
+        cfg, launch, k, v, ptrs, tail = self._block("bwd_dkdv", k, v, k_pos, k_offset)
+        launch((cdiv(k.shape[1], cfg.block_n), self.b * self.hk), (
             self.q, k, v, self.dout, self.lse, self.delta, dk, dv, *ptrs, *self.q_strides, *_s3(k), *_s3(v),
-            *self.row_strides, *_s3(dk), *_s3(dv), *self.ls, *tail, 1 if first else 0, **cx)
+            *self.row_strides, *_s3(dk), *_s3(dv), *self.ls, *tail, 1 if first else 0))
 
 
 def attention_block_fwd_triton(q, k, v, *, softmax_scale=None, causal=False, q_offset=0, k_offset=0,
@@ -626,9 +630,9 @@ def attention_delta_triton(out, dout) -> torch.Tensor:
         return delta
     cfg = pick(_arch(out), "bwd_preprocess", dout.dtype, dv)
     out, dout = _unit_last(out), _unit_last(dout)
-    _bwd_preprocess_kernel[(cdiv(s, cfg.block_m), b * h)](
-        out, dout, delta, *_s3(out), *_s3(dout), h, s, DV=dv, BDV=next_pow2(max(dv, 16)), BM=cfg.block_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    launch = prepared(_bwd_preprocess_kernel, DV=dv, BDV=next_pow2(max(dv, 16)), BM=cfg.block_m,
+                      num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    launch((cdiv(s, cfg.block_m), b * h), (out, dout, delta, *_s3(out), *_s3(dout), h, s))
     return delta
 
 
