@@ -301,34 +301,44 @@ def _steps_main(reps: int, device: str) -> dict:
         bwd.relay.sending.clear()
         bwd.relay.incoming.clear()
 
-    def per_call_us(fn):
-        for _ in range(50):
-            fn()
-        rounds = []
-        for _ in range(5):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            rounds.append((time.perf_counter() - t0) / reps * 1e6)
+    def one_round_us(fn):
         if cuda:
             torch.cuda.synchronize()
-        return statistics.median(rounds)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        us = (time.perf_counter() - t0) / reps * 1e6
+        if cuda:
+            torch.cuda.synchronize()
+        return us
 
-    def steps(suffix=""):
-        res[f"fwd_step{suffix}_us"] = statistics.mean(per_call_us(lambda t=t: fwd.compute(t, None)) for t in (0, 1))
-        res[f"bwd_step{suffix}_us"] = statistics.mean(per_call_us(lambda t=t: bwd_step(t)) for t in (0, 1))
-
-    res = {"device": device, "dtype": str(dtype).replace("torch.", ""), "launch": launch.get_triton_launch()}
-    steps()
-    res["setup_us"] = per_call_us(setup)
-    if device != "cpu":  # the same steps with every launch through Triton's JIT (its binding, its key)
-        launch.set_triton_launch("jit")
-        try:
-            steps("_jit")
-        finally:
-            launch.set_triton_launch("direct")
+    calls = {"fwd_step": [lambda t=t: fwd.compute(t, None) for t in (0, 1)],
+             "bwd_step": [lambda t=t: bwd_step(t) for t in (0, 1)], "setup": [setup]}
+    # the modes measured: direct (the default) and, past the stubbed interpreter, every launch through
+    # Triton's JIT ("_jit"); in alternating rounds, so that a change of machine load hits both alike
+    modes = [("", "direct")] + ([("_jit", "jit")] if device != "cpu" else [])
+    rounds: dict = {}
+    for sfx, mode in modes:  # warm-up
+        launch.set_triton_launch(mode)
+        for fns in calls.values():
+            for fn in fns:
+                for _ in range(50):
+                    fn()
+    try:
+        for _ in range(5):
+            for sfx, mode in modes:
+                launch.set_triton_launch(mode)
+                for what, fns in calls.items():
+                    if what == "setup" and sfx:
+                        continue
+                    rounds.setdefault(f"{what}{sfx}_us", []).append(statistics.mean(one_round_us(fn) for fn in fns))
+    finally:
+        launch.set_triton_launch("direct")
+    res = {"device": device, "dtype": str(dtype).replace("torch.", ""), "launch": launch.get_triton_launch(),
+           **{key: statistics.median(v) for key, v in rounds.items()}}
+    if device != "cpu":
+        res["bwd_jit_over_direct_per_round"] = [round(j / d, 3) for j, d in zip(rounds["bwd_step_jit_us"],
+                                                                                 rounds["bwd_step_us"])]
     return res
 
 
@@ -481,6 +491,8 @@ def main(argv=None) -> int:
             rows.append({"device": "cuda" if dev == "cuda" else "cpu", "path": STEP_PATHS[dev], "world": 2,
                          "shape": f"B1 C256 H2 D64 {st['dtype']}", "what": label, "steps": 1,
                          "cpu_us_per_step": st[key]})
+            if key == "bwd_step_jit_us":  # each round's JIT / direct backward step, the rounds alternating
+                rows[-1]["ratio_per_round"] = st["bwd_jit_over_direct_per_round"]
         save()
     for dev, label, stub in runs:
         try:

@@ -31,6 +31,7 @@ def test_fused_step_measurements_with_no_launcher_and_with_the_jit():
         keys = [key for key, _ in host_overhead.STEP_ROWS[dev]]
         assert all(0.0 < m[key] < 1e6 for key in keys), (dev, m)
     assert len(host_overhead.STEP_ROWS["cpu-jit"]) == 4 and len(host_overhead.STEP_ROWS["cuda"]) == 5
+    assert len(jit["bwd_jit_over_direct_per_round"]) == 5  # the two modes timed in alternating rounds
 
 
 def test_the_recording_driver_keeps_launches_only_while_recording():
