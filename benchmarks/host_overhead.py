@@ -23,6 +23,7 @@ a ratio alike; medians and ratios are the medians over the rounds.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -42,12 +43,14 @@ def _stub_triton_launch() -> None:
 
 class RecordingDriver:
     """A stand-in for Triton's CUDA driver on a machine without a GPU (``install_recording_driver``):
-    the JIT really runs (binds, compiles for sm_90 with Triton's own ptxas, caches, loads, checks the
-    kernel's shared memory against an H100/H200's) and its launcher call is recorded, not made. So
-    ``JITFunction.run`` and the package's direct launches (:mod:`odysseus_kernels.kernels.launch`) run
-    their whole host path except the driver's C call. ``calls``: the launcher's arguments of every launch
-    (``grid x, y, z, stream, function, packed metadata, launch metadata, enter hook, exit hook, *args``)
-    while ``record`` is true; the launcher records nothing otherwise (a benchmark's no-op)."""
+    the JIT really runs (binds, compiles for sm_90 with Triton's own ptxas, caches, "loads" each
+    compiled kernel under a handle of its own, checks its shared memory against an H100/H200's); the
+    kernel's launcher (Triton's ``CudaLauncher``: its Python wrapper and the C launch call) is replaced
+    by a recorder. So ``JITFunction.run`` and the package's direct launches
+    (:mod:`odysseus_kernels.kernels.launch`) run their host path up to the launcher. ``calls``: the
+    launcher's arguments of every launch (``grid x, y, z, stream, function, packed metadata, launch
+    metadata, enter hook, exit hook, *args``) while ``record`` is true; nothing otherwise (a benchmark's
+    no-op launcher)."""
 
     STREAM, SHARED = 7, 232448
 
@@ -55,13 +58,15 @@ class RecordingDriver:
         self.calls: list = []
         self.record = True
         self.utils = self
+        self.device = 0  # what get_current_device answers (a test may switch it)
+        self._handles = itertools.count(0x1000)
 
     # the driver
     def is_active(self):
         return True
 
     def get_current_device(self):
-        return 0
+        return self.device
 
     def get_current_stream(self, device=None):
         return self.STREAM
@@ -79,7 +84,8 @@ class RecordingDriver:
 
     # its utils
     def load_binary(self, name, kernel, shared, device):
-        return 1, 0x1000 + len(name), 64, 0, 1024  # module, function handle, registers, spills, max threads
+        # module, function handle (one per load: every compiled variant has its own), registers, spills, threads
+        return 1, next(self._handles), 64, 0, 1024
 
     def get_device_properties(self, device):
         return {"max_shared_mem": self.SHARED, "multiprocessor_count": 132, "max_num_regs": 65536, "warpSize": 32}
@@ -278,9 +284,10 @@ def _steps_main(reps: int, device: str) -> dict:
       (``*_step_jit_us``, ``set_triton_launch("jit")``);
     - ``"cpu"`` (``TRITON_INTERPRET=1``): the interpreter's launch stubbed, no launcher at all;
     - ``"cpu-jit"`` (no interpreter): Triton's real JIT with a :class:`RecordingDriver` (kernels compiled
-      for sm_90, the driver's launch call a no-op), both launch modes as on CUDA.
+      for sm_90, the launcher a no-op), both launch modes as on CUDA.
 
-    What a GPU ring adds per step: posting the exchange (and, off CUDA, the driver's launch call)."""
+    What a GPU ring adds per step: posting the exchange (and, off CUDA, the launcher: Triton's
+    ``CudaLauncher`` and the driver's launch call)."""
     import torch
 
     cuda = device == "cuda"
@@ -334,7 +341,7 @@ def _steps_main(reps: int, device: str) -> dict:
                     rounds.setdefault(f"{what}{sfx}_us", []).append(statistics.mean(one_round_us(fn) for fn in fns))
     finally:
         launch.set_triton_launch("direct")
-    res = {"device": device, "dtype": str(dtype).replace("torch.", ""), "launch": launch.get_triton_launch(),
+    res = {"device": device, "dtype": str(dtype).replace("torch.", ""),
            **{key: statistics.median(v) for key, v in rounds.items()}}
     if device != "cpu":
         res["bwd_jit_over_direct_per_round"] = [round(j / d, 3) for j, d in zip(rounds["bwd_step_jit_us"],
@@ -441,7 +448,7 @@ STEP_ROWS = {
     "cpu": [("fwd_step_us", "fused ring step, forward (host work, no comm, no launcher)"),
             ("bwd_step_us", "fused ring step, backward (host work, no comm, no launcher)"),
             ("setup_us", "ring fwd+bwd set-up per call (both schedules)")],
-    "cpu-jit": _step_rows("Triton's JIT, sm_90 kernels, no driver call"),
+    "cpu-jit": _step_rows("Triton's JIT, sm_90 kernels, no launcher call"),
 }
 STEP_PATHS = {"cuda": "triton step", "cpu": "triton-stub step", "cpu-jit": "triton-jit step (recording driver)"}
 
@@ -452,7 +459,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda", "auto", "cpu-jit"], default="auto",
                    help="auto: CPU always, and CUDA too when a GPU is present")
     p.add_argument("--world", type=int, default=2, help="local ranks (default 2)")
-    p.add_argument("--no-stub", action="store_true", help="skip the triton-stub measurements on CPU")
+    p.add_argument("--no-stub", action="store_true",
+                   help="skip the CPU measurements of the Triton path (triton-stub, triton-jit step)")
     p.add_argument("--p2p-latency", action="store_true",
                    help="also time plain gloo isend/irecv with 0 / 0.3 / 1 ms of compute between post and wait "
                         "(the machine's transport, without the package)")

@@ -11,11 +11,13 @@ driver is ``host_overhead.RecordingDriver``, which records the launcher's argume
    binder (``aot.JitBinding``: the JIT's binder and cache key), so a direct launch runs the kernel the
    JIT would have chosen.
 2. Launches: every launch of a ring's fused steps (zigzag, world 3: position arrays; and a per-block
-   call with packed documents) is made twice, through the JIT and in the default mode; the launcher
-   receives the same grid, stream, function, metadata and arguments, except that a direct launch
-   passes no launch metadata and no hooks where the JIT's hook chains are empty.
-3. Counts: JIT launches per call once warm (0), with a launch hook installed (every launch), in
-   ``"jit"`` mode (every launch).
+   call with packed documents) is made twice, through the JIT and in the default mode: the same
+   compiled kernel (each has a handle of its own here), and the launcher receives the same grid,
+   stream, function, metadata and arguments, except that a direct launch passes no launch metadata and
+   no hooks (the JIT's hook chains are empty then).
+3. Counts: JIT launches per call once warm (0), with a launch hook or a pre-run hook installed (every
+   launch), in ``"jit"`` mode (every launch); a callable grid launches through the JIT; the key changes
+   with the current device and the JIT's debug option; the bound on kept fingerprints.
 """
 from __future__ import annotations
 
@@ -65,26 +67,27 @@ class Twice:
         mode = L.get_triton_launch()
         L.set_triton_launch("jit")
         try:
-            ORIG(pl, grid, args)
+            k_jit = ORIG(pl, grid, args)
         finally:
             L.set_triton_launch(mode)
         j0 = pl.jit_launches
         k = ORIG(pl, grid, args)
         self.launches += 1
-        self.direct += pl.jit_launches == j0
+        direct = pl.jit_launches == j0
+        self.direct += direct
         jit, mine = DRIVER.calls[n0], DRIVER.calls[n0 + 1]
         name = pl.fn.fn.__name__
-        if len(jit) != len(mine):
+        if k is not k_jit:  # every compiled variant has its own function handle (RecordingDriver)
+            self.mismatches.append(f"{name}: another compiled kernel than the JIT's")
+        elif len(jit) != len(mine):
             self.mismatches.append(f"{name}: {len(jit)} launcher arguments through the JIT, {len(mine)} direct")
         elif not all(_same(a, b) for a, b in zip(jit[:6], mine[:6])):
             self.mismatches.append(f"{name}: grid/stream/function/metadata differ")
         elif not all(_same(a, b) for a, b in zip(jit[9:], mine[9:])):
             bad = [i for i, (a, b) in enumerate(zip(jit[9:], mine[9:])) if not _same(a, b)]
             self.mismatches.append(f"{name}: kernel arguments {bad} differ")
-        elif mine[6:9] != (None, None, None) and pl.jit_launches == j0:
+        elif direct and mine[6:9] != (None, None, None):
             self.mismatches.append(f"{name}: a direct launch passed launch metadata or hooks")
-        elif pl.jit_launches == j0 and not (L._idle(jit[7]) and L._idle(jit[8])):
-            self.mismatches.append(f"{name}: launched directly while the JIT's hooks were not idle")
         return k
 
 
@@ -174,6 +177,48 @@ def main() -> None:
     finally:
         L.set_triton_launch("direct")
     facts["after_call"] = jit_launches_of(ring_call)
+
+    def pre_run(*args, **kwargs):
+        return None
+
+    fns = {pl.fn for pl in prepared}
+    for fn in fns:
+        fn.pre_run_hooks.append(pre_run)
+    try:
+        facts["pre_run_hooked_call"] = jit_launches_of(ring_call)
+    finally:
+        for fn in fns:
+            fn.pre_run_hooks.remove(pre_run)
+    # the key's device and options: another current device, or the JIT's debug option, is another key
+    pl, grid, args = twice.seen["_fwd_kernel"]
+    base = pl._key(args, DRIVER)
+    DRIVER.device = 1
+    on_1 = pl._key(args, DRIVER)
+    DRIVER.device = 0
+    knobs.runtime.debug = True
+    try:
+        debug = pl._key(args, DRIVER)
+    finally:
+        knobs.runtime.debug = False
+    facts["keys_differ"] = [on_1 != base, debug != base, pl._key(args, DRIVER) == base]
+    # a callable grid launches through the JIT
+    j0 = pl.jit_launches
+    pl(lambda meta: grid, args)
+    pl(grid, args)
+    facts["grid_and_bound"] = [pl.jit_launches - j0]
+    # the bound on kept fingerprints: full, it starts over (the next new fingerprint is learnt afresh)
+    cap = L.MAX_KERNELS
+    L.MAX_KERNELS = len(pl.kernels)
+    try:
+        first = args[0]
+        shifted = torch.empty(first.numel() + 1, dtype=first.dtype)[1:].view(first.shape)  # 4 bytes on
+        moved = (shifted,) + tuple(args[1:])  # another alignment: a new fingerprint
+        pl(grid, moved)
+        facts["grid_and_bound"] += [pl.jit_launches - j0, len(pl.kernels)]
+        pl(grid, moved)
+        facts["grid_and_bound"] += [pl.jit_launches - j0]
+    finally:
+        L.MAX_KERNELS = cap
 
     # 1. fingerprints against the binder, around each kernel's last real launch
     facts["fingerprints"] = fingerprints(twice.seen, rng, 2000)

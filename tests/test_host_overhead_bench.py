@@ -26,7 +26,7 @@ def test_fused_step_measurements_with_no_launcher_and_with_the_jit():
     st = host_overhead.measure_steps(quick=True, device="cpu")
     jit = host_overhead.measure_steps(quick=True, device="cpu-jit")
     assert set(st) >= {"fwd_step_us", "bwd_step_us", "setup_us"} and "fwd_step_jit_us" not in st, st
-    assert jit["launch"] == "direct" and jit["dtype"] == "float32", jit
+    assert jit["dtype"] == "float32", jit
     for m, dev in ((st, "cpu"), (jit, "cpu-jit")):
         keys = [key for key, _ in host_overhead.STEP_ROWS[dev]]
         assert all(0.0 < m[key] < 1e6 for key in keys), (dev, m)
@@ -43,3 +43,4 @@ def test_the_recording_driver_keeps_launches_only_while_recording():
     assert d.calls == [(1, 2, 3)]
     assert d.utils.get_device_properties(0)["max_shared_mem"] == 232448
     assert d.get_current_target().arch == 90 and d.get_current_stream(0) == d.STREAM
+    assert d.load_binary("k", b"", 0, 0)[1] != d.load_binary("k", b"", 0, 0)[1]  # a handle per compiled kernel

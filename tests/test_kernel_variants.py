@@ -328,12 +328,6 @@ def test_a_binding_is_built_once_per_kernel_and_arch():
     assert JitBinding.of(ta._bwd_dq_kernel).name == "_bwd_dq_kernel"
 
 
-def _ring_in_one_process(q, k, v, do):
-    """The three steps of a world-of-three zigzag ring, forward and backward, driven one by one without
-    communication (``host_overhead.ring_in_one_process``)."""
-    host_overhead.ring_in_one_process(3, q, k, v, do)
-
-
 @needs_interpreter
 def test_the_cuda_tests_ring_driving_keys_one_variant_per_kernel():
     """The driving of the cuda test below, on CPU (bf16 keyed, kernel bodies skipped): every Triton kernel
@@ -341,9 +335,9 @@ def test_the_cuda_tests_ring_driving_keys_one_variant_per_kernel():
     g = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(1, 256, 2, 64, generator=g).bfloat16() for _ in range(4))
     with _JitKeys(run_kernels=False) as first:
-        _ring_in_one_process(q, k, v, do)
+        host_overhead.ring_in_one_process(3, q, k, v, do)
     with _JitKeys(run_kernels=False) as again:
-        _ring_in_one_process(q, k, v, do)
+        host_overhead.ring_in_one_process(3, q, k, v, do)
     keys = {}
     for x in first.launches:
         keys.setdefault(x.kernel, set()).add(x.key)
@@ -356,8 +350,8 @@ def test_the_cuda_tests_ring_driving_keys_one_variant_per_kernel():
 @pytest.mark.cuda
 def test_the_jit_compiles_a_ring_call_once_on_the_gpu():
     """On a GPU, the JIT itself: a world-of-three zigzag ring's steps driven in one process
-    (``_ring_in_one_process``; bf16, d64) launch one compiled kernel per Triton kernel, and the same steps
-    again compile nothing."""
+    (``host_overhead.ring_in_one_process``; bf16, d64) launch one compiled kernel per Triton kernel,
+    and the same steps again compile nothing."""
     from odysseus_kernels.kernels.attention import triton_attention as ta
 
     kernels = (ta._fwd_kernel, ta._bwd_preprocess_kernel, ta._bwd_dq_kernel, ta._bwd_dkdv_kernel)
@@ -366,7 +360,7 @@ def test_the_jit_compiles_a_ring_call_once_on_the_gpu():
     q, k, v, do = (torch.randn(1, 256, 2, 64, device="cuda", generator=g).bfloat16() for _ in range(4))
 
     def ring_steps():
-        _ring_in_one_process(q, k, v, do)
+        host_overhead.ring_in_one_process(3, q, k, v, do)
         torch.cuda.synchronize()
 
     launched = {kern.fn.__name__: [] for kern in kernels}  # the compiled kernel of every launch

@@ -35,8 +35,13 @@ def _assert_facts(f: dict) -> None:
     assert f["launches"] == 18 and f["direct"] == 10, f  # 8 first launches (of 8 fingerprints) through the JIT
     # a warm ring call (3 forward, 1 preprocess, 3 dQ, 3 dK/dV launches): nothing through the JIT ...
     assert f["warm_call"] == [0, 10] and f["after_call"] == [0, 10], f
-    # ... unless a launch hook is installed or the mode is "jit": then all of it
-    assert f["hooked_call"] == [10, 10] and f["jit_mode_call"] == [10, 10], f
+    # ... unless a launch hook or a pre-run hook is installed or the mode is "jit": then all of it
+    assert f["hooked_call"] == [10, 10] and f["pre_run_hooked_call"] == [10, 10], f
+    assert f["jit_mode_call"] == [10, 10], f
+    assert f["keys_differ"] == [True, True, True], f  # another device / the debug option: another key
+    # a callable grid: through the JIT; with the bound on kept fingerprints reached, a new fingerprint
+    # starts the cache over (one JIT launch, then direct)
+    assert f["grid_and_bound"] == [1, 2, 1, 2], f
     fp = f["fingerprints"]
     assert fp["violations"] == [], fp["violations"][:5]
     assert fp["merged"] >= 200 and fp["none"] >= 200, fp  # the comparison had shared fingerprints to test
@@ -88,10 +93,10 @@ def test_an_interpreted_kernel_always_launches_through_the_jit():
     out, lse = torch.empty(1, 16, 2, 16), torch.empty(1, 2, 16)
     shard = ShardKernels(q, hk=2, dv=16, causal=True)
     shard.fwd(q, q, out, lse, first=True)
-    n = shard._prepared["fwd"][1].jit_launches
+    n = shard._launches["fwd"][1].jit_launches
     shard.fwd(q, q, out, lse, first=False)
-    pl = shard._prepared["fwd"][1]
-    assert pl.jit_launches == n + 1 and pl.kernels == {} and not pl._direct
+    pl = shard._launches["fwd"][1]
+    assert pl.jit_launches == n + 1 and pl.kernels == {} and not pl._eligible
 
 
 class _P:  # a KernelParam's fields the fingerprint reads
@@ -107,8 +112,9 @@ def test_the_fingerprint_refuses_what_it_cannot_key():
     assert fp((x, 16, 5, 0.5)) != fp((x[1:], 16, 5, 0.5))  # 4-byte offset: another alignment
     assert fp((x, 16, 5, 0.5)) != fp((x.half(), 16, 5, 0.5))  # another dtype
     assert fp((x, 16, 5, 0.5)) != fp((x, 17, 5, 0.5))  # a specialized integer's value
-    by_value = L.fingerprint_function(params[:3] + [_P("s")], (x, 16, 5, 0.5))
-    assert by_value((x, 16, 5, 0.5)) != by_value((x, 16, 5, 0.25))  # a specialized float: by its value
+    specialized = L.fingerprint_function(params[:3] + [_P("s")], (x, 16, 5, 0.5))
+    for other in (0.25, float("nan"), 1e40):  # a float is fp32 whatever its value, specialized or not
+        assert specialized((x, 16, 5, 0.5)) == specialized((x, 16, 5, other))
     assert fp((x, 16, 5, 0.5)) != fp((x, 16, 2 ** 31, 0.5))  # out of i32: keyed by value
     assert fp((x, True, 5, 0.5)) is None and fp((x, 16, 5, 1)) is None  # a scalar changed type
     assert fp((x, 16, 5)) is None  # another number of arguments

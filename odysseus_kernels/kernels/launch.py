@@ -4,15 +4,17 @@ steps) skips Triton's per-launch argument binding once the JIT has chosen its co
 ``kernel[grid](*args, **constexprs)`` runs ``JITFunction.run`` on every launch: before it finds the
 compiled kernel and calls its launcher, it binds and specializes every argument and builds a cache
 key (about 0.4 us per argument on our 2-core CPU machine: 16-22 us for each of the attention kernels'
-45-56 arguments, more than the package's own host work per ring step). :class:`PreparedLaunch` keeps
+45-56 arguments, more than the package's own host work per ring step; 20-37 us per launch with the
+rest of ``JITFunction.run``, measured against a direct launch). :class:`PreparedLaunch` keeps
 the compiled kernel the JIT launched for each argument *fingerprint* and launches that kernel directly
 (its launcher, with the JIT's own argument tuple) when a later launch has the same fingerprint. The
 fingerprint holds all a launch is specialized on: each tensor's dtype and address modulo 16, each
-specialized scalar's type and value, each unspecialized scalar's type and whether it fits 32 bits
-(else its value), the current device and the JIT's debug and instrumentation options; so equal
-fingerprints select the same compiled kernel (tested against Triton's own binder, both Tritons). The
-first launch of each fingerprint goes through the JIT (it compiles or finds the kernel, loads it,
-checks its resources, launches it).
+scalar's type, each specialized integer's value (finer than the JIT, which keys on equal-to-1,
+divisible-by-16 and range: a new value, such as a batch stride at a new sequence length, costs one
+launch through the JIT), each unspecialized integer's 32-bit range (else its value), the current
+device and the JIT's debug and instrumentation options; so equal fingerprints select the same compiled
+kernel (tested against Triton's own binder, both Tritons). The first launch of each fingerprint goes
+through the JIT (it compiles or finds the kernel, loads it, checks its resources, launches it).
 
 Every launch goes through the JIT when the kernel is interpreted (``TRITON_INTERPRET=1``), when a
 launch hook or a pre-run hook is installed (profilers), when the grid is a callable, or after
@@ -29,7 +31,7 @@ from triton.runtime.jit import JITFunction
 
 TRITON_LAUNCH_MODES = ("direct", "jit")
 _mode = "direct"
-MAX_KERNELS = 64  # fingerprints kept per prepared launch; past it, new fingerprints launch through the JIT
+MAX_KERNELS = 64  # fingerprints kept per prepared launch (then forgotten all at once and relearnt)
 
 
 def set_triton_launch(mode: str) -> None:
@@ -69,10 +71,12 @@ def fingerprint_function(params, args):
         if isinstance(a, torch.Tensor) and not p.is_constexpr:
             tensors.append(f"a[{i}].dtype, a[{i}].data_ptr() & 15")
         elif type(a) in (int, float, bool):
-            types.append(f"type(a[{i}])")
-            if p.is_constexpr or not p.do_not_specialize:
+            types.append(f"type(a[{i}])")  # a float is always fp32 and a bool u1: their type is their key
+            if p.is_constexpr:
                 scalars.append(f"a[{i}]")
-            else:  # an unspecialized scalar is typed by range only (i32, i64 or u64)
+            elif type(a) is int and not p.do_not_specialize:  # by value (finer than the JIT's 1 / %16 / range)
+                scalars.append(f"a[{i}]")
+            elif type(a) is int:  # an unspecialized integer is typed by range only (i32; else its value)
                 scalars.append(f"(-0x80000000 <= a[{i}] <= 0x7fffffff or a[{i}])")
         else:
             raise ValueError(f"argument {p.name}: a {type(a).__name__}, neither a tensor nor a Python scalar")
@@ -98,13 +102,17 @@ class PreparedLaunch:
         self.fn, self.kwargs = fn, dict(kwargs)
         self.kernels: dict = {}  # fingerprint key -> the CompiledKernel the JIT launched for it
         self.jit_launches = 0  # launches that went through JITFunction.run (tests and benchmarks count them)
-        self._direct = isinstance(fn, JITFunction)  # an interpreted kernel (TRITON_INTERPRET=1) has no launcher
+        self._eligible = isinstance(fn, JITFunction)  # an interpreted kernel (TRITON_INTERPRET=1) has no launcher
         self._fingerprint = self._tail = None
 
     def _setup(self, args) -> bool:
         """On the first launch: the fingerprint function and the constexpr tail of the launcher's
-        arguments; ``False`` (every launch through the JIT) when ``args`` does not allow it."""
+        arguments; ``False`` (every launch through the JIT) when ``args`` does not allow it (more
+        arguments than parameters, a ``*args`` parameter, a runtime parameter left out, an argument that
+        is neither a tensor nor a Python scalar)."""
         params = self.fn.params
+        if len(args) > len(params) or any(q.kind is q.VAR_POSITIONAL for q in self.fn.signature.parameters.values()):
+            return False
         tail = []
         for p in params[len(args):]:
             if not p.is_constexpr:
@@ -133,9 +141,9 @@ class PreparedLaunch:
 
     def __call__(self, grid, args: tuple):
         key = None
-        if self._direct and _mode == "direct" and not callable(grid) and _hooks_idle(self.fn):
+        if self._eligible and _mode == "direct" and not callable(grid) and _hooks_idle(self.fn):
             if self._tail is None and not self._setup(args):
-                self._direct = False
+                self._eligible = False
             else:
                 drv = driver.active
                 key = self._key(args, drv)
@@ -148,7 +156,9 @@ class PreparedLaunch:
                     return k
         self.jit_launches += 1
         k = self.fn[grid](*args, **self.kwargs)
-        if key is not None and len(self.kernels) < MAX_KERNELS and getattr(k, "function", None) is not None:
+        if key is not None and getattr(k, "function", None) is not None:
+            if len(self.kernels) >= MAX_KERNELS:  # bounded: start over (values seen again relearn at one JIT launch each)
+                self.kernels.clear()
             self.kernels[key] = k
         return k
 

@@ -534,7 +534,7 @@ class ShardKernels:
         self.q = q = _unit_last(q)
         self.b, self.sq, self.h, self.d = q.shape
         self.hk, self.dv, self.g = hk, dv, self.h // hk
-        self.scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.d)
+        self.scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(self.d)
         self.causal, self.window = bool(causal), (int(window[0]), int(window[1]))
         self.arch, self.dtype, self.device = _arch(q), q.dtype, q.device
         self.q_pos, self.q_offset, self.cu = q_pos, int(q_offset), cu_seqlens
@@ -548,10 +548,10 @@ class ShardKernels:
             self.lse, self.delta = lse, delta
             self.row_strides = _s3(self.dout)
             self.ls = (*lse.stride()[:2], *delta.stride()[:2])
-        self._prepared = {}
+        self._launches = {}
 
     def _prepare(self, kernel: str):
-        p = self._prepared.get(kernel)
+        p = self._launches.get(kernel)
         if p is None:
             cfg = pick(self.arch, kernel, self.dtype, max(self.d, self.dv))
             cx = dict(D=self.d, DV=self.dv, BD=next_pow2(max(self.d, 16)), BDV=next_pow2(max(self.dv, 16)),
@@ -559,7 +559,7 @@ class ShardKernels:
                       POS=self.q_pos is not None, PREC=_prec(self.dtype), num_warps=cfg.num_warps,
                       num_stages=cfg.num_stages)
             qmeta = self.q_pos.meta(cfg.block_m) if self.q_pos is not None else self.dummy
-            p = self._prepared[kernel] = (cfg, prepared(_KERNELS[kernel], **cx), qmeta)
+            p = self._launches[kernel] = (cfg, prepared(_KERNELS[kernel], **cx), qmeta)
         return p
 
     def _block(self, kernel: str, k, v, k_pos, k_offset) -> tuple:
