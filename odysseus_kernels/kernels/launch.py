@@ -4,7 +4,7 @@ steps) skips Triton's per-launch argument binding once the JIT has chosen its co
 ``kernel[grid](*args, **constexprs)`` runs ``JITFunction.run`` on every launch: before it finds the
 compiled kernel and calls its launcher, it binds and specializes every argument and builds a cache
 key (about 0.4 us per argument on our 2-core CPU machine: 16-22 us for each of the attention kernels'
-45-56 arguments, more than the package's own host work per ring step; 20-37 us per launch with the
+45-56 arguments, more than the package's own host work per ring step; 16-54 us per launch with the
 rest of ``JITFunction.run``, measured against a direct launch). :class:`PreparedLaunch` keeps
 the compiled kernel the JIT launched for each argument *fingerprint* and launches that kernel directly
 (its launcher, with the JIT's own argument tuple) when a later launch has the same fingerprint. The
