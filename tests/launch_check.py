@@ -5,13 +5,14 @@ driver is ``host_overhead.RecordingDriver``, which records the launcher's argume
 
     python tests/launch_check.py   ->  one JSON line of facts the test asserts on
 
-1. Fingerprints: for launches of every attention kernel with arguments varied around a real launch's
+1. Fingerprints: for launches of every kernel of part 2 with arguments varied around a real launch's
    (tensors at other addresses, alignments and dtypes; integers and floats across Triton's
    specialization and range boundaries), equal fingerprints always mean equal keys of Triton's own
    binder (``aot.JitBinding``: the JIT's binder and cache key), so a direct launch runs the kernel the
    JIT would have chosen.
-2. Launches: every launch of a ring's fused steps (zigzag, world 3: position arrays; and a per-block
-   call with packed documents) is made twice, through the JIT and in the default mode: the same
+2. Launches: every launch of a ring's fused steps (zigzag, world 3: position arrays), of a per-block
+   attention call with packed documents and GQA, of LASP-2's chunk kernels (forward and backward, a
+   per-token decay) and of the persistent GEMM (with a bias) is made twice, through the JIT and in the default mode: the same
    compiled kernel (each has a handle of its own here), and the launcher receives the same grid,
    stream, function, metadata and arguments, except that a direct launch passes no launch metadata and
    no hooks (the JIT's hook chains are empty then).
@@ -145,6 +146,22 @@ def main() -> None:
     for _ in range(2):
         o, lse = ta.attention_block_fwd_triton(qq, kq, kq, causal=True, cu_seqlens=[0, 13, 40], out_dtype=torch.float32)
         ta.attention_block_bwd_triton(o, qq, kq, kq, o, lse, causal=True, cu_seqlens=[0, 13, 40])
+    # LASP-2's chunk kernels (state, scan, output; forward and backward, a per-token decay) and the
+    # persistent GEMM (with a bias), each called twice
+    from odysseus_kernels.kernels.gemm import persistent
+    from odysseus_kernels.kernels.gemm.persistent import persistent_gemm
+    from odysseus_kernels.kernels.linear_attention import configs as la_configs
+    from odysseus_kernels.kernels.linear_attention.api import intra_chunk_bwd, intra_chunk_fwd
+
+    lq, lk, lv, ldo = (torch.randn(1, 100, 2, 32, generator=g) for _ in range(4))
+    lg = -torch.rand(1, 100, 2, generator=g) * 0.1
+    cfg = la_configs.pick(90, torch.float32, 32)
+    a, w, bias = torch.randn(70, 48, generator=g), torch.randn(40, 48, generator=g), torch.randn(40, generator=g)
+    persistent.INTERPRET = True  # its guard against CPU tensors on a real GPU: the recording driver launches nothing
+    for _ in range(2):
+        intra_chunk_fwd(lq, lk, lv, g=lg, backend="triton", config=cfg)
+        intra_chunk_bwd(lq, lk, lv, ldo, g=lg, backend="triton", config=cfg)
+        persistent_gemm(a, w, bias)
     facts["launches"], facts["direct"], facts["mismatches"] = twice.launches, twice.direct, twice.mismatches
 
     # 3. counts: a second ring call (fresh schedules, same shapes) launches nothing through the JIT

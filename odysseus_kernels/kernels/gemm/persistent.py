@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from ..backend import cdiv
+from ..launch import prepared
 from .configs import GemmConfig, pick
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -254,7 +255,10 @@ def persistent_gemm(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None 
             signal.flags[:rows.num_pieces].fill_(signal.epoch)
         return out
     grid = grid_size(tiles, a.device, margin)
-    _gemm_kernel[(grid,)](
+    prepared(_gemm_kernel, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+             HAS_BIAS=bias is not None, INDEXED=rows is not None, WAIT=wait is not None, SIGNAL=signal is not None,
+             PRECISION="ieee" if a.dtype == torch.float32 else "tf32", STAGES=cfg.num_stages,
+             num_warps=cfg.num_warps, num_stages=cfg.num_stages)((grid,), (
         a, w, bias if bias is not None else a, out,
         rows.a_rows if rows is not None else dummy, rows.c_rows if rows is not None else dummy,
         rows.piece_of if rows is not None else dummy,
@@ -263,9 +267,5 @@ def persistent_gemm(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None 
         wait.errors if wait is not None and wait.errors is not None else dummy,
         m, n, k, a.stride(0), a.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
         (wait.epoch if wait is not None else signal.epoch if signal is not None else 0),
-        wait.spin_limit if wait is not None else 0, grid,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        HAS_BIAS=bias is not None, INDEXED=rows is not None, WAIT=wait is not None, SIGNAL=signal is not None,
-        PRECISION="ieee" if a.dtype == torch.float32 else "tf32", STAGES=cfg.num_stages,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        wait.spin_limit if wait is not None else 0, grid))
     return out

@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from ..backend import cdiv
+from ..launch import prepared
 
 
 @triton.jit
@@ -243,8 +244,8 @@ class Decay:
 
 
 def _launch(name, grid, args, cfg, **constexprs):
-    KERNELS[name][grid](*args, **cfg.constexprs(name), **constexprs, num_warps=cfg.warps(name),
-                        num_stages=cfg.stages(name))
+    prepared(KERNELS[name], **cfg.constexprs(name), **constexprs, num_warps=cfg.warps(name),
+             num_stages=cfg.stages(name))(grid, tuple(args))
 
 
 def launch_grids(b: int, c: int, h: int, dk: int, dv: int, cfg) -> dict:
