@@ -87,7 +87,8 @@ def test_attention_ops_do_not_sync_the_host(name, mode):
     assert torch.isfinite(out.float()).all() and all(torch.isfinite(t.grad.float()).all() for t in (q, k, v))
 
 
-@pytest.mark.parametrize("name", ["ring_attention", "token_ring_attention", "local_attention+docs"])
+@pytest.mark.parametrize("name", ["ring_attention", "token_ring_attention", "local_attention+docs",
+                                  "lasp2_linear_attention"])
 def test_direct_launches_run_what_the_jit_runs(name):
     """The default direct launches (``kernels.launch``): a warm call launches nothing through Triton's JIT,
     and its output and gradients equal, bit for bit, those of a call with every launch through the JIT
