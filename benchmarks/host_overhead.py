@@ -281,7 +281,7 @@ def _steps_main(reps: int, device: str) -> dict:
 
     - ``"cuda"``: the real kernels (bf16; tiny shapes, so the GPU keeps up and the time is the host's),
       launched directly (``*_step_us``, the default) and through Triton's JIT on every launch
-      (``*_step_jit_us``, ``set_triton_launch("jit")``);
+      (``*_step_jit_us``, ``triton_launch("jit")``);
     - ``"cpu"`` (``TRITON_INTERPRET=1``): the interpreter's launch stubbed, no launcher at all;
     - ``"cpu-jit"`` (no interpreter): Triton's real JIT with a :class:`RecordingDriver` (kernels compiled
       for sm_90, the launcher a no-op), both launch modes as on CUDA.
@@ -326,21 +326,18 @@ def _steps_main(reps: int, device: str) -> dict:
     modes = [("", "direct")] + ([("_jit", "jit")] if device != "cpu" else [])
     rounds: dict = {}
     for sfx, mode in modes:  # warm-up
-        launch.set_triton_launch(mode)
-        for fns in calls.values():
-            for fn in fns:
-                for _ in range(50):
-                    fn()
-    try:
-        for _ in range(5):
-            for sfx, mode in modes:
-                launch.set_triton_launch(mode)
+        with launch.triton_launch(mode):
+            for fns in calls.values():
+                for fn in fns:
+                    for _ in range(50):
+                        fn()
+    for _ in range(5):
+        for sfx, mode in modes:
+            with launch.triton_launch(mode):
                 for what, fns in calls.items():
                     if what == "setup" and sfx:
                         continue
                     rounds.setdefault(f"{what}{sfx}_us", []).append(statistics.mean(one_round_us(fn) for fn in fns))
-    finally:
-        launch.set_triton_launch("direct")
     res = {"device": device, "dtype": str(dtype).replace("torch.", ""),
            **{key: statistics.median(v) for key, v in rounds.items()}}
     if device != "cpu":

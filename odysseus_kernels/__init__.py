@@ -6,7 +6,7 @@ from . import layers, models  # noqa: F401  (apply_<strategy>, the Llama-style m
 from .comm import (CommLedger, CommTimeout, comm_ledger, comm_timeout, get_comm_timeout, get_validation, group_info,
                    set_comm_timeout, set_validation, skip_cross_rank_checks, validation)
 from .extension import extension_available
-from .kernels.launch import get_triton_launch, set_triton_launch
+from .kernels.launch import get_triton_launch, set_triton_launch, triton_launch
 from .ops import (DEFAULT_LAYOUT, PackedShard, gather_packed, gather_sequence, local_attention, local_positions, shard_packed,
                   shard_sequence)
 from .ops.lasp2 import lasp2_linear_attention
@@ -38,5 +38,5 @@ __all__ = [
     "group_info", "local_attention", "local_positions", "ring_attention", "ring_self_attention", "shard_sequence",
     "skip_cross_rank_checks", "token_ring_attention", "ulysses_attention", "usp_attention", "usp_groups",
     "CommTimeout", "comm_timeout", "get_comm_timeout", "get_validation", "set_comm_timeout", "set_validation",
-    "validation", "get_triton_launch", "set_triton_launch",
+    "validation", "get_triton_launch", "set_triton_launch", "triton_launch",
 ]

@@ -65,12 +65,8 @@ class Twice:
         self.seen[pl.fn.fn.__name__] = (pl, grid, args)
         self.prepared.add(pl)
         n0 = len(DRIVER.calls)
-        mode = L.get_triton_launch()
-        L.set_triton_launch("jit")
-        try:
+        with L.triton_launch("jit"):
             k_jit = ORIG(pl, grid, args)
-        finally:
-            L.set_triton_launch(mode)
         j0 = pl.jit_launches
         k = ORIG(pl, grid, args)
         self.launches += 1
@@ -188,11 +184,8 @@ def main() -> None:
         facts["hooked_call"] = jit_launches_of(ring_call)
     finally:
         knobs.runtime.launch_enter_hook.remove(hook)
-    L.set_triton_launch("jit")
-    try:
+    with L.triton_launch("jit"):
         facts["jit_mode_call"] = jit_launches_of(ring_call)
-    finally:
-        L.set_triton_launch("direct")
     facts["after_call"] = jit_launches_of(ring_call)
 
     def pre_run(*args, **kwargs):

@@ -109,11 +109,8 @@ def test_direct_launches_run_what_the_jit_runs(name):
     n = launch.jit_launches()
     direct = call()
     assert launch.jit_launches() == n, f"{name}: a warm call launched {launch.jit_launches() - n} kernels through the JIT"
-    launch.set_triton_launch("jit")
-    try:
+    with launch.triton_launch("jit"):
         jit = call()
-    finally:
-        launch.set_triton_launch("direct")
     assert launch.jit_launches() > n
     for a, b in zip(direct, jit):
         assert torch.equal(a, b), f"{name}: direct and JIT launches differ by {(a.float() - b.float()).abs().max().item()}"

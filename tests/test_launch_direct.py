@@ -73,9 +73,25 @@ def test_the_mode_switch():
         assert L.get_triton_launch() == "jit"
     finally:
         L.set_triton_launch("direct")
+    # the block form restores the previous mode, also when the block raises, and checks the mode first
+    with L.triton_launch("jit") as m:
+        assert m == "jit" and L.get_triton_launch() == "jit"
+        with L.triton_launch("direct"):
+            assert L.get_triton_launch() == "direct"
+        assert L.get_triton_launch() == "jit"
+    assert L.get_triton_launch() == "direct"
+    with pytest.raises(KeyError):
+        with L.triton_launch("jit"):
+            raise KeyError("inside")
+    assert L.get_triton_launch() == "direct"
+    with pytest.raises(ValueError, match="direct"):
+        with L.triton_launch("fast"):
+            raise AssertionError("the block must not run with a bad mode")
+    assert L.get_triton_launch() == "direct"
     import odysseus_kernels as ok
 
     assert ok.set_triton_launch is L.set_triton_launch and ok.get_triton_launch is L.get_triton_launch
+    assert ok.triton_launch is L.triton_launch
 
 
 def test_one_prepared_launch_per_kernel_and_constexprs():

@@ -24,6 +24,8 @@ not repeated by a direct launch: that the global values the kernel read when it 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from triton import knobs
 from triton.runtime.driver import driver
@@ -46,6 +48,19 @@ def set_triton_launch(mode: str) -> None:
 def get_triton_launch() -> str:
     """The launch mode in effect (``"direct"`` or ``"jit"``)."""
     return _mode
+
+
+@contextlib.contextmanager
+def triton_launch(mode: str):
+    """``with ok.triton_launch("jit"):`` the process-wide launch mode for the block (the previous mode
+    is restored after, also when the block raises)."""
+    global _mode
+    prev = _mode
+    set_triton_launch(mode)
+    try:
+        yield mode
+    finally:
+        _mode = prev
 
 
 def _idle(hook) -> bool:
