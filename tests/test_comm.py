@@ -38,6 +38,18 @@ def _check_collectives():
     torch.testing.assert_close(got, full.sum(0)[2 * r: 2 * r + 2], rtol=1e-6, atol=1e-6)
     big = n * 2 * 4 * 4
     assert led.received("reduce_scatter") == led.sent("reduce_scatter") == big * (n - 1) // n
+    # the other reductions, into a strided output view; an unsupported one raises before communicating
+    import torch.distributed as dist
+
+    for op, ref in ((dist.ReduceOp.AVG, full.mean(0)), (dist.ReduceOp.MAX, full.amax(0)),
+                    (dist.ReduceOp.MIN, full.amin(0)), (dist.ReduceOp.PRODUCT, full.prod(0))):
+        out = torch.zeros(4, 2).t()
+        assert comm.reduce_scatter_async(out, full[r].clone(), op=op).wait() is out
+        torch.testing.assert_close(out, ref[2 * r: 2 * r + 2], rtol=1e-6, atol=1e-6)
+    if n > 1:
+        with ok.comm_ledger() as led, pytest.raises(ValueError, match="supports"):
+            comm.reduce_scatter_async(torch.empty(2, 4), full[r].clone(), op=dist.ReduceOp.BAND)
+        assert led.bytes_received == led.bytes_sent == 0
 
     # all_to_all: chunk j of rank i lands as chunk i of rank j
     chunks = [[_payload(100 * i + j, (2, 3)) for j in range(n)] for i in range(n)]
@@ -309,10 +321,11 @@ def _timeout_scenario(scenario: str):
                 raise RuntimeError("skipped the call")
             with comm.rank_consistent("demo_op", g) as check:
                 check.meta(shape=tuple(x.shape))
-            if scenario == "collective":
+            if scenario.startswith("collective"):  # "collective" (an all-gather) or "collective:<kind>"
+                kind = scenario.partition(":")[2] or "all_gather"
                 if r == 0:
-                    raise RuntimeError("skipped the all-gather")
-                comm.all_gather(x, group=g)
+                    raise RuntimeError(f"skipped the {kind}")
+                getattr(comm, kind)(torch.full((4 * n,), float(r)), group=g)
             for step in range(2):
                 if scenario == "raise" and r == 1 and step == 1:
                     raise RuntimeError("injected failure mid-op")
@@ -359,6 +372,19 @@ def test_one_failing_rank_gives_timeout_errors_within_the_bound(n, scenario):
             assert elapsed < BOUND + 2.0, (r, elapsed)  # the ranks that wait on the failed one directly
     # the default group is still in step: a re-created group works
     assert run_world(_after_timeout_a_new_group_works, n) == [[1.0] * n] * n
+
+
+@pytest.mark.parametrize("kind", ["reduce_scatter", "all_to_all", "all_reduce"])
+def test_every_collective_kind_ends_within_the_bound(kind):
+    """Each collective's wait is bounded on gloo. A gloo reduce-scatter's work ignores
+    ``wait(timeout=)`` (it blocked until the harness killed it): its wait polls instead."""
+    res = run_world(_timeout_scenario, 3, f"collective:{kind}", timeout=60)
+    assert res[0][0] == "RuntimeError" and kind in res[0][1], res[0]
+    for r in (1, 2):
+        k, msg, elapsed, (op, step, peers) = res[r]
+        assert k == "CommTimeout" and elapsed < BOUND + 2.0, (r, k, msg, elapsed)
+        assert op == "demo_op (forward)" and step == 0 and f"waiting for the {kind}" in msg and 0 in peers, msg
+    assert run_world(_after_timeout_a_new_group_works, 3) == [[1.0] * 3] * 3
 
 
 def test_comm_timeout_setting():

@@ -42,9 +42,9 @@ class CommHandle:
     :func:`~odysseus_kernels.comm.timeout.comm_timeout` and raises a ``TimeoutError`` naming the op,
     step and peer past it; on NCCL it only orders the current stream (see :mod:`.timeout`)."""
 
-    __slots__ = ("_works", "_keep", "result", "_done", "_bound")
+    __slots__ = ("_works", "_keep", "result", "_done", "_bound", "_then")
 
-    def __init__(self, works, keep=(), result=None, bound=None):
+    def __init__(self, works, keep=(), result=None, bound=None, then=None):
         works = list(works)
         peers = bound.get("peers") if bound else None
         if peers is not None and len(peers) == len(works):  # keep the work -> peer pairing
@@ -58,6 +58,7 @@ class CommHandle:
         self.result = result
         self._done = False
         self._bound = bound
+        self._then = then  # run once after the works completed (e.g. a local reduction)
 
     def wait(self):
         if not self._done:
@@ -66,6 +67,9 @@ class CommHandle:
             else:
                 for w in self._works:
                     w.wait()  # on CUDA: makes the *current* stream wait for the NCCL stream
+            if self._then is not None:
+                self._then()
+                self._then = None
             self._works = []
             self._keep = ()
             self._done = True
@@ -102,6 +106,16 @@ _all_gather_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather
 _reduce_scatter_tensor = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
+# reduce-scatter on gloo/CPU: rank-major pieces [N, ...] -> this rank's reduction (see reduce_scatter_async)
+_LOCAL_REDUCE = {
+    dist.ReduceOp.SUM: lambda x, n: x.sum(0),
+    dist.ReduceOp.AVG: lambda x, n: x.sum(0) / n,
+    dist.ReduceOp.MAX: lambda x, n: x.amax(0),
+    dist.ReduceOp.MIN: lambda x, n: x.amin(0),
+    dist.ReduceOp.PRODUCT: lambda x, n: x.prod(0),
+}
+
+
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
@@ -125,10 +139,29 @@ def reduce_scatter_async(out: torch.Tensor, inp: torch.Tensor, *, group=None,
     if info.size == 1:
         out.copy_(inp)
         return CommHandle.done(out)
+    # gloo's reduce-scatter of CPU tensors cannot be bounded: its wait ignores the timeout, and one that
+    # never completes (a peer failed) blocks every later reduce-scatter of the process, on any group. It
+    # runs as an all-to-all (the same bytes per rank as a ring reduce-scatter) and a local reduction.
+    local = inp.device.type == "cpu"
+    reduce = _LOCAL_REDUCE.get(op)
+    if local and reduce is None:
+        raise ValueError(f"reduce_scatter on gloo/CPU supports {', '.join(map(str, _LOCAL_REDUCE))}, got {op}")
     s = _nbytes(inp) * (info.size - 1) // info.size
     record("reduce_scatter", s, s)
+    bound = bound_for(info, inp.device, "reduce_scatter", step=step)
+    if local:
+        pieces = torch.empty_like(inp)
+        work = dist.all_to_all_single(pieces, inp, group=info.group, async_op=True)
+        n = info.size
+
+        def finish():
+            out.copy_(reduce(pieces.view((n,) + tuple(out.shape)), n))
+
+        return CommHandle([work], (inp, out, pieces), out, bound, then=finish)
     work = launch(inp.device, lambda: _reduce_scatter_tensor(out, inp, op=op, group=info.group, async_op=True))
-    return CommHandle([work], (inp, out), out, bound_for(info, inp.device, "reduce_scatter", step=step))
+    if bound is not None:  # CUDA tensors on gloo: the work ignores wait(timeout=), poll it
+        bound["poll"] = True
+    return CommHandle([work], (inp, out), out, bound)
 
 
 def all_to_all_async(out: torch.Tensor, inp: torch.Tensor, *, group=None, step=None) -> CommHandle:

@@ -166,16 +166,34 @@ def _is_timeout(err: BaseException) -> bool:
     return "timed out" in text or "timeout" in text
 
 
-def wait_bounded(works, *, what: str, op: str, step, info, peers=None, seconds: float | None = None) -> None:
+def _wait_polled(work, deadline: float) -> None:
+    """Wait for a work whose ``wait(timeout=)`` does not return at the timeout (gloo's tensor
+    reduce-scatter blocks until it completes, torch 2.11-2.14): poll ``is_completed()`` until the
+    deadline, then ``wait()`` (returns at once, or raises the work's own error)."""
+    pause = 0.0
+    while not work.is_completed():
+        if time.monotonic() >= deadline:
+            raise RuntimeError("timed out (polled)")
+        time.sleep(pause)
+        pause = min(max(2 * pause, 2e-5), 5e-4)
+    work.wait()
+
+
+def wait_bounded(works, *, what: str, op: str, step, info, peers=None, seconds: float | None = None,
+                 poll: bool = False) -> None:
     """Wait for ``works`` within ``seconds`` (default: :func:`get_comm_timeout`) in total; raise
     :class:`CommTimeout` if not. ``peers`` are the group ranks of the works, one per work (P2P), or
-    ``None`` for a collective (every other rank of ``info``'s group)."""
+    ``None`` for a collective (every other rank of ``info``'s group). ``poll``: the works ignore
+    ``wait(timeout=)`` (see :func:`_wait_polled`); they are polled instead."""
     seconds = get_comm_timeout() if seconds is None else seconds
     deadline = time.monotonic() + seconds
     for i, w in enumerate(works):
         left = max(deadline - time.monotonic(), 0.001)
         try:
-            w.wait(timeout=datetime.timedelta(seconds=left))
+            if poll:
+                _wait_polled(w, deadline)
+            else:
+                w.wait(timeout=datetime.timedelta(seconds=left))
         except RuntimeError as e:
             if not _is_timeout(e):
                 raise
