@@ -15,10 +15,11 @@ def _run(rc):
     return run_all(rc, progress=False)
 
 
-@pytest.mark.parametrize("world, kv_heads", [pytest.param(2, 2, id="N2-gqa"), pytest.param(4, 4, id="N4")])
-def test_every_strategy_matches_single_device(world, kv_heads):
-    rc = RunConfig(seq_len=8 * world, hidden=32, heads=4, kv_heads=kv_heads, intermediate=48, vocab=64, layers=2,
-                   dtype="float64", steps=1, warmup=0)
+@pytest.mark.parametrize("world, heads, kv_heads", [pytest.param(2, 4, 2, id="N2-gqa"), pytest.param(3, 6, 3, id="N3-gqa"),
+                                                   pytest.param(4, 4, 4, id="N4")])
+def test_every_strategy_matches_single_device(world, heads, kv_heads):
+    rc = RunConfig(seq_len=8 * world, hidden=6 * heads, heads=heads, kv_heads=kv_heads, intermediate=48, vocab=64,
+                   layers=2, dtype="float64", steps=1, warmup=0)
     check_config(rc, world)
     per_rank = run_world(_run, world, rc, timeout=600)
     for rank, results in enumerate(per_rank):
@@ -26,6 +27,44 @@ def test_every_strategy_matches_single_device(world, kv_heads):
         for r in results:
             assert r["loss_rel_err"] < TOL, (r["strategy"], rank, r["loss_rel_err"])
             assert r["grad_max_rel_err"] < TOL, (r["strategy"], rank, r["grad_max_rel_err"])
+
+
+def _empty_inputs():
+    """Every strategy's model on an empty batch and an empty sequence: empty logits, zero gradients."""
+    import torch
+
+    from odysseus_kernels import layers as L
+    from odysseus_kernels import usp_groups
+    from odysseus_kernels.models import LlamaConfig, LlamaModel
+
+    out = {}
+    for name in sorted(n for n in dir(L) if n.startswith("apply_")):
+        kind = {"apply_lasp2": "all", "apply_lasp2h": "hybrid"}.get(name, "none")
+        cfg = LlamaConfig(vocab_size=64, hidden=32, heads=4, kv_heads=2, intermediate=48, layers=2, linear_layers=kind,
+                          hybrid_ratio=1)
+        torch.manual_seed(0)
+        model = LlamaModel(cfg).double()
+        if name == "apply_usp":
+            u = usp_groups(2)
+            plan = L.apply_usp(model, ulysses_group=u.ulysses_group, ring_group=u.ring_group)
+        else:
+            plan = getattr(L, name)(model)
+        for shape in ((0, 4), (1, 0)):
+            model.zero_grad(set_to_none=True)
+            logits = model(torch.zeros(shape, dtype=torch.long), torch.arange(shape[1]))
+            logits.sum().backward()
+            if hasattr(plan, "finish_backward"):
+                plan.finish_backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            out[(name, shape)] = (tuple(logits.shape), all(bool((g == 0).all()) for g in grads))
+    return out
+
+
+def test_every_strategy_takes_empty_inputs():
+    for res in run_world(_empty_inputs, 2, timeout=300):
+        assert len(res) == 2 * 10, sorted(res)
+        for (name, shape), (logits, zero_grads) in res.items():
+            assert logits == shape + (64,) and zero_grads, (name, shape, logits, zero_grads)
 
 
 def test_impossible_configurations_name_the_strategy():

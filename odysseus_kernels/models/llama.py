@@ -87,9 +87,8 @@ class Attention(nn.Module):
     def forward(self, x, positions):
         b, s, _ = x.shape
         hd = self.cfg.head_dim
-        q = self.q_proj(x).view(b, s, -1, hd)
-        k = self.k_proj(x).view(b, s, -1, hd)
-        v = self.v_proj(x).view(b, s, -1, hd)
+        # explicit head counts (not -1): an empty batch or sequence has no elements to infer them from
+        q, k, v = (t.view(b, s, t.shape[-1] // hd, hd) for t in (self.q_proj(x), self.k_proj(x), self.v_proj(x)))
         if not self.linear:
             q = rope(q, positions, self.cfg.rope_theta)
             k = rope(k, positions, self.cfg.rope_theta)
@@ -100,7 +99,7 @@ class Attention(nn.Module):
             rep = q.shape[2] // k.shape[2]
             k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
         o = self.core(q, k, v, positions)
-        return self.o_proj(o.reshape(b, s, -1))
+        return self.o_proj(o.reshape(b, s, o.shape[2] * o.shape[3]))
 
 
 class MLP(nn.Module):
