@@ -43,11 +43,17 @@ def _op_names(n):
     return [name for name in OPS if name != "usp" or n % 2 == 0]
 
 
+def _usp_degree(n):
+    """USP's Ulysses degree on a world of n: 2 on even worlds; on 3 ranks 3 (a ring of one)."""
+    return 2 if n % 2 == 0 else n
+
+
 def _op(name):
     """Worker side: the op as ``fn(q, k, v, **kw)`` (USP on groups made once per world)."""
     if name != "usp":
         return OPS[name]
-    g = world_cached(("usp_groups", 2), lambda: usp_groups(2))
+    deg = _usp_degree(comm.group_info().size)
+    g = world_cached(("usp_groups", deg), lambda: usp_groups(deg))
     return lambda q, k, v, **kw: usp_attention(q, k, v, ulysses_group=g.ulysses_group, ring_group=g.ring_group, **kw)
 
 
@@ -68,18 +74,21 @@ def _params(cases_of, ident):
 
 
 SHAPES = {"MHA-D12": (2, 4, 4, 12), "GQA-D8": (1, 4, 2, 8)}  # id -> (b, h, hkv, d)
+ODD_SHAPES = {"GQA-H6-D5": (1, 6, 3, 5)}  # odd head dim and head counts: Ulysses and USP on 3 ranks (float64)
 
 
 def _numerics_cases(n):
-    """Every op x layout x (MHA, GQA) x causal x dtype that runs on a world of n."""
+    """Every op x layout x (MHA, GQA) x causal x dtype that runs on a world of n; the odd shapes in
+    float64 (with USP at Ulysses degree 3 on 3 ranks)."""
     cases = []
-    for name, (sid, (b, h, hkv, d)), causal, dtype in itertools.product(
-            _op_names(n), SHAPES.items(), (False, True), ("float32", "float64", "bfloat16")):
-        if name in ("ulysses", "usp") and hkv % (2 if name == "usp" else n) and (2 if name == "usp" else n) % hkv:
-            continue
-        if name == "ulysses" and h % n:
-            continue
-        cases += [(name, layout, sid, causal, dtype) for layout in LAYOUTS]
+    runs = [(_op_names(n), SHAPES, ("float32", "float64", "bfloat16")),
+            (_op_names(n) + (["usp"] if n == 3 else []), ODD_SHAPES, ("float64",))]
+    for names, shapes, dtypes in runs:
+        for name, (sid, (b, h, hkv, d)), causal, dtype in itertools.product(names, shapes.items(), (False, True), dtypes):
+            deg = _usp_degree(n) if name == "usp" else n
+            if name in ("ulysses", "usp") and (hkv % deg and deg % hkv or h % deg):
+                continue
+            cases += [(name, layout, sid, causal, dtype) for layout in LAYOUTS]
     return cases
 
 
@@ -87,7 +96,7 @@ def _check_numerics(seed, name, layout, sid, causal, dtype):
     """One case of :func:`_numerics_cases`: the max error ratio (<= 1 passes) of out, dq, dk, dv;
     the inputs are never overwritten, the outputs have the input dtype and no NaN."""
     n = comm.group_info().size
-    fn, (b, h, hkv, d), dtype = _op(name), SHAPES[sid], getattr(torch, dtype)
+    fn, (b, h, hkv, d), dtype = _op(name), {**SHAPES, **ODD_SHAPES}[sid], getattr(torch, dtype)
     L = 4 * n if layout == "zigzag" else 3 * n  # seq_local 4 (zigzag: 2 chunks of 2) or 3 (odd)
     if name in ("usp",) or (name == "token_ring" and layout == "zigzag"):
         L = 4 * n
@@ -123,7 +132,8 @@ def test_every_world_size_has_its_cases():
     """The case lists (built on the host) cover every op that runs on each world size."""
     for n in (1, 2, 3, 4):
         ops = set(_op_names(n)) - ({"ulysses"} if 4 % n else set())  # Ulysses needs the 4 heads to divide
-        assert {c[0] for c in _numerics_cases(n)} == ops, n
+        # the numerics also run every op on 3 ranks (odd shapes: Ulysses, and USP at degree 3)
+        assert {c[0] for c in _numerics_cases(n)} == set(_op_names(n)) | ({"usp"} if n == 3 else set()), n
         assert {c[0] for c in _window_cases(n)} == ops - {"rsa"}, n
         assert {c[1] for c in _packed_cases(n)} == ops - {"rsa"}, n
         assert any(c[3] == "doc_zigzag" for c in _packed_cases(n)) or n == 1
