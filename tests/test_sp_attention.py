@@ -359,6 +359,10 @@ def _check_bad_inputs():
     attempt("not_tensor", allgather_kv_attention, q.tolist() if r == 0 else q, kv, kv)
     attempt("odd_zigzag", ring_attention, q[:, :3], kv[:, :3], kv[:, :3], layout="zigzag")
     attempt("window", ulysses_attention, q, kv, kv, window_size=(2, -3))
+    attempt("rsa_heads", ring_self_attention, torch.randn(1, 4, 3, 8), kv, kv)
+    attempt("rsa_dtype", ring_self_attention, q, kv.double(), kv)
+    attempt("rsa_short_k", ring_self_attention, q, short_k, short_k)
+    attempt("rsa_layout", ring_self_attention, q, kv, kv, layout="striped")
     return errors
 
 
@@ -370,9 +374,13 @@ def test_bad_inputs_raise_on_every_rank(n):
         assert e["not_tensor"].startswith("TypeError: allgather_kv_attention: q must be a torch.Tensor")
         assert "seq_local must be even, got 3" in e["odd_zigzag"]
         assert "window_size must be (left, right) with ints >= -1 (-1 = unbounded), got (2, -3)" in e["window"]
+        assert e["rsa_heads"].startswith("ValueError: ring_self_attention:") and "divisible" in e["rsa_heads"]
+        assert e["rsa_dtype"].startswith("TypeError: ring_self_attention:") and "dtype" in e["rsa_dtype"]
+        assert e["rsa_layout"].startswith("ValueError: ring_self_attention:") and "striped" in e["rsa_layout"]
         if n > 1:
             assert "ring_attention:" in e["short_k"] and ("same on every rank" in e["short_k"]
                                                           or "same local sequence length" in e["short_k"])
+            assert "ring_self_attention:" in e["rsa_short_k"], e["rsa_short_k"]
         if 6 % n:
             assert f"q heads (6) must be divisible by the Ulysses group size ({n})" in e["ulysses_heads"]
         else:
@@ -536,17 +544,19 @@ def _check_defaults_lse_and_empty():
             err = max(err, (o2 - out).abs().max().item(), (lse - want_lse).abs().max().item())
             assert lse.shape == (2, 4, 4) and lse.dtype == torch.float64, (name, lse.shape, lse.dtype)
             res[(name, causal)] = err
-    for case, shape in (("batch0", (0, 4, 4, 8)), ("seq0", (2, 0, 4, 8))):
+    for (case, shape), causal, layout in itertools.product((("batch0", (0, 4, 4, 8)), ("seq0", (2, 0, 4, 8))),
+                                                         (False, True), LAYOUTS):
         for name, fn, _ in _ops(n):
             if name == "ulysses" and 4 % n:
                 continue
             qe = torch.randn(shape, dtype=torch.float32).requires_grad_(True)
             ke, ve = (torch.randn(shape[:2] + (2, 8)).requires_grad_(True) for _ in range(2))
-            out, lse = fn(qe, ke, ve, causal=True, return_lse=True)
+            out, lse = fn(qe, ke, ve, causal=causal, layout=layout, return_lse=True)
             out.sum().backward()
-            assert out.shape == shape and lse.shape == (shape[0], 4, shape[1]), (name, case)
-            assert qe.grad.shape == qe.shape and ke.grad.shape == ke.shape and ve.grad.shape == ve.shape, (name, case)
-            res[(name, case)] = 0.0
+            key = (name, case, causal, layout)
+            assert out.shape == shape and lse.shape == (shape[0], 4, shape[1]), key
+            assert qe.grad.shape == qe.shape and ke.grad.shape == ke.shape and ve.grad.shape == ve.shape, key
+            res[key] = 0.0
     # the group is still in step: a normal call after the empty ones
     ql = ok.shard_sequence(q)
     res["after"] = (ok.gather_sequence(ring_attention(ql, ql[..., :2, :], ql[..., :2, :], causal=True))
