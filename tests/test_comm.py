@@ -46,10 +46,19 @@ def _check_collectives():
         out = torch.zeros(4, 2).t()
         assert comm.reduce_scatter_async(out, full[r].clone(), op=op).wait() is out
         torch.testing.assert_close(out, ref[2 * r: 2 * r + 2], rtol=1e-6, atol=1e-6)
-    if n > 1:
-        with ok.comm_ledger() as led, pytest.raises(ValueError, match="supports"):
-            comm.reduce_scatter_async(torch.empty(2, 4), full[r].clone(), op=dist.ReduceOp.BAND)
-        assert led.bytes_received == led.bytes_sent == 0
+    # a non-contiguous input; bad arguments raise before communicating (on every world size)
+    got = comm.reduce_scatter_async(torch.empty(2, 4), full[r].t().contiguous().t()).wait()
+    torch.testing.assert_close(got, full.sum(0)[2 * r: 2 * r + 2], rtol=1e-6, atol=1e-6)
+    with ok.comm_ledger() as led:
+        for out, inp, op, match in (
+                (torch.empty(2, 4), full[r].clone(), dist.ReduceOp.BAND, "supports"),
+                (torch.empty(2, 4, dtype=torch.int32), torch.ones(2 * n, 4, dtype=torch.int32), dist.ReduceOp.AVG,
+                 "floating"),
+                (torch.empty(2, 4, dtype=torch.int32), full[r].clone(), dist.ReduceOp.SUM, "dtype"),
+                (torch.empty(3, 4), full[r].clone(), dist.ReduceOp.SUM, "elements")):
+            with pytest.raises(ValueError, match=match):
+                comm.reduce_scatter_async(out, inp, op=op)
+    assert led.bytes_received == led.bytes_sent == 0
 
     # all_to_all: chunk j of rank i lands as chunk i of rank j
     chunks = [[_payload(100 * i + j, (2, 3)) for j in range(n)] for i in range(n)]
@@ -344,7 +353,38 @@ def _after_timeout_a_new_group_works():
 
     n = comm.group_info().size
     g = dist.new_group(list(range(n)))
+    assert comm.reduce_scatter(torch.ones(n), group=g).tolist() == [float(n)]  # not blocked by a stuck one
     return comm.all_gather(torch.tensor([1.0]), group=g).tolist()
+
+
+def _polled_wait():
+    """``wait_bounded(poll=True)`` ends a wait on gloo's own reduce-scatter (what CUDA tensors on gloo
+    use), which ``wait(timeout=)`` does not: rank 1 never posts its side."""
+    import time
+
+    import torch.distributed as dist
+
+    from odysseus_kernels.comm.timeout import wait_bounded
+
+    g = dist.new_group([0, 1])
+    info = comm.group_info(g)
+    elapsed = None
+    if info.rank == 0:
+        w = dist.reduce_scatter_tensor(torch.empty(2), torch.ones(4), group=g, async_op=True)
+        t0 = time.monotonic()
+        with pytest.raises(ok.CommTimeout, match="timed out after 1.0 s waiting for the reduce_scatter"):
+            wait_bounded([w], what="reduce_scatter", op="demo", step=0, info=info, seconds=1.0, poll=True)
+        elapsed = time.monotonic() - t0
+    comm.all_gather(torch.ones(1))  # then rank 1 posts its side late: the stuck work completes, and
+    if info.rank == 1:  # the pooled world's later reduce-scatters (torch's FSDP2 uses gloo's) are free
+        w = dist.reduce_scatter_tensor(torch.empty(2), torch.ones(4), group=g, async_op=True)
+    w.wait()
+    return elapsed
+
+
+def test_a_polled_wait_is_bounded():
+    elapsed = run_world(_polled_wait, 2, timeout=60)[0]
+    assert 1.0 <= elapsed < 4.0, elapsed
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -376,8 +416,9 @@ def test_one_failing_rank_gives_timeout_errors_within_the_bound(n, scenario):
 
 @pytest.mark.parametrize("kind", ["reduce_scatter", "all_to_all", "all_reduce"])
 def test_every_collective_kind_ends_within_the_bound(kind):
-    """Each collective's wait is bounded on gloo. A gloo reduce-scatter's work ignores
-    ``wait(timeout=)`` (it blocked until the harness killed it): its wait polls instead."""
+    """Each collective's wait is bounded on gloo. (gloo's own reduce-scatter ignores
+    ``wait(timeout=)`` and, once stuck, blocks the process's later ones: on CPU the package's
+    reduce-scatter is an all-to-all; the next test checks a new group's reduce-scatter works.)"""
     res = run_world(_timeout_scenario, 3, f"collective:{kind}", timeout=60)
     assert res[0][0] == "RuntimeError" and kind in res[0][1], res[0]
     for r in (1, 2):

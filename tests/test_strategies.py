@@ -55,8 +55,10 @@ def _empty_inputs():
             logits.sum().backward()
             if hasattr(plan, "finish_backward"):
                 plan.finish_backward()
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            out[(name, shape)] = (tuple(logits.shape), all(bool((g == 0).all()) for g in grads))
+            params = [p for p in model.parameters() if p.requires_grad]
+            grads = [p.grad for p in params if p.grad is not None]
+            out[(name, shape)] = (tuple(logits.shape), len(grads) == len(params) > 0
+                                  and all(bool((g == 0).all()) for g in grads))
     return out
 
 

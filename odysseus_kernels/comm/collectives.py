@@ -6,7 +6,8 @@ and call ``handle.wait()`` only when it needs the result; ``wait()`` orders the 
 stream after the communication. The handle keeps the input/output tensors alive until ``wait()``
 instead of ``record_stream`` (which delays frees on the caching allocator and grows memory): once
 the consumer stream has waited, their memory may be reused safely.
-On CPU (gloo) the same calls run with ``async_op=True`` and ``wait()`` blocks.
+On CPU (gloo) the same calls run with ``async_op=True`` and ``wait()`` blocks (for a reduce-scatter it
+also runs the local reduction, see :func:`reduce_scatter_async`).
 Every call records its bytes in the active ledgers (see :mod:`.ledger`).
 """
 from __future__ import annotations
@@ -134,32 +135,43 @@ def all_gather_async(out: torch.Tensor, inp: torch.Tensor, *, group=None, step=N
 
 def reduce_scatter_async(out: torch.Tensor, inp: torch.Tensor, *, group=None,
                          op=dist.ReduceOp.SUM, step=None) -> CommHandle:
-    """``out`` (``[inp.shape[0] / N, ...]``) receives this rank's slice of the sum of ``inp``."""
+    """``out`` (``[inp.shape[0] / N, ...]``, ``inp``'s dtype) receives this rank's slice of the sum
+    (or ``op``) of ``inp`` over the ranks.
+
+    CPU tensors: an all-to-all and a local reduction (``SUM``, ``AVG`` for floating dtypes, ``MAX``,
+    ``MIN``, ``PRODUCT``), written into ``out`` by ``wait()``; the same bytes per rank as a ring
+    reduce-scatter, plus a receive buffer of ``inp``'s size until ``wait()``. gloo's own reduce-scatter
+    cannot be bounded: its wait ignores the timeout, and one that never completes (a peer failed)
+    blocks every later reduce-scatter of the process, on any group."""
     info = group_info(group)
-    if info.size == 1:
-        out.copy_(inp)
-        return CommHandle.done(out)
-    # gloo's reduce-scatter of CPU tensors cannot be bounded: its wait ignores the timeout, and one that
-    # never completes (a peer failed) blocks every later reduce-scatter of the process, on any group. It
-    # runs as an all-to-all (the same bytes per rank as a ring reduce-scatter) and a local reduction.
+    n = info.size
     local = inp.device.type == "cpu"
     reduce = _LOCAL_REDUCE.get(op)
-    if local and reduce is None:
-        raise ValueError(f"reduce_scatter on gloo/CPU supports {', '.join(map(str, _LOCAL_REDUCE))}, got {op}")
-    s = _nbytes(inp) * (info.size - 1) // info.size
+    if out.dtype != inp.dtype or out.numel() * n != inp.numel():
+        raise ValueError(f"reduce_scatter: out must have inp's dtype and 1/{n} of its elements, got out "
+                         f"{tuple(out.shape)} {out.dtype} for inp {tuple(inp.shape)} {inp.dtype}")
+    if local and (reduce is None or (op == dist.ReduceOp.AVG and not inp.is_floating_point())):
+        raise ValueError(f"reduce_scatter of CPU tensors supports SUM, MAX, MIN, PRODUCT and AVG (floating "
+                         f"dtypes), got {op} for {inp.dtype}")
+    if n == 1:
+        out.copy_(inp)
+        return CommHandle.done(out)
+    s = _nbytes(inp) * (n - 1) // n
     record("reduce_scatter", s, s)
     bound = bound_for(info, inp.device, "reduce_scatter", step=step)
     if local:
-        pieces = torch.empty_like(inp)
+        inp = inp.contiguous()
+        pieces = torch.empty(inp.shape, dtype=inp.dtype)
         work = dist.all_to_all_single(pieces, inp, group=info.group, async_op=True)
-        n = info.size
 
         def finish():
             out.copy_(reduce(pieces.view((n,) + tuple(out.shape)), n))
 
         return CommHandle([work], (inp, out, pieces), out, bound, then=finish)
     work = launch(inp.device, lambda: _reduce_scatter_tensor(out, inp, op=op, group=info.group, async_op=True))
-    if bound is not None:  # CUDA tensors on gloo: the work ignores wait(timeout=), poll it
+    if bound is not None:
+        # CUDA tensors on gloo (a test set-up): the work ignores wait(timeout=), so it is polled; this
+        # bounds the wait, but a stuck one still blocks the process's later reduce-scatters
         bound["poll"] = True
     return CommHandle([work], (inp, out), out, bound)
 
