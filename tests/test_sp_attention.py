@@ -98,8 +98,6 @@ def _check_numerics(seed, name, layout, sid, causal, dtype):
     n = comm.group_info().size
     fn, (b, h, hkv, d), dtype = _op(name), {**SHAPES, **ODD_SHAPES}[sid], getattr(torch, dtype)
     L = 4 * n if layout == "zigzag" else 3 * n  # seq_local 4 (zigzag: 2 chunks of 2) or 3 (odd)
-    if name in ("usp",) or (name == "token_ring" and layout == "zigzag"):
-        L = 4 * n
     q, k, v, do = _inputs(seed, b, L, h, hkv, d, dtype)
     qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
     ref = attention_ref(qr, kr, vr, causal=causal)
