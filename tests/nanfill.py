@@ -9,7 +9,10 @@ def _wrap(fn):
     def filled(*args, **kwargs):
         t = fn(*args, **kwargs)
         if t.is_floating_point() or t.is_complex():
-            t.fill_(float("nan"))
+            # no_grad: the fill is not part of any graph, and torch.empty(..., requires_grad=True) makes a
+            # leaf that autograd would refuse to fill in place (torch 2.11's checkpoint makes one)
+            with torch.no_grad():
+                t.fill_(float("nan"))
         return t
 
     filled.__wrapped__ = fn

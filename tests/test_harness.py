@@ -72,6 +72,11 @@ def _empty_is_nan():
 
 def test_workers_and_parent_fill_empty_with_nan():
     assert torch.empty(5).isnan().all()
+    # a leaf that requires grad is filled too, not refused (torch 2.11's checkpoint allocates one)
+    leaf = torch.empty((0,), requires_grad=True)
+    assert leaf.is_leaf and leaf.requires_grad and leaf.grad_fn is None
+    assert torch.empty(3, requires_grad=True).isnan().all()
+    assert torch.ones(1).new_empty(2, requires_grad=True).isnan().all()
     assert run_world(_empty_is_nan, 2) == [(True, True)] * 2
 
 
