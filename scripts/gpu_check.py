@@ -471,15 +471,48 @@ def build() -> int:
     try:
         import setuptools
 
-        tools = f"setuptools {setuptools.__version__} (pyproject.toml needs >= 77)"
+        st = setuptools.__version__
+        tools = f"setuptools {st} (pyproject.toml needs >= 77)"
     except ImportError:
-        tools = "no setuptools"
+        st, tools = None, "no setuptools"
     import shutil
 
     tools += ", ninja " + ("found" if shutil.which("ninja") else "NOT found (a serial build)")
     print(f"gpu_check: building the extension for TORCH_CUDA_ARCH_LIST={env.get('TORCH_CUDA_ARCH_LIST', '(setup.py default)')}"
           f"; torch {torch.__version__} (CUDA {torch.version.cuda}), {tools}", flush=True)
+    if st is not None and _version_tuple(st) < (77,):
+        return build_without_pyproject(env)
     return subprocess.run([PY, "setup.py", "build_ext", "--inplace"], cwd=ROOT, env=env).returncode
+
+
+def _version_tuple(v: str) -> tuple:
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+
+
+def build_without_pyproject(env: dict, root: str = ROOT) -> int:
+    """The extension built by a setuptools older than 77, which refuses pyproject.toml's SPDX license
+    string before it builds anything (the GPU machine's setuptools is whatever its image holds, and
+    nothing can be installed there): setup.py and csrc/ are copied to a folder without pyproject.toml
+    (build_ext needs none of the package's metadata), built there in place, and the module is copied
+    into ``root``/odysseus_kernels."""
+    import shutil
+
+    print("gpu_check: setuptools < 77: building from a copy of setup.py and csrc/ without pyproject.toml", flush=True)
+    with tempfile.TemporaryDirectory(prefix="odysseus-build-") as tmp:
+        shutil.copy2(os.path.join(root, "setup.py"), tmp)
+        shutil.copytree(os.path.join(root, "csrc"), os.path.join(tmp, "csrc"))
+        os.makedirs(os.path.join(tmp, "odysseus_kernels"))  # where build_ext --inplace puts the module
+        rc = subprocess.run([PY, "setup.py", "build_ext", "--inplace"], cwd=tmp, env=env).returncode
+        built = glob.glob(os.path.join(tmp, "odysseus_kernels", "_C*.so")) + glob.glob(
+            os.path.join(tmp, "odysseus_kernels", "_C*.pyd"))
+        if rc == 0 and not built:
+            print("gpu_check: the build made no odysseus_kernels/_C module", flush=True)
+            rc = 1
+        if rc == 0:
+            for f in built:
+                shutil.copy2(f, os.path.join(root, "odysseus_kernels", os.path.basename(f)))
+                print(f"gpu_check: built {os.path.join('odysseus_kernels', os.path.basename(f))}", flush=True)
+    return rc
 
 
 # --------------------------------------------------------------------------- dry run

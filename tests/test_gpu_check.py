@@ -223,3 +223,24 @@ def test_pytest_part_over_budget_still_reports_the_tests_it_ran(tmp_path):
     assert time.monotonic() - t0 < 20
     assert rec["status"] == "timeout", rec
     assert (rec["tests"]["passed"], rec["tests"]["total"], rec["tests"].get("interrupted")) == (1, 1, 1), rec["tests"]
+
+
+# --------------------------------------------------------------------------- build fallback
+
+def test_build_without_pyproject_makes_the_module(tmp_path):
+    """The kit's build for a setuptools older than 77 (which refuses pyproject.toml's license string):
+    setup.py and csrc/ alone, built in a scratch folder, the module copied into the root given. Built
+    here without CUDA (CUDA_HOME pointing nowhere) to keep it short; the root is a copy, so the
+    checkout's own module is not touched."""
+    import shutil
+
+    root = tmp_path / "root"
+    (root / "odysseus_kernels").mkdir(parents=True)
+    shutil.copy2(os.path.join(ROOT, "setup.py"), root)
+    shutil.copytree(os.path.join(ROOT, "csrc"), root / "csrc")
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\nlicense = 'not even valid'\n")  # never read
+    env = dict(os.environ, CUDA_HOME=str(tmp_path / "no-cuda"), MAX_JOBS="2")
+    assert gc.build_without_pyproject(env, root=str(root)) == 0
+    built = list((root / "odysseus_kernels").glob("_C*.so"))
+    assert len(built) == 1 and built[0].read_bytes()[:4] == b"\x7fELF"
+    assert gc._version_tuple("75.8.0") < (77,) <= gc._version_tuple("80.9.0") and gc._version_tuple("77.0.3") >= (77,)
