@@ -5,6 +5,8 @@
 #   bash scripts/dev.sh gate  [aot args]      set up .venv if needed, run only the compile gate (both Tritons)
 #   bash scripts/dev.sh demo  [playground args]  set up .venv if needed, run the playground
 #   bash scripts/dev.sh setup                 only set up / refresh .venv (and .venv/triton-3.6.0)
+#   bash scripts/dev.sh gpu-stack [pytest args]  the test suite on CPU under the GPU machine's torch and Triton
+#                                             (torch 2.11.0 from PyPI, about 3 GB once; not part of CI)
 # Setup is idempotent: it reinstalls only when requirements-dev.txt, pyproject.toml, setup.py or
 # csrc/ changed since the last successful setup.
 # The compile gate (python -m odysseus_kernels.kernels.aot, issue #14) compiles every Triton kernel at
@@ -85,6 +87,52 @@ gate() {
   return $rc
 }
 
+# The GPU machine's stack (torch $STACK_TORCH and the Triton it pins, 3.6.0) on CPU, before spending GPU
+# time: its own venv ($VENV/gpu-stack) and its own copy of the working tree ($VENV/gpu-stack/src: the
+# extension is built in place there exactly as the GPU kit builds it, which in the checkout would replace
+# .venv's build). numpy < 2.4: Triton 3.6's interpreter converts 1-element arrays with int(), which
+# NumPy 2.4 refuses (Triton 3.8 fixed it); setuptools < 82: torch 2.11's own requirement.
+STACK_TORCH=2.11.0
+gpu_stack() {
+  mkdir -p "$VENV"
+  local venv src stamp
+  venv="$(cd "$VENV" && pwd)/gpu-stack"  # absolute: used from inside the copy too
+  src="$venv/src"
+  stamp="$venv/.stamp"
+  local want="torch==$STACK_TORCH $(cat requirements-dev.txt | "$PY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
+  if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "dev.sh: installing torch==$STACK_TORCH (the GPU machine's) into $venv"
+    "$PY" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q "torch==$STACK_TORCH"
+    # everything else requirements-dev.txt names, beside that torch (no other torch may come in)
+    grep -v -E '^torch([=<> ]|$)' requirements-dev.txt > "$venv/requirements.txt"
+    "$venv/bin/python" -m pip install -q -r "$venv/requirements.txt" "torch==$STACK_TORCH" "numpy<2.4" "setuptools<82" pytest-xdist
+    echo "$want" > "$stamp"
+  fi
+  # a fresh copy of the working tree (tracked and untracked, not ignored); the build folder is kept, so
+  # only the extension's changed sources are compiled again
+  rm -rf "$venv/build.keep"
+  [ -d "$src/build" ] && mv "$src/build" "$venv/build.keep"
+  rm -rf "$src"
+  mkdir -p "$src"
+  git ls-files -z -c -o --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$src"
+  [ -d "$venv/build.keep" ] && mv "$venv/build.keep" "$src/build"
+  echo "dev.sh: $( "$venv/bin/python" -c 'import torch, triton, numpy; print(f"torch {torch.__version__}, Triton {triton.__version__}, numpy {numpy.__version__}")'), in $src"
+  (cd "$src" && "$venv/bin/python" scripts/gpu_check.py --build > "$venv/build.log" 2>&1) || {
+    echo "dev.sh: building the extension under torch $STACK_TORCH failed; the end of $venv/build.log:" >&2
+    tail -n 60 "$venv/build.log" >&2
+    exit 1
+  }
+  local rc=0
+  (cd "$src" && PYTHONPATH="$src" "$venv/bin/python" scripts/gpu_check.py --dry-run > "$venv/dry-run.log" 2>&1) || {
+    rc=1
+    tail -n 20 "$venv/dry-run.log" >&2
+  }
+  (cd "$src" && PYTHONPATH="$src" "$venv/bin/python" -m pytest -p no:cacheprovider "$@") || rc=$?
+  return $rc
+}
+
 cmd=${1:-test}
 shift || true
 case "$cmd" in
@@ -114,8 +162,9 @@ case "$cmd" in
     "$VENV/bin/python" scripts/render_results.py --check || rc=1
     "$VENV/bin/python" -m pytest "$@" || rc=$?
     exit $rc ;;
+  gpu-stack) gpu_stack "$@" ;;
   demo)
     setup
     exec "$VENV/bin/python" -m odysseus_kernels.playground "$@" ;;
-  *) echo "usage: bash scripts/dev.sh {test|gate|demo|setup} [args]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/dev.sh {test|gate|demo|setup|gpu-stack} [args]" >&2; exit 2 ;;
 esac
