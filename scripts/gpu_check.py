@@ -86,7 +86,7 @@ def default_parts(jobs: int | None = None) -> list[Part]:
              for b in BENCHMARKS]
     return [
         Part("build", 80, _py("scripts/gpu_check.py", "--build"), env={"MAX_JOBS": str(os.cpu_count() or 8)},
-             uses=["file:setup.py"], doc="build the extension in place with this python3/torch (SASS for the GPU "
+             uses=["file:setup.py", "file:_build/odysseus_backend.py"], doc="build the extension in place with this python3/torch (SASS for the GPU "
              "found plus setup.py's 8.0;9.0+PTX)"),
         Part("env", 10, _py("scripts/gpu_check.py", "--probe-env", "{json}"), "json", uses=["file:scripts/gpu_check.py"],
              doc="versions, device, clocks (nvidia-smi)"),
@@ -480,13 +480,20 @@ def build() -> int:
     tools += ", ninja " + ("found" if shutil.which("ninja") else "NOT found (a serial build)")
     print(f"gpu_check: building the extension for TORCH_CUDA_ARCH_LIST={env.get('TORCH_CUDA_ARCH_LIST', '(setup.py default)')}"
           f"; torch {torch.__version__} (CUDA {torch.version.cuda}), {tools}", flush=True)
-    if st is not None and _version_tuple(st) < (77,):
+    if st is not None and setuptools_too_old(st):
         return build_without_pyproject(env)
     return subprocess.run([PY, "setup.py", "build_ext", "--inplace"], cwd=ROOT, env=env).returncode
 
 
-def _version_tuple(v: str) -> tuple:
-    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+def setuptools_too_old(version: str) -> bool:
+    """Whether this setuptools version is below what pyproject.toml needs: the in-tree build backend's
+    own threshold and version parsing (``_build/odysseus_backend.py``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("odysseus_backend", os.path.join(ROOT, "_build", "odysseus_backend.py"))
+    backend = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(backend)
+    return backend._version(version) < backend.MIN_SETUPTOOLS
 
 
 def build_without_pyproject(env: dict, root: str = ROOT) -> int:
