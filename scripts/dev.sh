@@ -23,6 +23,11 @@ TRITON_B=3.6.0
 GATE_OUT=${GATE_OUT:-benchmarks/results/compile_gate}
 GATE_CACHE=${GATE_CACHE:-$VENV/gate-cache}
 
+# sha256 of stdin (the set-up stamps)
+sha256() {
+  "$PY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'
+}
+
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
     echo "dev.sh: creating $VENV"
@@ -30,7 +35,7 @@ setup() {
   fi
   local stamp="$VENV/.odysseus-setup-stamp"
   local want
-  want=$(cat requirements-dev.txt pyproject.toml setup.py $(find csrc -type f 2>/dev/null | sort) 2>/dev/null | "$VENV/bin/python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
+  want=$(cat requirements-dev.txt pyproject.toml setup.py $(find csrc -type f 2>/dev/null | sort) 2>/dev/null | sha256)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c 'import odysseus_kernels' 2>/dev/null; then
     return 0
   fi
@@ -93,21 +98,23 @@ gate() {
 # .venv's build). numpy < 2.4: Triton 3.6's interpreter converts 1-element arrays with int(), which
 # NumPy 2.4 refuses (Triton 3.8 fixed it); setuptools < 82: torch 2.11's own requirement.
 STACK_TORCH=2.11.0
+STACK_PINS="torch==$STACK_TORCH numpy<2.4 setuptools<82"
 gpu_stack() {
   mkdir -p "$VENV"
   local venv src stamp
   venv="$(cd "$VENV" && pwd)/gpu-stack"  # absolute: used from inside the copy too
   src="$venv/src"
   stamp="$venv/.stamp"
-  local want="torch==$STACK_TORCH $(cat requirements-dev.txt | "$PY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
+  local want
+  want="$STACK_PINS $(sha256 < requirements-dev.txt)"
   if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "dev.sh: installing torch==$STACK_TORCH (the GPU machine's) into $venv"
     "$PY" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
-    "$venv/bin/python" -m pip install -q "torch==$STACK_TORCH"
-    # everything else requirements-dev.txt names, beside that torch (no other torch may come in)
+    # everything else requirements-dev.txt names, beside that torch and the pins (no other torch may come in)
     grep -v -E '^torch([=<> ]|$)' requirements-dev.txt > "$venv/requirements.txt"
-    "$venv/bin/python" -m pip install -q -r "$venv/requirements.txt" "torch==$STACK_TORCH" "numpy<2.4" "setuptools<82" pytest-xdist
+    # shellcheck disable=SC2086 # the pins are separate words
+    "$venv/bin/python" -m pip install -q -r "$venv/requirements.txt" $STACK_PINS pytest-xdist
     echo "$want" > "$stamp"
   fi
   # a fresh copy of the working tree (tracked and untracked, not ignored); the build folder is kept, so
