@@ -13,8 +13,10 @@ launches of every ring step, the exchanges, the check) with the Triton kernels r
 (``TRITON_INTERPRET=1`` and the interpreter's launch stubbed): its host time per ring step predicts
 the GPU's before a GPU is at hand (the Triton launcher's own cost is not in it).
 
-Ranks are spawned locally (gloo; on CUDA all ranks share the GPU, which needs gloo to move CUDA
-tensors point-to-point: the run says so and records the error when it cannot). Rows: per-call and
+Ranks are spawned locally (gloo; on CUDA all ranks share the GPU and the point-to-point exchanges go
+through host memory, since gloo cannot send CUDA tensors: ``comm.p2p``; that row is labelled so, and its
+waits and copies block the host, so it is not the NCCL hot path, whose host time per step is the
+``triton step`` rows). Rows: per-call and
 per-ring-step medians (ms) and ``ratio`` = ring / bare exchanges (the driver's host overhead factor),
 ``ratio`` of the metadata check = check / bare all-gather. The four are timed in alternating rounds
 (each a median of its calls, the slowest rank's), so that a change of machine load hits both sides of
@@ -472,7 +474,8 @@ def main(argv=None) -> int:
 
     devices = ["cpu", "cuda"] if a.device == "auto" and torch.cuda.is_available() else (
         ["cpu"] if a.device == "auto" else [a.device])
-    runs = [(dev, "default backend", False) for dev in devices]
+    runs = [(dev, "default backend" if dev == "cpu" else "default backend, gloo (P2P via host)", False)
+            for dev in devices]
     if "cpu" in devices and not a.no_stub:
         runs.append(("cpu", "triton-stub", True))
     rows, errors = [], {}

@@ -164,6 +164,30 @@ def test_collectives_values_and_bytes(n):
     assert run_world(_check_ring_exchange, n) == [True] * n
 
 
+def _check_ring_exchange_via_host():
+    """The host-staged exchange (CUDA tensors on a gloo group) forced on CPU tensors: the same values and
+    bytes, every receive written back into the caller's buffer (also a strided one) only at ``wait()``."""
+    from odysseus_kernels.comm import p2p
+
+    staged = []
+    p2p._via_host = lambda info, dev: staged.append(dev) or True  # restored by the harness
+    assert _check_ring_exchange()
+    info = comm.group_info()
+    assert bool(staged) == (info.size > 1)  # a world of one posts nothing
+    x = _payload(info.rank, (6, 4)).t()  # not contiguous
+    y = torch.zeros(6, 4).t()
+    h = comm.ring_exchange(send_next=x, recv_prev=y)
+    got, _ = h.wait()
+    assert got is y
+    torch.testing.assert_close(y, _payload(info.prev, (6, 4)).t(), rtol=0, atol=0)
+    return True
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_exchange_through_host_memory(n):
+    assert run_world(_check_ring_exchange_via_host, n) == [True] * n
+
+
 @pytest.mark.parametrize("n", WORLD_SIZES)
 def test_rank_consistent_validation_raises_everywhere(n):
     results = run_world(_check_validation, n)

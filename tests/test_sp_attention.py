@@ -92,9 +92,10 @@ def _numerics_cases(n):
     return cases
 
 
-def _check_numerics(seed, name, layout, sid, causal, dtype):
+def _check_numerics(seed, name, layout, sid, causal, dtype, device="cpu"):
     """One case of :func:`_numerics_cases`: the max error ratio (<= 1 passes) of out, dq, dk, dv;
-    the inputs are never overwritten, the outputs have the input dtype and no NaN."""
+    the inputs are never overwritten, the outputs have the input dtype and no NaN. ``device="cuda"``:
+    the ranks' shards on the GPU (the float64 reference stays on the CPU)."""
     n = comm.group_info().size
     fn, (b, h, hkv, d), dtype = _op(name), {**SHAPES, **ODD_SHAPES}[sid], getattr(torch, dtype)
     L = 4 * n if layout == "zigzag" else 3 * n  # seq_local 4 (zigzag: 2 chunks of 2) or 3 (odd)
@@ -102,20 +103,39 @@ def _check_numerics(seed, name, layout, sid, causal, dtype):
     qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
     ref = attention_ref(qr, kr, vr, causal=causal)
     ref.backward(do)
-    sh = lambda t: ok.shard_sequence(t, layout=layout)  # noqa: E731
-    ql, kl, vl = (sh(t).to(dtype).requires_grad_(True) for t in (q, k, v))
+    sh = lambda t: ok.shard_sequence(t, layout=layout).to(device, dtype)  # noqa: E731
+    ql, kl, vl = (sh(t).requires_grad_(True) for t in (q, k, v))
     out = fn(ql, kl, vl, causal=causal, layout=layout)
-    out.backward(sh(do).to(dtype))
+    out.backward(sh(do))
     for t, orig in ((ql, q), (kl, k), (vl, v)):  # inputs are never overwritten
-        assert torch.equal(t.detach(), sh(orig).to(dtype)), f"{name} modified its input"
+        assert torch.equal(t.detach(), sh(orig)), f"{name} modified its input"
     atol, rtol = TOL[dtype]
     worst = 0.0
     for got, want in ((out, ref.detach()), (ql.grad, qr.grad), (kl.grad, kr.grad), (vl.grad, vr.grad)):
-        assert got.dtype == dtype and not got.isnan().any()
-        want = sh(want)
-        err = ((got.double() - want).abs() / (atol + rtol * want.abs())).max().item()
+        assert got.dtype == dtype and got.device.type == device and not got.isnan().any()
+        want = ok.shard_sequence(want, layout=layout)
+        err = ((got.double().cpu() - want).abs() / (atol + rtol * want.abs())).max().item()
         worst = max(worst, err)
     return worst
+
+
+def _cuda_on_gloo_cases(n):
+    """Every op on CUDA tensors, zigzag, GQA, causal or not, bf16 (and the ring in fp32)."""
+    return [(name, layout, sid, causal, dtype) for name, layout, sid, causal, dtype in _numerics_cases(n)
+            if layout == "zigzag" and sid == "GQA-D8" and (dtype == "bfloat16" or (name, dtype) == ("ring", "float32"))]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("n, case", [p for p in _params(
+    _cuda_on_gloo_cases, lambda name, layout, sid, causal, dtype: f"{name}-{'causal' if causal else 'full'}-{dtype}")
+    if p.values[0] in (2, 3)])
+def test_ops_on_cuda_tensors_over_gloo_ranks_sharing_the_gpu(n, case):
+    """Several gloo ranks on one GPU (P2P through host memory, collectives on the CUDA tensors):
+    the default backend on CUDA against float64 attention."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    per_rank = run_world(_check_numerics, n, 7 + n, *case, "cuda", timeout=600)
+    assert all(err <= 1.0 for err in per_rank), f"error / tolerance on each rank: {per_rank}"
 
 
 @pytest.mark.parametrize("n, case", _params(

@@ -1,6 +1,12 @@
 """Point-to-point ring exchange: send to the next rank / receive from the previous one, and the
 bidirectional form (also send to the previous / receive from the next), posted as one
-``batch_isend_irecv`` so compute can run until the returned handle is waited on."""
+``batch_isend_irecv`` so compute can run until the returned handle is waited on.
+
+CUDA tensors on a gloo group (several ranks sharing one GPU: a test set-up) travel through host
+memory: gloo moves CUDA tensors in collectives but not point to point (its TCP transport aborts the
+process on a device pointer: ``writev ... Bad address``, seen on an H200 with torch 2.11, 2026-12-04).
+The sends are copied to the host when posted and the receives back to the device when waited on; a
+gloo group blocks the host in every wait anyway."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -24,6 +30,12 @@ def _as_list(x) -> list[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         return [x]
     return list(x)
+
+
+def _via_host(info, device: torch.device) -> bool:
+    """Whether an exchange of tensors on ``device`` over the group of ``info`` is staged through host
+    memory: CUDA (or other non-CPU) tensors on a group with no NCCL backend."""
+    return device.type != "cpu" and "nccl" not in info.backend.lower()
 
 
 def exchange(sends: Sequence[tuple[int, torch.Tensor, int]] = (),
@@ -62,9 +74,24 @@ def exchange(sends: Sequence[tuple[int, torch.Tensor, int]] = (),
         return CommHandle.done(bufs)
     record("p2p", sent, received)
     dev = ops[0].tensor.device
+    then = None
+    if _via_host(info, dev):
+        staged = [(op, torch.empty(op.tensor.shape, dtype=op.tensor.dtype)) for op in ops]
+        for op, host in staged:
+            if op.op is dist.isend:
+                host.copy_(op.tensor)  # device to host: waits for the producer on the current stream
+        ops = [dist.P2POp(op.op, host, op.peer, op.group, op.tag) for op, host in staged]
+        back = [(op.tensor, host) for op, host in staged if op.op is dist.irecv]
+
+        def then():
+            for dst, host in back:
+                dst.copy_(host)
+
+        dev = torch.device("cpu")
     works = launch(dev, lambda: dist.batch_isend_irecv(ops))
     bound = bound_for(info, dev, "p2p exchange (send/receive)", peers=peers, step=step)
-    return CommHandle(works, tuple(t for _, t, _ in sends) + tuple(bufs), bufs, bound)
+    keep = tuple(t for _, t, _ in sends) + tuple(bufs) + tuple(op.tensor for op in ops)
+    return CommHandle(works, keep, bufs, bound, then=then)
 
 
 def ring_exchange(send_next: torch.Tensor | Sequence[torch.Tensor] | None = None,
