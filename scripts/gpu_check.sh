@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU kit (issue #21): proves and measures everything on one GPU in under 8 minutes.
+# The GPU kit (issue #21): proves and measures everything on one GPU in under 10 minutes.
 #   bash scripts/gpu_check.sh [OUTDIR] [--commit SHA] [--dry-run]
 # Uses the machine's python3 and torch as they are (PYTHON=... to pick another interpreter); never
 # installs from a registry. Results: OUTDIR (default benchmarks/results/<date>-<device>/):

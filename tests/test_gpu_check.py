@@ -168,6 +168,23 @@ def test_render_results_fills_the_readme_from_the_newest_run(tmp_path):
     assert rr.main(args + ["--check"]) == 0
 
 
+def test_render_results_keeps_what_only_an_earlier_run_measured(tmp_path):
+    results = tmp_path / "results"
+    _fake_run(results, "2026-12-01-nvidia-h200", "2026-12-01 09:00:00 UTC", "NVIDIA H200", "1111111111111111", 7.5)
+    d = _fake_run(results, "2026-12-02-nvidia-h200", "2026-12-02 09:00:00 UTC", "NVIDIA H200", "2222222222222222", 3.25)
+    doc = json.loads((d / "gpu_check.json").read_text())  # a run of some parts only: no gate, other benchmark
+    doc.update(compile_gate={}, benchmarks={"attention_tune": {"rows": [{"kernel": "fwd", "ms": 1.5}]}})
+    (d / "gpu_check.json").write_text(json.dumps(doc))
+    body = rr.render(str(results), str(tmp_path))
+    newer, older = body.split("From an earlier run")
+    assert "`222222222222`" in newer and "attention_tune" in newer and "1.5" in newer and "tests_cuda" in newer
+    assert "`111111111111`" in older and "**attention_block**" in older and "7.5" in older
+    assert "| attention | 90 | 40 |" in older and "tests_cuda" not in older and "attention_tune" not in older
+    # an earlier run with nothing the newer ones lack is left out
+    _fake_run(results, "2026-11-30-nvidia-h200", "2026-11-30 09:00:00 UTC", "NVIDIA H200", "0000000000000000", 9.0)
+    assert "000000000000" not in rr.render(str(results), str(tmp_path))
+
+
 def test_render_results_without_runs_and_without_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"{rr.BEGIN}\n{rr.END}\n")
