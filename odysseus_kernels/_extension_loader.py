@@ -61,6 +61,30 @@ def extension_available() -> bool:
     return _load()
 
 
+@functools.lru_cache(maxsize=None)
+def _registered_cuda_kernels() -> bool:
+    # Every op registers its CUDA kernel under the same ODYSSEUS_WITH_CUDA (csrc/<op>.cpp), so one op tells
+    # for all. The dispatcher query is private: a torch without it gets the Python/Triton paths on CUDA.
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key("odysseus_kernels::merge_attention_states_", "CUDA")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@torch.compiler.assume_constant_result
+def extension_has_cuda() -> bool:
+    """True when the extension is available and has its CUDA kernels.
+
+    setup.py builds CPU kernels only when ``nvcc`` is missing; that extension is available, but its ops
+    raise ``NotImplementedError`` on CUDA tensors. So code that routes CUDA tensors to the extension
+    asks this, and CPU tensors :func:`extension_available`.
+
+    Returns:
+        bool.
+    """
+    return extension_available() and _registered_cuda_kernels()
+
+
 _disabled = ScopedFlag()
 
 
@@ -71,5 +95,6 @@ def extension_disabled():
 
 
 def use_extension() -> bool:
-    """Whether ops should call the extension now: available and not disabled."""
+    """Whether ops should call the extension now: available and not disabled (for CUDA tensors, also
+    :func:`extension_has_cuda`)."""
     return not _disabled.on and extension_available()

@@ -1,7 +1,8 @@
 """The compiled extension (csrc/, torch.ops.odysseus_kernels): every op against a float64 reference
 on fresh random inputs with -inf rows, odd sizes and non-contiguous inputs, gradients, bad inputs,
 torch.library.opcheck on CPU (and CUDA when there is a GPU), once under torch.compile(fullgraph=True),
-and the package without the extension (a fresh interpreter with ``_C`` hidden)."""
+the package without the extension (a fresh interpreter with ``_C`` hidden), and the CUDA gates with
+an extension built without CUDA kernels (faked)."""
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import odysseus_kernels as ok
 from odysseus_kernels.kernels import extension_ops as eo
 from odysseus_kernels.kernels.attention.reference import merge_attention_torch
 from odysseus_kernels.kernels.linear_attention.scan import state_scan
+from tests.cuda_wait import wait_done
 
 NS = "odysseus_kernels"
 OPS = ("merge_attention_states_", "linear_attention_state_scan", "stream_write_value32_", "stream_wait_value32")
@@ -408,6 +410,53 @@ print("ok")
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
 
 
+# --------------------------------------------------------------------------- a build without CUDA kernels
+
+class _NoEvent:
+    """Stands in for torch.cuda.Event where there is no GPU (ChunkSignals records one on CUDA)."""
+
+    def record(self, stream=None):
+        pass
+
+
+def test_cuda_gates_need_the_cuda_kernels(monkeypatch):
+    """setup.py builds CPU kernels only without nvcc: that extension is available, but its ops raise
+    NotImplementedError on CUDA tensors. Every gate that routes CUDA tensors to the extension must ask
+    extension_has_cuda(): the dispatcher made to say the CUDA kernels are missing (or there), fake CUDA
+    tensors (no GPU needed) through each gate, the extension's ops replaced by spies."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from odysseus_kernels import _extension_loader as loader
+    from odysseus_kernels.kernels.attention import merge_attention
+    from odysseus_kernels.ops.tp_gemm import fused
+
+    assert ok.extension_available()  # loaded, so that the ops below exist to be replaced
+    real = torch._C._dispatch_has_kernel_for_dispatch_key
+    calls = []
+    monkeypatch.setattr(eo, "merge_attention_states_", lambda *a: calls.append("merge"))
+    monkeypatch.setattr(eo, "linear_attention_state_scan", lambda *a: calls.append("scan") or torch.zeros_like(a[0]))
+    monkeypatch.setattr(ops, "stream_write_value32_", lambda *a: calls.append("signal"))
+    monkeypatch.setattr(torch.cuda, "Event", _NoEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    try:
+        for has_cuda in (False, True):
+            monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key",
+                                lambda op, key, has=has_cuda: has if key == "CUDA" else real(op, key))
+            loader._registered_cuda_kernels.cache_clear()
+            assert loader.extension_has_cuda() is has_cuda
+            calls.clear()
+            with FakeTensorMode():
+                out, lse = torch.zeros(1, 3, 2, 4, device="cuda"), torch.zeros(1, 2, 3, device="cuda")
+                merge_attention(out, lse, torch.zeros_like(out), torch.zeros_like(lse))
+                state_scan(torch.zeros(2, 1, 2, 3, 3, device="cuda"), None, False)
+                fused._signal(torch.zeros(1, dtype=torch.int32, device="cuda"), 1)
+                backend = eo.ChunkSignals(2, "cuda").backend
+            assert calls == (["merge", "scan", "signal"] if has_cuda else []), has_cuda
+            assert backend == ("memop" if has_cuda else "event"), has_cuda
+    finally:
+        loader._registered_cuda_kernels.cache_clear()  # the next call asks the real dispatcher again
+
+
 # --------------------------------------------------------------------------- imports (no circle)
 
 def _package_imports(module: str) -> set[str]:
@@ -510,16 +559,23 @@ def test_chunk_signals_cuda_order_streams(backend):
             for i in range(2):
                 sig.wait(i)
                 seen[i].copy_(data[i])
-        torch.cuda.synchronize()
+        done = torch.cuda.Event()
+        done.record(consumer)
+        wait_done(done, what=f"the consumer's copies (round {rnd})")
+        torch.cuda.synchronize()  # bounded now: the producer's last op, the flag store, is behind the consumer
         assert seen[:, 0].tolist() == [rnd * 10, rnd * 10 + 1] and seen.eq(seen[:, :1]).all()
 
 
 @pytest.mark.cuda
 def test_flags_cuda_wait_enqueued_before_signal():
-    """Stream memory operations allow the wait to be enqueued before the signal (events do not)."""
+    """Stream memory operations allow the wait to be enqueued before the signal (events do not), given
+    the producer's kernels are loaded already (see eo.wait): they run once before the wait is queued."""
     producer, consumer = torch.cuda.Stream(), torch.cuda.Stream()
     flag = torch.zeros(1, dtype=torch.int32, device="cuda")
     data, seen = torch.zeros(1 << 20, device="cuda"), torch.zeros(1 << 20, device="cuda")
+    with torch.cuda.stream(producer):
+        torch.cuda._sleep(1)
+        data.fill_(0.0)
     torch.cuda.synchronize()
     with torch.cuda.stream(consumer):
         eo.wait(flag, 1)
@@ -528,5 +584,8 @@ def test_flags_cuda_wait_enqueued_before_signal():
         torch.cuda._sleep(50_000_000)
         data.fill_(3.0)
         eo.signal(flag, 1)
-    torch.cuda.synchronize()
+    done = torch.cuda.Event()
+    done.record(consumer)
+    wait_done(done, what="the copy behind the wait")
+    torch.cuda.synchronize()  # bounded now: the producer's last op, the flag store, is behind the consumer
     assert seen.eq(3.0).all() and flag.item() == 1

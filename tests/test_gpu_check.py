@@ -248,7 +248,8 @@ def test_build_without_pyproject_makes_the_module(tmp_path):
     """The kit's build for a setuptools older than 77 (which refuses pyproject.toml's license string):
     setup.py and csrc/ alone, built in a scratch folder, the module copied into the root given. Built
     here without CUDA (CUDA_HOME pointing nowhere) to keep it short; the root is a copy, so the
-    checkout's own module is not touched."""
+    checkout's own module is not touched. Loaded in place of the checkout's module (in a fresh
+    interpreter), that CPU-only build is available but has no CUDA kernels: extension_has_cuda() says so."""
     import shutil
 
     root = tmp_path / "root"
@@ -261,3 +262,14 @@ def test_build_without_pyproject_makes_the_module(tmp_path):
     built = list((root / "odysseus_kernels").glob("_C*.so"))
     assert len(built) == 1 and built[0].read_bytes()[:4] == b"\x7fELF"
     assert gc.setuptools_too_old("75.8.0") and not gc.setuptools_too_old("80.9.0") and not gc.setuptools_too_old("77.0.3")
+    code = f"""
+import importlib.util, sys
+import torch  # loads libc10 and libtorch, which the module links against
+spec = importlib.util.spec_from_file_location("odysseus_kernels._C", {str(built[0])!r})
+sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # what `from . import _C` finds
+from odysseus_kernels._extension_loader import extension_available, extension_has_cuda
+assert extension_available() and extension_has_cuda() is False
+print("ok")
+"""
+    res = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]

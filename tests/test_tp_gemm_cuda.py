@@ -9,27 +9,20 @@ pieces must produce NaNs). The GEMM-RS side: the flags the GEMM writes gate a co
 (``stream_wait_value32``) that copies each finished chunk out while the GEMM runs. The ops at world
 size 1 with ``impl="fused"``: outputs and gradients vs float64."""
 import random
-import time
 
 import pytest
 import torch
 
+from odysseus_kernels._extension_loader import extension_has_cuda
 from odysseus_kernels.kernels.gemm import RowMap, Signal, Wait, persistent_gemm
 from odysseus_kernels.ops.tp_gemm import all_gather_linear, linear_reduce_scatter
 from odysseus_kernels.ops.tp_gemm.fused import SM_MARGIN, _signal, flags_for
+from tests.cuda_wait import wait_done
 from tests.test_tp_gemm import _err, check_linear_against_float64
 
 pytestmark = pytest.mark.cuda
 TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 2e-5}
 SLEEP_CYCLES = 20_000_000  # ~10 ms at ~2 GHz: far longer than the GEMM itself
-
-
-def _wait_done(event, seconds=60.0):
-    t0 = time.time()
-    while not event.query():
-        if time.time() - t0 > seconds:
-            pytest.fail(f"the fused GEMM did not finish within {seconds} s (deadlock?)")
-        time.sleep(0.01)
 
 
 def _identity_pieces(pieces, rows_per_piece, device):
@@ -64,14 +57,23 @@ def test_late_out_of_order_pieces_exact_no_deadlock(dtype, gemm_first):
                 gathered[j * rpp:(j + 1) * rpp].copy_(src[j * rpp:(j + 1) * rpp])
                 _signal(st.ag[j:j + 1], e)
 
-    if not gemm_first:
+    if gemm_first:
+        # The GEMM will spin on flags that only the producer's later work sets: launch that work's kernels
+        # once beforehand (on scratch tensors), since a first launch may load its module lazily, which can
+        # wait for the spinning GEMM (see odysseus_kernels.kernels.extension_ops.wait).
+        with torch.cuda.stream(producer):
+            torch.cuda._sleep(1)
+            torch.empty_like(src[:rpp]).copy_(src[:rpp])
+            _signal(torch.zeros(1, dtype=torch.int32, device=dev), e)
+        producer.synchronize()
+    else:
         produce()
     persistent_gemm(gathered, w, b, out=out, rows=rows, wait=Wait(st.ag, e), margin=SM_MARGIN)
     done = torch.cuda.Event()
     done.record()
     if gemm_first:
         produce()
-    _wait_done(done)
+    wait_done(done, what="the fused GEMM")
     torch.cuda.current_stream(dev).wait_stream(producer)
     ref = src.double() @ w.double().t() + b.double()
     assert not torch.isnan(out).any()
@@ -109,10 +111,8 @@ def test_reading_before_the_flag_is_detected():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_rs_flags_gate_a_consumer_stream(dtype):
-    from odysseus_kernels.extension import extension_available
-
-    if not extension_available():
-        pytest.skip("needs the compiled extension (stream_wait_value32)")
+    if not extension_has_cuda():
+        pytest.skip("needs the compiled extension with CUDA kernels (stream_wait_value32)")
     dev = torch.device("cuda")
     chunks, m, n, k = 5, 4999, 2048, 1536
     a = torch.randn(m, k, device=dev).to(dtype)
@@ -134,7 +134,7 @@ def test_rs_flags_gate_a_consumer_stream(dtype):
             copy[bounds[c][0]:bounds[c][1]].copy_(part[bounds[c][0]:bounds[c][1]])
     done = torch.cuda.Event()
     done.record(consumer)
-    _wait_done(done)
+    wait_done(done, what="the consumer stream's flag-gated copies")
     torch.cuda.synchronize()
     assert torch.equal(copy, part) and _err(part, a.double() @ w.double().t()) <= TOL[dtype]
     assert st.rs[:chunks].tolist() == [e] * chunks and st.counters[:chunks].tolist() == [0] * chunks

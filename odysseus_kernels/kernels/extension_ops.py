@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .._extension_loader import extension_available, when_loaded
+from .._extension_loader import extension_available, extension_has_cuda, when_loaded
 
 _NS = "odysseus_kernels"
 _registered = False
@@ -158,7 +158,8 @@ def signal(flag: torch.Tensor, value: int) -> None:
 
     CUDA: ``cuStreamWriteValue32`` on ``torch.cuda.current_stream()``; the store happens after all
     work enqueued on the stream before it (with a memory barrier: a consumer that sees the flag sees
-    that work's writes). CPU: a release store, now.
+    that work's writes). CPU: a release store, now. Under ``torch.compile`` the flag ops keep their
+    order among themselves but not relative to the data they guard (see :func:`_register`).
 
     Args:
         flag: one-element int32 tensor (e.g. ``flags[i]`` of a flags vector), on the stream's device.
@@ -175,11 +176,15 @@ def wait(flag: torch.Tensor, value: int, *, equal: bool = False) -> None:
     """Make later work on the current stream wait until ``flag >= value`` (or ``flag == value``).
 
     ``>=`` is in wrap-around order, ``(int32)(flag - value) >= 0``, so counters may wrap. CUDA:
-    ``cuStreamWaitValue32`` on ``torch.cuda.current_stream()``; the host does not block and the
-    wait may be enqueued before the matching :func:`signal` is (unless all streams share one
-    hardware queue, ``CUDA_DEVICE_MAX_CONNECTIONS=1``: then enqueue the signal first or the GPU
-    deadlocks). CPU: ops run in program order, so an unsatisfied wait raises ``RuntimeError``
-    instead of hanging.
+    ``cuStreamWaitValue32`` on ``torch.cuda.current_stream()``; the host does not block. A wait
+    enqueued before its :func:`signal` relies on what CUDA does not guarantee (forward progress of
+    the other stream while this one is blocked): the producer's stream on a hardware queue of its
+    own (not so with ``CUDA_DEVICE_MAX_CONNECTIONS=1``, or more busy streams than queues) and the
+    producer's kernels already loaded (lazy module loading, the default, loads a kernel at its
+    first launch and may need the blocked context to synchronise). Otherwise the GPU deadlocks:
+    enqueue the signal first, or launch the producer's kernels once before queueing the wait.
+    CPU: ops run in program order, so an unsatisfied wait raises ``RuntimeError`` instead of
+    hanging.
 
     Args:
         flag: one-element int32 tensor. value: int32. equal: wait for equality instead of ``>=``.
@@ -207,9 +212,10 @@ class ChunkSignals:
     enqueueing the work that reads chunk ``i``. Flags from an older round never satisfy a wait.
 
     Backends: ``"memop"`` (driver stream memory operations through the extension; the wait may be
-    enqueued before the matching ``arrived``), ``"event"`` (one CUDA event per chunk: ``arrived(i)``
-    must be called on the host before ``wait(i)``; checked), ``"auto"``: memop when the extension is
-    available, else event on CUDA; on CPU, flags written and checked in program order.
+    enqueued before the matching ``arrived``, with the caveats of :func:`wait`), ``"event"`` (one CUDA
+    event per chunk: ``arrived(i)`` must be called on the host before ``wait(i)``; checked),
+    ``"auto"``: memop when the extension is available (with its CUDA kernels, on CUDA), else event on
+    CUDA; on CPU, flags written and checked in program order.
 
     Args:
         num_chunks: number of chunks per round.
@@ -232,7 +238,8 @@ class ChunkSignals:
             raise ValueError(f"ChunkSignals: num_chunks must be >= 1, got {num_chunks}")
         self.device = torch.device(device if device is not None else "cpu")
         if backend == "auto":
-            backend = "memop" if extension_available() else "event"
+            memop = extension_has_cuda() if self.device.type == "cuda" else extension_available()
+            backend = "memop" if memop else "event"
         if backend == "memop":
             _require("ChunkSignals(backend='memop')")
         if backend == "event" and self.device.type == "cpu":
@@ -241,6 +248,10 @@ class ChunkSignals:
         self.num_chunks = num_chunks
         self.round = 0
         self.flags = torch.zeros(num_chunks, dtype=torch.int32, device=self.device)
+        self._zeroed = None  # CUDA: the zero fill's event, on the stream it was enqueued on (see _use)
+        if self.device.type == "cuda":
+            self._zeroed = torch.cuda.Event()
+            self._zeroed.record(torch.cuda.current_stream(self.device))
         self._events = [torch.cuda.Event() for _ in range(num_chunks)] if backend == "event" else None
         self._recorded = [0] * num_chunks  # event backend: the round each event was last recorded in
         self._streams = set()  # streams the flags were used on (for the caching allocator)
@@ -256,11 +267,13 @@ class ChunkSignals:
         if not 0 <= i < self.num_chunks:
             raise IndexError(f"ChunkSignals: chunk must be in [0, {self.num_chunks}), got {i}")
         if self.device.type == "cuda":
-            # The flags are read and written on other streams than the one that allocated them: tell
-            # the caching allocator, once per stream, so their memory outlives that pending work.
+            # Once per stream that uses the flags: wait for their zero fill (enqueued on the constructing
+            # stream, it could land after a producer's store and erase it: the consumer's wait would
+            # never return), and tell the caching allocator, so their memory outlives that pending work.
             stream = torch.cuda.current_stream(self.device)
             if stream.cuda_stream not in self._streams:
                 self._streams.add(stream.cuda_stream)
+                stream.wait_event(self._zeroed)
                 self.flags.record_stream(stream)
         return self.flags[i]
 
@@ -302,6 +315,12 @@ def _library_loaded() -> bool:
 
 def _register() -> None:
     """Fake kernels (shape/dtype rules for ``torch.compile``) and autograd of the ops; idempotent.
+
+    The flag ops' effects order them among themselves only: functionalisation sees no dependency
+    between a flag and the data it guards (a copy before :func:`signal`, a read after :func:`wait`), so
+    a compiled graph may move that data's ops across them. Where that order matters, call the flag ops
+    under ``torch.compiler.disable``: the graph break runs what precedes them first and what follows
+    after.
 
     Called by ``odysseus_kernels._extension_loader`` once ``_C`` is loaded, and at import of this module when
     the library is already loaded (e.g. by ``torch.ops.load_library``; ``csrc/ops.cpp`` names this

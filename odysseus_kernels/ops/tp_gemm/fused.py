@@ -99,9 +99,9 @@ def flags_for(device: torch.device) -> _Flags:
 
 def _signal(flag: torch.Tensor, epoch: int) -> None:
     """``flag = epoch`` after the work enqueued on the current stream."""
-    from ...extension import extension_available
+    from ..._extension_loader import extension_has_cuda
 
-    if flag.is_cuda and extension_available():
+    if flag.is_cuda and extension_has_cuda():
         torch.ops.odysseus_kernels.stream_write_value32_(flag, epoch)
     else:
         flag.fill_(epoch)
@@ -194,13 +194,13 @@ def gemm_reduce_scatter(x4: torch.Tensor, w: torch.Tensor, info: GroupInfo, out_
         for c, (start, stop) in enumerate(bounds):
             post(c, start, stop)
     elif x4.is_cuda:
-        from ...extension import extension_available
+        from ..._extension_loader import extension_has_cuda
 
         cur, cs = torch.cuda.current_stream(x4.device), comm_stream(x4.device)
         ready = torch.cuda.Event()
         ready.record(cur)
         persistent_gemm(a2, w, None, out=part, rows=rows, signal=sig, margin=margin)
-        memop = extension_available()
+        memop = extension_has_cuda()
         if not memop:
             done = torch.cuda.Event()
             done.record(cur)
