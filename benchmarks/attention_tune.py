@@ -14,7 +14,9 @@ over causal and non-causal time together.
 Candidates are compiled first in ``--jobs`` parallel processes (Triton's disk cache then serves the
 timing process), so the sweep fits a few minutes.
 
-    python benchmarks/attention_tune.py [--quick] [--out DIR] [--head-dims 128,64] [--jobs 12]
+    python benchmarks/attention_tune.py [--quick] [--out DIR] [--head-dims 128,64] [--jobs 12] [--write-configs F]
+    python benchmarks/attention_tune.py --from-kit benchmarks/results/<run>/gpu_check.json --write-configs F
+    ODYSSEUS_ATTENTION_CONFIGS=F python ...   # the ops then launch the configs in F (configs.load_overrides)
 
 Without CUDA it prints "skipped: no CUDA" and exits 0.
 """
@@ -34,11 +36,13 @@ from _common import add_run_args, bench, print_table, write_json  # noqa: E402
 # inner step; dK/dV: BLOCK_N keys per program, BLOCK_M query rows per inner step.
 CANDIDATES = {
     "fwd": [(64, 32, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (128, 64, 4, 2),
-            (128, 64, 8, 3), (128, 32, 8, 2), (128, 128, 8, 2), (64, 128, 4, 2), (128, 32, 4, 3)],
+            (128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3), (64, 128, 4, 2),
+            (128, 32, 4, 3)],
     "bwd_dq": [(64, 32, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 8, 2), (64, 64, 4, 3), (128, 32, 8, 2),
-               (128, 64, 4, 2), (128, 32, 4, 2), (32, 64, 4, 2)],
+               (128, 32, 8, 3), (128, 32, 4, 3), (128, 64, 4, 2), (128, 32, 4, 2), (32, 64, 4, 2)],
     "bwd_dkdv": [(64, 32, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (32, 64, 4, 2), (32, 128, 8, 2),
-                 (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 4, 2), (16, 64, 4, 2), (16, 128, 8, 2)],
+                 (32, 128, 8, 3), (32, 128, 4, 3), (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 4, 2), (16, 64, 4, 2),
+                 (16, 128, 8, 2)],
 }
 ODD_SEQ = 1104  # a multiple of 16 (the same compiled specialisation as the timed size), not of 64/128
 DEV, DTYPE = "cuda", "bfloat16"  # --device cpu: a smoke run of this script under TRITON_INTERPRET=1 (fp16)
@@ -52,6 +56,10 @@ def parse(argv=None):
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--jobs", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)))
     p.add_argument("--kernels", default="fwd,bwd_dq,bwd_dkdv")
+    p.add_argument("--write-configs", metavar="FILE", default=None,
+                   help="write the fastest correct configs as a file for ODYSSEUS_ATTENTION_CONFIGS")
+    p.add_argument("--from-kit", metavar="GPU_CHECK_JSON", default=None,
+                   help="no sweep: take the rows of a GPU kit run's tune_attention part (with --write-configs)")
     p.add_argument("--_compile", default=None, help=argparse.SUPPRESS)  # "i/n": compile share i of n
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     p.add_argument("--odd-seq", type=int, default=ODD_SEQ, help=argparse.SUPPRESS)
@@ -190,7 +198,8 @@ def sweep(a, save):
                 base_err = base_ms = None
                 for cfg in cands:
                     _use(kernel, d, cfg)
-                    row = {"kernel": kernel, "head_dim": d, "causal": causal, "seq": a.seq, "batch": b,
+                    row = {"kernel": kernel, "head_dim": d, "causal": causal, "seq": a.seq, "batch": b, "arch": _arch(),
+                           "dtype": "16",
                            "cfg": "x".join(map(str, cfg)), "table": cfg == table_cfg}
                     try:
                         err = _err(odd.run(kernel), want)
@@ -215,7 +224,8 @@ def sweep(a, save):
 
 
 def best(rows):
-    """Per (kernel, head dim): the correct candidate with the least causal + non-causal time."""
+    """Per (kernel, head dim): the correct candidate with the least causal + non-causal time (a candidate
+    counts only when it ran and was correct in both)."""
     out = []
     keys = sorted({(r["kernel"], r["head_dim"]) for r in rows})
     for kernel, d in keys:
@@ -231,8 +241,28 @@ def best(rows):
             continue
         t, cfg, _ = min(scored)
         out.append({"kernel": kernel, "head_dim": d, "best": cfg, "best_ms": t, "table_ms": table[0] if table else None,
-                    "speedup": (table[0] / t) if table else None})
+                    "speedup": (table[0] / t) if table else None, "arch": rows[0].get("arch", 90),
+                    "dtype": rows[0].get("dtype", "16")})
     return out
+
+
+def configs_doc(summary, source: str) -> dict:
+    """The file :func:`odysseus_kernels.kernels.attention.configs.load_overrides` reads: every best config
+    that beats the table (the others stay as they are)."""
+    from odysseus_kernels.kernels.attention.configs import head_dim_bucket
+
+    return {"source": source, "attention_configs": [
+        {"arch": b["arch"], "kernel": b["kernel"], "dtype": b["dtype"], "head_dim": head_dim_bucket(b["head_dim"]),
+         "cfg": [int(x) for x in b["best"].split("x")], "speedup": b["speedup"]}
+        for b in summary if b["speedup"] is not None and b["speedup"] > 1.0]}
+
+
+def write_configs(path, summary, source):
+    import json
+
+    with open(path, "w") as f:
+        json.dump(configs_doc(summary, source), f, indent=1)
+    print(f"wrote {path}")
 
 
 def main(argv=None):
@@ -242,6 +272,16 @@ def main(argv=None):
 
     if a.device == "cpu":
         DEV, DTYPE = "cpu", "float16"
+    if a.from_kit:
+        import json
+
+        with open(a.from_kit) as f:
+            kit = json.load(f)
+        rows = kit["benchmarks"]["tune_attention"]["attention_tune"]["rows"]
+        print_table(best(rows), ["kernel", "head_dim", "best", "best_ms", "table_ms", "speedup"])
+        if a.write_configs:
+            write_configs(a.write_configs, best(rows), f"{a.from_kit} ({kit.get('device')}, {kit.get('date')})")
+        return 0
     if a._compile:
         i, n = map(int, a._compile.split("/"))
         compile_share(a, i, n)
@@ -261,6 +301,8 @@ def main(argv=None):
     summary = best(rows)
     print_table(summary, ["kernel", "head_dim", "best", "best_ms", "table_ms", "speedup"])
     save(rows)
+    if a.write_configs:
+        write_configs(a.write_configs, summary, f"attention_tune.py on {torch.cuda.get_device_name() if DEV == 'cuda' else DEV}")
     return 0
 
 

@@ -84,6 +84,58 @@ def _table() -> dict:
 
 TABLE = _table()
 
+OVERRIDES_ENV = "ODYSSEUS_ATTENTION_CONFIGS"
+
+
+def _pow2(x, lo, hi) -> bool:
+    return isinstance(x, int) and lo <= x <= hi and x & (x - 1) == 0
+
+
+def load_overrides(path: str) -> dict:
+    """Replace table entries with the launch configs in the JSON file ``path``, e.g. the ones
+    ``benchmarks/attention_tune.py --write-configs`` measured fastest on your GPU:
+    ``{"attention_configs": [{"arch": 90, "kernel": "fwd", "dtype": "16", "head_dim": 128, "cfg": [BM, BN,
+    num_warps, num_stages]}, ...]}``. Every entry is checked first (a bad file raises ``ValueError`` and
+    changes nothing). Returns the entries it set. Set ``ODYSSEUS_ATTENTION_CONFIGS=path`` to load one at
+    import. The compile gate checks the shipped table, not these: a config from a file is compiled
+    first when it is launched."""
+    import json
+
+    with open(path) as f:
+        doc = json.load(f)
+    entries = doc.get("attention_configs") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected {{\"attention_configs\": [...]}}")
+    new = {}
+    for e in entries:
+        try:
+            key = (int(e["arch"]), str(e["kernel"]), str(e["dtype"]), int(e["head_dim"]))
+            cfg = tuple(e["cfg"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: bad entry {e!r}") from err
+        arch, kernel, dc, hd = key
+        good = (arch in ARCHS and kernel in KERNELS and dc in ("16", "32") and hd in HEAD_DIM_BUCKETS and len(cfg) == 4
+                and _pow2(cfg[0], 8, 256) and _pow2(cfg[1], 16, 256) and _pow2(cfg[2], 1, 16)
+                and isinstance(cfg[3], int) and 1 <= cfg[3] <= 8)
+        if not good:
+            raise ValueError(f"{path}: bad entry {e!r}: arch in {ARCHS}, kernel in {KERNELS}, dtype '16' or '32', "
+                             f"head_dim in {HEAD_DIM_BUCKETS}, cfg [BM, BN, num_warps, num_stages] (powers of two, "
+                             "BM 8-256, BN 16-256, warps 1-16; stages 1-8)")
+        new[key] = LaunchConfig(*cfg)
+    TABLE.update(new)
+    return new
+
+
+def _load_env_overrides() -> None:
+    import os
+
+    path = os.environ.get(OVERRIDES_ENV)
+    if path:
+        load_overrides(path)
+
+
+_load_env_overrides()
+
 
 def dtype_class(dtype) -> str:
     if dtype in (torch.float16, torch.bfloat16, "bf16", "fp16"):
