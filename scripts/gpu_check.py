@@ -81,7 +81,7 @@ def default_parts(jobs: int | None = None) -> list[Part]:
     overhead, the benchmarks, the kernel tests compiled for the GPU, a playground run, the gate."""
     jobs = jobs or max(2, min(12, (os.cpu_count() or 4) - 2))
     workers = max(1, min(6, (os.cpu_count() or 2) // 2))
-    bench = [Part(f"bench_{b}", 30, _py(f"benchmarks/{b}.py", "--quick", "--out", "{pdir}"), "bench",
+    bench = [Part(f"bench_{b}", 20 if b == "tp_gemm" else 30, _py(f"benchmarks/{b}.py", "--quick", "--out", "{pdir}"), "bench",
                   uses=[f"bench:benchmarks/{b}.py"], doc=f"benchmarks/{b}.py at its --quick size set")
              for b in BENCHMARKS]
     return [
@@ -90,22 +90,22 @@ def default_parts(jobs: int | None = None) -> list[Part]:
              "found plus setup.py's 8.0;9.0+PTX)"),
         Part("env", 10, _py("scripts/gpu_check.py", "--probe-env", "{json}"), "json", uses=["file:scripts/gpu_check.py"],
              doc="versions, device, clocks (nvidia-smi)"),
-        Part("gloo_cuda_probe", 20, _py("scripts/gpu_check.py", "--probe-gloo", "{json}"), "json",
+        Part("gloo_cuda_probe", 15, _py("scripts/gpu_check.py", "--probe-gloo", "{json}"), "json",
              doc="which gloo collectives / P2P move CUDA tensors (2 ranks sharing the GPU)"),
-        Part("tests_cuda", 110, _py("-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", *_xdist(workers),
+        Part("tests_cuda", 150, _py("-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", *_xdist(workers),
                                     "tests", "--junitxml={junit}"), "pytest", uses=["file:tests/conftest.py"],
              doc="every cuda-marked test (pytest-xdist workers when installed)"),
-        Part("host_overhead", 50, _py("benchmarks/host_overhead.py", "--quick", "--no-stub", "--out", "{pdir}"), "bench",
+        Part("host_overhead", 55, _py("benchmarks/host_overhead.py", "--quick", "--no-stub", "--out", "{pdir}"), "bench",
              uses=["bench:benchmarks/host_overhead.py"], doc="ring driver host overhead on CPU and GPU"),
         *bench,
-        Part("tune_attention", 110, _py("benchmarks/attention_tune.py", "--quick", "--out", "{pdir}"), "bench",
+        Part("tune_attention", 70, _py("benchmarks/attention_tune.py", "--quick", "--out", "{pdir}"), "bench",
              uses=["bench:benchmarks/attention_tune.py"], doc="launch-config sweep of the attention kernels "
              "(16-bit, head dims 128 and 64; every candidate checked against float64 first)"),
-        Part("tests_kernels", 60, _py("-m", "pytest", "-m", "not cuda", "-q", "-p", "no:cacheprovider",
+        Part("tests_kernels", 55, _py("-m", "pytest", "-m", "not cuda", "-q", "-p", "no:cacheprovider",
                                       *_xdist(workers), *KERNEL_TESTS, "--junitxml={junit}"), "pytest",
              uses=[f"file:{t}" for t in KERNEL_TESTS],
              doc="the kernel tests' small odd-shaped cases, Triton compiled for the GPU (fp32/fp16)"),
-        Part("playground", 45, _py("scripts/gpu_check.py", "--playground", "{pdir}", "{json}"), "json",
+        Part("playground", 60, _py("scripts/gpu_check.py", "--playground", "{pdir}", "{json}"), "json",
              uses=["module:odysseus_kernels.playground"], doc="a short playground run on the GPU"),
         Part("compile_gate", 25, _py("-m", "odysseus_kernels.kernels.aot", "--out", "{out}", "--arch", "90", "--families",
                                       "gemm,linear_attention", "--jobs", str(jobs), "--timeout", "22", "--quiet"), "plain", env={"TRITON_INTERPRET": None},
@@ -130,7 +130,7 @@ def _fill(cmd, **kw):
 
 def parse_junit(path: str) -> dict:
     """Counts of a pytest junit XML and the first failure's text."""
-    res = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "total": 0, "first_failure": None}
+    res = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "total": 0, "first_failure": None, "by_file": {}}
     if not os.path.exists(path):
         return res
     root = ET.parse(path).getroot()
@@ -143,14 +143,18 @@ def parse_junit(path: str) -> dict:
         if bad is None:
             bad = case.find("error")
         if bad is not None:
-            res["failed" if bad.tag == "failure" else "errors"] += 1
+            status = "failed" if bad.tag == "failure" else "errors"
             if res["first_failure"] is None:
                 text = (bad.get("message") or "") + "\n" + (bad.text or "")
                 res["first_failure"] = f"{case.get('classname')}::{case.get('name')}\n{text.strip()[:4000]}"
         elif case.find("skipped") is not None:
-            res["skipped"] += 1
+            status = "skipped"
         else:
-            res["passed"] += 1
+            status = "passed"
+        res[status] += 1
+        # per test module (a run cut by its budget says which modules' tests finished)
+        per = res["by_file"].setdefault(case.get("classname") or "?", {"passed": 0, "failed": 0, "errors": 0, "skipped": 0})
+        per[status] += 1
     return res
 
 

@@ -92,3 +92,14 @@ def test_the_sweep_picks_the_fastest_correct_candidate_and_writes_what_beats_the
     assert [(e["kernel"], e["cfg"]) for e in doc["attention_configs"]] == [("fwd", [128, 64, 8, 2])]
     configs.load_overrides(str(path))
     assert configs.pick(90, "fwd", torch.bfloat16, 128) == configs.LaunchConfig(128, 64, 8, 2)
+
+
+def test_configs_from_a_kit_run(tmp_path, table):
+    rows = [_row("bwd_dkdv", "64x32x8x2", c, 3.0, table=True) for c in (False, True)]
+    rows += [_row("bwd_dkdv", "64x64x4x2", c, 1.0) for c in (False, True)]
+    kit = tmp_path / "gpu_check.json"
+    kit.write_text(json.dumps({"device": "GPU", "date": "today", "benchmarks": {"attention_tune": {"meta": {}, "rows": rows}}}))
+    out = tmp_path / "tuned.json"
+    assert attention_tune.main(["--from-kit", str(kit), "--write-configs", str(out)]) == 0
+    configs.load_overrides(str(out))
+    assert configs.pick(90, "bwd_dkdv", torch.float16, 128) == configs.LaunchConfig(64, 64, 4, 2)

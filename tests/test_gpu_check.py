@@ -100,6 +100,7 @@ def test_pytest_part_counts_and_first_failure(tmp_path):
     t = rec["tests"]
     assert rec["status"] == "failed"
     assert (t["passed"], t["failed"], t["skipped"], t["total"]) == (1, 2, 1, 4)
+    assert t["by_file"] == {"test_fake": {"passed": 1, "failed": 2, "errors": 0, "skipped": 1}}
     assert "test_b" in t["first_failure"] and "first bad" in t["first_failure"]
     assert "test_b" in open(os.path.join(tmp_path, "o", "pytest.log")).read()
 
