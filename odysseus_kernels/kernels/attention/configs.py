@@ -14,14 +14,15 @@ dims 64 and 128 every combination of the flags.
 
 Why these numbers (Triton 3.8 compiler and ptxas, no GPU): with ``num_warps=8, num_stages=2`` every
 kernel fits the per-block shared memory of sm_90 (232,448 B) and sm_80 (166,912 B) with no register
-spills at 16-bit head dims 64/128 (d128 needs 64x32 tiles on sm_90: 128x64 spills 0.2-1.6 KB once the
-merge is in-kernel; sm_80 needs a few smaller tiles, :data:`_ARCH_OVERRIDES`). d256 keeps 64-row
+spills at 16-bit head dims 64/128 (d128 on sm_90 took 64x32 tiles until a GPU measured 128x64 with 8
+warps 2-2.6x faster, also spill-free now; sm_80 needs a few smaller tiles, :data:`_ARCH_OVERRIDES`). d256 keeps 64-row
 tiles so that sm_90 still uses wgmma, and spills 0.1-1.4 KB. The dK/dV kernel at the former
 ``num_warps=4`` and Triton's default 3 stages needed 247,808 B at bf16 d128. fp32 tiles are smaller
 (twice the bytes per element), and fp32 ``tl.dot`` runs in IEEE fp32 (``input_precision="ieee"``):
 fp32 results are exact fp32, not TF32 (and slow: CUDA-core dots, register spills; fp32 is for
-exactness). These are first choices that pass the gate, not tuned: autotuning over this table's
-neighbours on a GPU is the next step.
+exactness). These are first choices that pass the gate, tuned on a GPU only where
+:data:`_ARCH_OVERRIDES` says so (sm_90, 16-bit, head dim 128); ``benchmarks/attention_tune.py`` measures
+the rest, and :func:`load_overrides` loads a file of configs measured on your GPU.
 """
 from __future__ import annotations
 
@@ -65,9 +66,19 @@ _TILES = {
 # 712 B, d128: 16 B); these do not. The sm_80 forward uses _TILES: compiled in every mask-flag
 # combination, the former overrides spilled 4-16 B with span positions but no documents (a zigzag ring)
 # and _TILES does not (Triton 3.8 and 3.6).
+# On sm_90 at 16-bit head dim 128: the fastest of the candidates measured on an H200 that spill no
+# registers in any mask variant under Triton 3.6 and 3.8 (benchmarks/attention_tune.py, 2026-12-04,
+# Triton 3.6, bf16, batch 4 x seq 8192 x 16 heads, causal + non-causal time; every candidate correct on an
+# odd length against float64; benchmarks/results/2026-12-04b-nvidia-h200): all three kernels 128x64 with
+# 8 warps, 2 stages. Against the former 64x32 tiles: forward 2.0x (7.0 / 3.7 ms non-causal / causal, vs
+# 13.9 / 7.1), dQ 2.0x, dK/dV 2.6x. Faster but spilling (so failing the gate): forward 128x128 (2.2x,
+# 64-172 B spilled), dK/dV 64x64 with 4 warps (3.2x, up to 360 B). Other head dims and sm_80: not measured.
 _ARCH_OVERRIDES = {
     (80, "bwd_dkdv", "16", 64): (64, 32, 8, 2),
     (80, "bwd_dkdv", "16", 128): (32, 32, 8, 2),
+    (90, "fwd", "16", 128): (128, 64, 8, 2),
+    (90, "bwd_dq", "16", 128): (128, 64, 8, 2),
+    (90, "bwd_dkdv", "16", 128): (128, 64, 8, 2),
 }
 
 
