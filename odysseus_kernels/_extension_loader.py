@@ -94,7 +94,8 @@ def extension_disabled():
     return _disabled.enabled()
 
 
-def use_extension() -> bool:
-    """Whether ops should call the extension now: available and not disabled (for CUDA tensors, also
-    :func:`extension_has_cuda`)."""
-    return not _disabled.on and extension_available()
+def use_extension(device: torch.device | None = None) -> bool:
+    """Whether ops should call the extension now: available and not disabled, and for tensors on a CUDA
+    ``device`` also built with its CUDA kernels (:func:`extension_has_cuda`)."""
+    return (not _disabled.on and extension_available()
+            and (device is None or device.type != "cuda" or extension_has_cuda()))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._extension_loader import extension_has_cuda, use_extension
+from ..._extension_loader import use_extension
 from ..backend import resolve_backend as _resolve
 
 from . import cpu_flash
@@ -114,8 +114,7 @@ def merge_attention(out, lse, block_out, block_lse):
     no gradient is needed, as the ring schedules do). Returns ``(out, lse)``.
     """
     if (out.dtype in (torch.float32, torch.float64) and lse.dtype == out.dtype and out.device.type in ("cpu", "cuda")
-            and block_out.dtype in (out.dtype, torch.float16, torch.bfloat16) and use_extension()
-            and (out.device.type == "cpu" or extension_has_cuda())):
+            and block_out.dtype in (out.dtype, torch.float16, torch.bfloat16) and use_extension(out.device)):
         from ..extension_ops import merge_attention_states_
 
         merge_attention_states_(out, lse, block_out, block_lse.to(lse.dtype))

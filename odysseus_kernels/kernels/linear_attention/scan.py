@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._extension_loader import extension_has_cuda, use_extension
+from ..._extension_loader import use_extension
 
 
 def state_scan(states: torch.Tensor, chunk_log_decay: torch.Tensor | None, reverse: bool) -> torch.Tensor:
@@ -33,7 +33,7 @@ def state_scan(states: torch.Tensor, chunk_log_decay: torch.Tensor | None, rever
     """
     per_rank = chunk_log_decay is not None and chunk_log_decay.dim() == 3
     if (not per_rank and states.dtype in (torch.float32, torch.float64) and states.device.type in ("cpu", "cuda")
-            and use_extension() and (states.device.type == "cpu" or extension_has_cuda())):
+            and use_extension(states.device)):
         from ..extension_ops import linear_attention_state_scan
 
         ld = chunk_log_decay.to(states.dtype) if chunk_log_decay is not None else states.new_zeros(states.shape[2])
