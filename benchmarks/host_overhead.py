@@ -25,6 +25,7 @@ a ratio alike; medians and ratios are the medians over the rounds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import statistics
@@ -324,18 +325,37 @@ def _steps_main(reps: int, device: str) -> dict:
     calls = {"fwd_step": [lambda t=t: fwd.compute(t, None) for t in (0, 1)],
              "bwd_step": [lambda t=t: bwd_step(t) for t in (0, 1)], "setup": [setup]}
     # the modes measured: direct (the default) and, past the stubbed interpreter, every launch through
-    # Triton's JIT ("_jit"); in alternating rounds, so that a change of machine load hits both alike
-    modes = [("", "direct")] + ([("_jit", "jit")] if device != "cpu" else [])
+    # Triton's JIT ("_jit") and direct launches handing the launcher tensors instead of their addresses
+    # ("_tensors": the launcher then asks the driver about every tensor); in alternating rounds, so that
+    # a change of machine load hits them alike
+    modes = [("", "direct")] + ([("_jit", "jit"), ("_tensors", "direct")] if device != "cpu" else [])
     rounds: dict = {}
-    for sfx, mode in modes:  # warm-up
+
+    @contextlib.contextmanager
+    def mode_of(sfx, mode):
         with launch.triton_launch(mode):
+            if sfx != "_tensors":
+                yield
+                return
+            pls = [pl for pl in list(launch._PREPARED.values()) if pl._fingerprint is not None]
+            saved = [pl._fingerprint for pl in pls]
+            for pl, fp in zip(pls, saved):  # the same keys, the launcher given the arguments as they are
+                pl._fingerprint = lambda a, fp=fp: (lambda r: None if r is None else (r[0], a))(fp(a))
+            try:
+                yield
+            finally:
+                for pl, fp in zip(pls, saved):
+                    pl._fingerprint = fp
+
+    for sfx, mode in modes:  # warm-up
+        with mode_of(sfx, mode):
             for fns in calls.values():
                 for fn in fns:
                     for _ in range(50):
                         fn()
     for _ in range(5):
         for sfx, mode in modes:
-            with launch.triton_launch(mode):
+            with mode_of(sfx, mode):
                 for what, fns in calls.items():
                     if what == "setup" and sfx:
                         continue
@@ -345,7 +365,26 @@ def _steps_main(reps: int, device: str) -> dict:
     if device != "cpu":
         res["bwd_jit_over_direct_per_round"] = [round(j / d, 3) for j, d in zip(rounds["bwd_step_jit_us"],
                                                                                  rounds["bwd_step_us"])]
+        res["bwd_step_profile"] = _profile(lambda: (bwd_step(0), bwd_step(1)), reps)
     return res
+
+
+def _profile(fn, reps: int, top: int = 14) -> list[str]:
+    """Where a step's host time goes: ``fn`` run ``reps`` times under cProfile; the ``top`` functions by
+    their own time, each ``"us per call of fn | calls per call of fn | function"`` (cProfile's overhead
+    inflates the small ones alike; the shares are what tells)."""
+    import cProfile
+    import pstats
+
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(reps):
+        fn()
+    pr.disable()
+    st = pstats.Stats(pr).stats
+    rows = sorted(((tt, nc, f"{os.path.basename(f)}:{ln}({name})") for (f, ln, name), (_, nc, tt, _, _) in st.items()),
+                  reverse=True)[:top]
+    return [f"{tt / reps * 1e6:7.2f} us | {nc / reps:5.1f} | {where}" for tt, nc, where in rows]
 
 
 def _p2p_main(cfg: dict) -> dict:
@@ -437,7 +476,8 @@ def rows_of(device: str, world: int, m: dict, label: str) -> list[dict]:
 
 def _step_rows(launch: str) -> list:
     return [(f"{d}_step{sfx}_us", f"fused ring step, {what} (host work, no comm, {how})")
-            for sfx, how in (("", launch + ", direct launch (default)"), ("_jit", launch + ", every launch through the JIT"))
+            for sfx, how in (("", launch + ", direct launch (default)"), ("_jit", launch + ", every launch through the JIT"),
+                             ("_tensors", launch + ", direct launch, tensors (not addresses) to the launcher"))
             for d, what in (("fwd", "forward"), ("bwd", "backward"))]
 
 
@@ -478,10 +518,10 @@ def main(argv=None) -> int:
             for dev in devices]
     if "cpu" in devices and not a.no_stub:
         runs.append(("cpu", "triton-stub", True))
-    rows, errors = [], {}
+    rows, errors, profiles = [], {}, {}
 
     def save():  # after every measurement: a run stopped later (a budget, a hung transport) keeps what it had
-        write_json(a.out, "host_overhead", rows, {"world": a.world, "errors": errors})
+        write_json(a.out, "host_overhead", rows, {"world": a.world, "errors": errors, "bwd_step_profile": profiles})
 
     # first the per-step host work (on a GPU machine the most telling number, and the quickest)
     step_devices = [d for d in devices if d == "cuda"] + (["cpu", "cpu-jit"] if "cpu" in devices and not a.no_stub
@@ -493,6 +533,10 @@ def main(argv=None) -> int:
             errors[f"{dev} steps"] = f"{type(e).__name__}: {str(e)[:2000]}"
             print(f"host_overhead: the per-step measurement on {dev} failed: {str(e)[:500]}", file=sys.stderr)
             continue
+        if st.get("bwd_step_profile"):
+            profiles[dev] = st["bwd_step_profile"]
+            print(f"host_overhead ({dev}): a fused backward step (t = 0 and 1) under cProfile, by own time:\n  "
+                  + "\n  ".join(st["bwd_step_profile"]))
         for key, label in STEP_ROWS[dev]:
             if key not in st:
                 continue

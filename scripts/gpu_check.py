@@ -31,7 +31,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOTAL_BUDGET_S = 560.0  # the whole kit, start to end (< 10 minutes: one device call)
+TOTAL_BUDGET_S = 570.0  # the whole kit, start to end (< 10 minutes: one device call)
 MAX_FILE_BYTES = 15 * 1024 * 1024
 MAX_FILES = 8
 PY = sys.executable
@@ -98,15 +98,16 @@ def default_parts(jobs: int | None = None) -> list[Part]:
         Part("host_overhead", 55, _py("benchmarks/host_overhead.py", "--quick", "--no-stub", "--out", "{pdir}"), "bench",
              uses=["bench:benchmarks/host_overhead.py"], doc="ring driver host overhead on CPU and GPU"),
         *bench,
-        Part("tune_attention", 70, _py("benchmarks/attention_tune.py", "--quick", "--out", "{pdir}"), "bench",
+        Part("tune_attention", 55, _py("benchmarks/attention_tune.py", "--quick", "--out", "{pdir}"), "bench",
              uses=["bench:benchmarks/attention_tune.py"], doc="launch-config sweep of the attention kernels "
              "(16-bit, head dims 128 and 64; every candidate checked against float64 first)"),
-        Part("tests_kernels", 55, _py("-m", "pytest", "-m", "not cuda", "-q", "-p", "no:cacheprovider",
+        Part("tests_kernels", 40, _py("-m", "pytest", "-m", "not cuda", "-q", "-p", "no:cacheprovider",
                                       *_xdist(workers), *KERNEL_TESTS, "--junitxml={junit}"), "pytest",
              uses=[f"file:{t}" for t in KERNEL_TESTS],
              doc="the kernel tests' small odd-shaped cases, Triton compiled for the GPU (fp32/fp16)"),
-        Part("playground", 60, _py("scripts/gpu_check.py", "--playground", "{pdir}", "{json}"), "json",
-             uses=["module:odysseus_kernels.playground"], doc="a short playground run on the GPU"),
+        Part("playground", 100, _py("scripts/gpu_check.py", "--playground", "{pdir}", "{json}"), "json",
+             uses=["module:odysseus_kernels.playground"], doc="a short playground run on the GPU (its output echoed line by line with the seconds since its start, "
+             "so that a run stopped by its budget shows where the time went)"),
         Part("compile_gate", 25, _py("-m", "odysseus_kernels.kernels.aot", "--out", "{out}", "--arch", "90", "--families",
                                       "gemm,linear_attention", "--jobs", str(jobs), "--timeout", "22", "--quiet"), "plain", env={"TRITON_INTERPRET": None},
              uses=["module:odysseus_kernels.kernels.aot"], doc="the ahead-of-time compile gate for sm_90 under the machine's "
@@ -454,15 +455,48 @@ def playground(out_dir: str) -> dict:
         world, res["gloo_probe_error"] = 1, f"no probe result ({type(e).__name__}): one rank"
     cmd = [PY, "-m", "odysseus_kernels.playground", "--device", "cuda", "--world-size", str(world), "--steps", "2",
            "--dtype", "bfloat16", "--out", out_dir]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    print(proc.stdout[-6000:], proc.stderr[-3000:])
-    res.update(world=world, cmd=shlex.join(cmd), rc=proc.returncode, table=proc.stdout[-6000:])
+    rc, text = tee(cmd)
+    res.update(world=world, cmd=shlex.join(cmd), rc=rc, table=text[-6000:])
     for path in sorted(glob.glob(os.path.join(out_dir, "*.json"))):
         with open(path) as f:
             res[os.path.basename(path)] = json.load(f)
-    if proc.returncode != 0:
-        raise SystemExit(f"playground exited {proc.returncode}: {proc.stderr[-2000:]}")
+    if rc != 0:
+        raise SystemExit(f"playground exited {rc}: {text[-2000:]}")
     return res
+
+
+def tee(cmd: list) -> tuple[int, str]:
+    """Run ``cmd`` (stdout and stderr together) and echo its output as it comes, each line (a progress
+    bar's carriage returns as line ends) prefixed with the seconds since the start: a run stopped by its
+    budget shows where its time went. Returns the exit status and the output."""
+    t0 = time.monotonic()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    out, pending, shown = [], b"", None  # shown: the unfinished line already echoed (a bar drawn, no line end)
+
+    def echo(text):
+        print(f"[{time.monotonic() - t0:6.1f} s] {text}", flush=True)
+
+    while True:
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        pending += chunk.replace(b"\r", b"\n")
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            text = line.decode(errors="replace")
+            out.append(text)
+            if text != shown:
+                echo(text)
+            shown = None
+        if pending and pending.decode(errors="replace") != shown:
+            shown = pending.decode(errors="replace")
+            echo(shown)
+    if pending:
+        out.append(pending.decode(errors="replace"))
+        if out[-1] != shown:
+            echo(out[-1])
+    return proc.wait(), "\n".join(out)
 
 
 def build() -> int:

@@ -15,7 +15,7 @@ driver is ``host_overhead.RecordingDriver``, which records the launcher's argume
    per-token decay) and of the persistent GEMM (with a bias) is made twice, through the JIT and in the default mode: the same
    compiled kernel (each has a handle of its own here), and the launcher receives the same grid,
    stream, function, metadata and arguments, except that a direct launch passes no launch metadata and
-   no hooks (the JIT's hook chains are empty then).
+   no hooks (the JIT's hook chains are empty then), and each tensor as its address (an int).
 3. Counts: JIT launches per call once warm (0), with a launch hook or a pre-run hook installed (every
    launch), in ``"jit"`` mode (every launch); a callable grid launches through the JIT; the key changes
    with the current device and the JIT's debug option; the bound on kept fingerprints.
@@ -48,7 +48,11 @@ SCALARS = [0, 1, 2, 15, 16, 17, 48, 2 ** 31 - 1, 2 ** 31, -2 ** 31, -2 ** 31 - 1
 
 
 def _same(a, b) -> bool:
-    return a is b or (not isinstance(a, torch.Tensor) and type(a) is type(b) and a == b)
+    """The launcher's argument ``b`` (a direct launch's) stands for ``a`` (the JIT's): the same object, an
+    equal scalar, or the tensor's address (the launcher reads a tensor's ``data_ptr()``)."""
+    if isinstance(a, torch.Tensor):
+        return a is b or (type(b) is int and b == a.data_ptr())
+    return type(a) is type(b) and a == b
 
 
 class Twice:
@@ -85,6 +89,8 @@ class Twice:
             self.mismatches.append(f"{name}: kernel arguments {bad} differ")
         elif direct and mine[6:9] != (None, None, None):
             self.mismatches.append(f"{name}: a direct launch passed launch metadata or hooks")
+        elif direct and any(isinstance(a, torch.Tensor) for a in mine[9:]):
+            self.mismatches.append(f"{name}: a direct launch passed a tensor, not its address")
         return k
 
 

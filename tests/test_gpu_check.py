@@ -274,3 +274,29 @@ print("ok")
 """
     res = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
+
+
+def test_tee_echoes_timestamped_progress_and_returns_the_output(capsys):
+    code = ("import sys, time\n"
+            "sys.stderr.write('\\r[#...] 1/3 ring'); sys.stderr.flush(); time.sleep(0.3)\n"
+            "sys.stderr.write('\\r[##..] 2/3 zigzag\\n'); print('table'); sys.exit(4)")
+    rc, text = gc.tee([PY, "-c", code])
+    shown = capsys.readouterr().out.splitlines()
+    assert rc == 4 and text.split("\n") == ["", "[#...] 1/3 ring", "[##..] 2/3 zigzag", "table"]
+    # every line echoed with the seconds since the start; the bar's carriage returns became line ends
+    assert [line.split("] ", 1)[1] for line in shown if "/3" in line] == ["[#...] 1/3 ring", "[##..] 2/3 zigzag"]
+    stamps = [float(line[1:].split(" s]")[0]) for line in shown if "/3" in line]
+    assert stamps[1] - stamps[0] >= 0.25
+
+
+def test_a_part_stopped_by_its_budget_keeps_the_progress_it_echoed(tmp_path):
+    code = ("import sys, time\n"
+            "sys.stderr.write('\\r[#..] 1/3 tp_sp'); sys.stderr.flush(); time.sleep(30)")
+    script = tmp_path / "slow.py"
+    script.write_text(f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'scripts')!r})\n"
+                      f"import gpu_check\ngpu_check.tee([sys.executable, '-c', {code!r}])\n")
+    recs = gc.run_parts([gc.Part("playground", 3, [PY, str(script)])], str(tmp_path / "o"), total_budget_s=30,
+                        tmp=str(tmp_path / "t"))
+    assert recs[0]["status"] == "timeout"
+    log = open(os.path.join(str(tmp_path / "o"), "parts.log")).read()
+    assert "1/3 tp_sp" in log

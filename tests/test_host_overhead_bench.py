@@ -22,7 +22,8 @@ def test_p2p_latency_rows():
 def test_fused_step_measurements_with_no_launcher_and_with_the_jit():
     """The per-step host measurement of the GPU path on CPU, each in a fresh interpreter: the kernels
     stubbed under the interpreter (no launcher), and Triton's real JIT with the recording driver, in both
-    launch modes (direct, the default, and every launch through the JIT); each has its rows."""
+    launch modes (direct, the default, and every launch through the JIT) and direct launches handing the
+    launcher tensors; each has its rows, and the JIT measurement a profile of the backward step."""
     st = host_overhead.measure_steps(quick=True, device="cpu")
     jit = host_overhead.measure_steps(quick=True, device="cpu-jit")
     assert set(st) >= {"fwd_step_us", "bwd_step_us", "setup_us"} and "fwd_step_jit_us" not in st, st
@@ -30,8 +31,13 @@ def test_fused_step_measurements_with_no_launcher_and_with_the_jit():
     for m, dev in ((st, "cpu"), (jit, "cpu-jit")):
         keys = [key for key, _ in host_overhead.STEP_ROWS[dev]]
         assert all(0.0 < m[key] < 1e6 for key in keys), (dev, m)
-    assert len(host_overhead.STEP_ROWS["cpu-jit"]) == 4 and len(host_overhead.STEP_ROWS["cuda"]) == 5
-    assert len(jit["bwd_jit_over_direct_per_round"]) == 5  # the two modes timed in alternating rounds
+    # forward and backward in three modes (direct, through the JIT, direct with tensors to the launcher)
+    assert len(host_overhead.STEP_ROWS["cpu-jit"]) == 6 and len(host_overhead.STEP_ROWS["cuda"]) == 7
+    assert len(jit["bwd_jit_over_direct_per_round"]) == 5  # the modes timed in alternating rounds
+    # where the backward step's host time goes: cProfile's top functions, each "us | calls | function"
+    prof = jit["bwd_step_profile"]
+    assert len(prof) >= 5 and any("fingerprint" in line for line in prof), prof
+    assert all(len(line.split(" | ")) == 3 for line in prof), prof
 
 
 def test_the_recording_driver_keeps_launches_only_while_recording():

@@ -141,6 +141,16 @@ def test_the_fingerprint_refuses_what_it_cannot_key():
     with pytest.raises(ValueError, match="neither a tensor"):
         L.fingerprint_function(params, (None, 16, 5, 0.5))
 
+    class OnGpu(torch.Tensor):  # what the fingerprint reads of a GPU tensor, on a machine without one
+        is_cuda = property(lambda self: True)
+
+    assert fp((x.as_subclass(OnGpu), 16, 5, 0.5)) != fp((x, 16, 5, 0.5))  # a host tensor never shares a GPU one's kernel
+    # with the launcher's arguments: the same key, each tensor as its address (the launcher's own reading)
+    both = L.fingerprint_function(params, (x, 16, 5, 0.5), with_args=True)
+    y = torch.zeros(8)
+    assert both((y, 16, 7, 0.25)) == (fp((y, 16, 7, 0.25)), (y.data_ptr(), 16, 7, 0.25))
+    assert both((x, True, 5, 0.5)) is None
+
 
 def test_idle_hooks():
     class Chain:

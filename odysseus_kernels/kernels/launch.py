@@ -74,17 +74,27 @@ def _hooks_idle(fn) -> bool:
             and getattr(rt, "add_stages_inspection_hook", None) is None)
 
 
-def fingerprint_function(params, args):
+def fingerprint_function(params, args, *, with_args: bool = False):
     """``fingerprint(args) -> tuple | None`` for launches whose arguments have the kinds of ``args`` (a
     tensor or a Python scalar at each position; ``params`` are the kernel's ``KernelParam`` in order):
-    the tuple holds what Triton specializes the launch on (module docstring); ``None`` when a scalar
-    position holds another type than in ``args`` (such a launch goes through the JIT). Raises
-    ``AttributeError`` when a tensor position holds something else, ``ValueError`` when ``args`` has a
-    position that is neither (a ``None``, a tuple): no fingerprint is made for such kernels."""
-    tensors, scalars, types = [], [], []
+    the tuple holds what Triton specializes the launch on (module docstring) and whether each tensor is
+    on a GPU; ``None`` when a scalar position holds another type than in ``args`` (such a launch goes
+    through the JIT). Raises ``AttributeError`` when a tensor position holds something else,
+    ``ValueError`` when ``args`` has a position that is neither (a ``None``, a tuple): no fingerprint is
+    made for such kernels.
+
+    ``with_args``: the function returns ``(fingerprint, launcher_args)`` instead, ``launcher_args``
+    being ``args`` with each tensor replaced by its address (``data_ptr()``, read once for both). Triton's
+    launcher takes an integer address as it is, where for a tensor it calls ``data_ptr()`` and asks the
+    driver whether the address is device memory (``cuPointerGetAttribute``, one driver call per tensor
+    argument, 13 per attention launch): the JIT launch that first ran a fingerprint made that check,
+    and the fingerprint keeps a host tensor (``is_cuda``) from sharing a GPU tensor's kernel."""
+    tensors, scalars, types, ptrs, launch = [], [], [], [], []
     for i, (p, a) in enumerate(zip(params, args)):
         if isinstance(a, torch.Tensor) and not p.is_constexpr:
-            tensors.append(f"a[{i}].dtype, a[{i}].data_ptr() & 15")
+            ptrs.append(f"    p{i} = a[{i}].data_ptr()\n")
+            tensors.append(f"a[{i}].dtype, p{i} & 15, a[{i}].is_cuda")
+            launch.append(f"p{i}")
         elif type(a) in (int, float, bool):
             types.append(f"type(a[{i}])")  # a float is always fp32 and a bool u1: their type is their key
             if p.is_constexpr:
@@ -93,13 +103,17 @@ def fingerprint_function(params, args):
                 scalars.append(f"a[{i}]")
             elif type(a) is int:  # an unspecialized integer is typed by range only (i32; else its value)
                 scalars.append(f"(-0x80000000 <= a[{i}] <= 0x7fffffff or a[{i}])")
+            launch.append(f"a[{i}]")
         else:
             raise ValueError(f"argument {p.name}: a {type(a).__name__}, neither a tensor nor a Python scalar")
     want = tuple(type(a) for a in args if not isinstance(a, torch.Tensor))
+    key = f"({', '.join(tensors + scalars)}{',' if tensors or scalars else ''})"
+    ret = f"{key}, ({', '.join(launch)}{',' if launch else ''})" if with_args else key
     src = (f"def fingerprint(a):\n"
            f"    if len(a) != {len(args)} or ({', '.join(types)}{',' if types else ''}) != want:\n"
            f"        return None\n"
-           f"    return ({', '.join(tensors + scalars)}{',' if tensors or scalars else ''})\n")
+           f"{''.join(ptrs)}"
+           f"    return {ret}\n")
     scope = {"want": want}
     exec(compile(src, f"<fingerprint of {len(args)} arguments>", "exec"), scope)
     return scope["fingerprint"]
@@ -139,20 +153,21 @@ class PreparedLaunch:
             else:
                 return False
         try:
-            self._fingerprint = fingerprint_function(params, args)
+            self._fingerprint = fingerprint_function(params, args, with_args=True)
         except ValueError:
             return False
         self._tail = tuple(tail)
         return True
 
     def _key(self, args, drv):
+        """``(key, launcher_args)`` of ``args`` (:func:`fingerprint_function`), or ``None``: through the JIT."""
         try:
             fp = self._fingerprint(args)
         except AttributeError:  # a tensor position holds something else
             return None
         if fp is None:
             return None
-        return drv.get_current_device(), knobs.runtime.debug, knobs.compilation.instrumentation_mode, fp
+        return (drv.get_current_device(), knobs.runtime.debug, knobs.compilation.instrumentation_mode, fp[0]), fp[1]
 
     def __call__(self, grid, args: tuple):
         key = None
@@ -161,14 +176,16 @@ class PreparedLaunch:
                 self._eligible = False
             else:
                 drv = driver.active
-                key = self._key(args, drv)
-                k = self.kernels.get(key) if key is not None else None
-                if k is not None:
-                    n = len(grid)
-                    k.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1,
-                          drv.get_current_stream(key[0]), k.function, k.packed_metadata, None, None, None,
-                          *args, *self._tail)
-                    return k
+                keyed = self._key(args, drv)
+                if keyed is not None:
+                    key, launcher_args = keyed
+                    k = self.kernels.get(key)
+                    if k is not None:
+                        n = len(grid)
+                        k.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1,
+                              drv.get_current_stream(key[0]), k.function, k.packed_metadata, None, None, None,
+                              *launcher_args, *self._tail)
+                        return k
         self.jit_launches += 1
         k = self.fn[grid](*args, **self.kwargs)
         if key is not None and getattr(k, "function", None) is not None:
