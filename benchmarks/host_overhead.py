@@ -432,6 +432,85 @@ def measure_p2p(n: int = 2000, work_ms=(0.0, 0.3, 1.0), timeout: float = 600.0) 
     return rows
 
 
+def _breakdown_main(cfg: dict) -> dict:
+    """One rank: where the host CPU time (``time.thread_time``) of a ring forward + backward on the default
+    backend goes, per call: inside ``batch_isend_irecv`` (posting the exchanges), waiting for them, the
+    cross-rank metadata check's gather, the block attention kernels (PyTorch's CPU flash kernels), and
+    the rest (validation, the schedules' Python, autograd). Wrappers around those functions time them
+    (their own cost, a few us per call, lands in "rest")."""
+    import torch
+    import torch.distributed as dist
+
+    import odysseus_kernels as ok
+    from odysseus_kernels.comm import validate
+    from odysseus_kernels.kernels.attention import cpu_flash
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(1234 + dist.get_rank())
+    b, c, h, d = cfg["batch"], cfg["tokens"], cfg["heads"], cfg["head_dim"]
+    q, k, v, do = (torch.randn(b, c, h, d, generator=g) for _ in range(4))
+    for t in (q, k, v):
+        t.requires_grad_()
+    acc = dict.fromkeys(("post", "wait", "check", "kernels"), 0.0)
+    saved, depth = [], [0]
+
+    def timed(owner, name, key):
+        f = getattr(owner, name)
+        saved.append((owner, name, f))
+
+        def wrapper(*a, **kw):  # a timed call inside another (the check's own wait) counts for the outer one
+            depth[0] += 1
+            t0 = time.thread_time()
+            try:
+                return f(*a, **kw)
+            finally:
+                depth[0] -= 1
+                if not depth[0]:
+                    acc[key] += time.thread_time() - t0
+        setattr(owner, name, wrapper)
+
+    def ring():
+        ok.ring_attention(q, k, v, causal=True, layout="zigzag").backward(do)
+        q.grad = k.grad = v.grad = None
+
+    timed(dist, "batch_isend_irecv", "post")
+    timed(torch._C._distributed_c10d.Work, "wait", "wait")
+    timed(validate, "_gather_int64", "check")
+    timed(cpu_flash, "fwd", "kernels")
+    timed(cpu_flash, "bwd", "kernels")
+    try:
+        for _ in range(20):
+            ring()
+        acc.update(dict.fromkeys(acc, 0.0))
+        t0 = time.thread_time()
+        for _ in range(cfg["calls"]):
+            ring()
+        total = time.thread_time() - t0
+    finally:
+        for owner, name, f in reversed(saved):
+            setattr(owner, name, f)
+    us = {key: x / cfg["calls"] * 1e6 for key, x in acc.items()}
+    us["total"] = total / cfg["calls"] * 1e6
+    us["rest"] = us["total"] - sum(us[key] for key in ("post", "wait", "check", "kernels"))
+    return us
+
+
+def measure_breakdown(world: int, quick: bool, timeout: float = 600.0) -> list[dict]:
+    """:func:`_breakdown_main` on ``world`` local gloo ranks (CPU); rows per part, the slowest rank's."""
+    from odysseus_kernels.comm import LocalWorld
+
+    cfg = {"batch": 1, "tokens": 64, "heads": 2, "head_dim": 32, "calls": 100 if quick else 300}
+    with LocalWorld(world, threads=1) as w:
+        per_rank = w.run(_breakdown_main, cfg, timeout=timeout)
+    total = max(r["total"] for r in per_rank)
+    what = {"post": "posting the P2P exchanges (batch_isend_irecv)", "wait": "waiting for communication",
+            "check": "the cross-rank metadata check's gather", "kernels": "block attention kernels (CPU flash)",
+            "rest": "the rest: validation, schedules, autograd", "total": "ring fwd+bwd, host CPU per call"}
+    return [{"device": "cpu", "path": "default backend", "world": world, "shape": "B1 C64 H2 D32 float32",
+             "what": f"breakdown: {what[key]}", "cpu_us": max(r[key] for r in per_rank),
+             "share": max(r[key] for r in per_rank) / total} for key in what]
+
+
 def measure_steps(quick: bool, device: str) -> dict:
     """:func:`_steps_main` in a fresh interpreter (``TRITON_INTERPRET`` must be set, on ``"cpu"``, or unset,
     on ``"cuda"`` and ``"cpu-jit"``, before triton is imported)."""
@@ -503,6 +582,9 @@ def main(argv=None) -> int:
     p.add_argument("--p2p-latency", action="store_true",
                    help="also time plain gloo isend/irecv with 0 / 0.3 / 1 ms of compute between post and wait "
                         "(the machine's transport, without the package)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also split the CPU ring's host time per call: posting, waiting, the metadata check, the "
+                        "block kernels, the rest")
     p.add_argument("--_steps", type=int, default=0, help=argparse.SUPPRESS)  # internal: see measure_steps
     a = p.parse_args(argv)
     if a._steps:
@@ -555,6 +637,17 @@ def main(argv=None) -> int:
             continue
         rows += rows_of(dev, a.world, m, label)
         save()
+    if a.breakdown and "cpu" in devices:
+        try:
+            parts = measure_breakdown(a.world, a.quick)
+        except Exception as e:  # noqa: BLE001
+            errors["cpu breakdown"] = f"{type(e).__name__}: {str(e)[:2000]}"
+            print(f"host_overhead: the breakdown failed: {str(e)[:500]}", file=sys.stderr)
+        else:
+            rows += parts
+            print("cpu ring fwd+bwd host CPU per call: " + ", ".join(
+                f"{r['what'].split(': ', 1)[1]} {r['cpu_us']:.0f} us ({100 * r['share']:.0f}%)" for r in parts))
+            save()
     if a.p2p_latency and "cpu" in devices:
         try:
             p2p = measure_p2p(500 if a.quick else 2000)

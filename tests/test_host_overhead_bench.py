@@ -50,3 +50,15 @@ def test_the_recording_driver_keeps_launches_only_while_recording():
     assert d.utils.get_device_properties(0)["max_shared_mem"] == 232448
     assert d.get_current_target().arch == 90 and d.get_current_stream(0) == d.STREAM
     assert d.load_binary("k", b"", 0, 0)[1] != d.load_binary("k", b"", 0, 0)[1]  # a handle per compiled kernel
+
+
+def test_breakdown_of_the_cpu_rings_host_time():
+    """The split of a ring call's host CPU time (2 gloo ranks): every part took time, and the parts (each
+    the slowest rank's) add up to about the total (nested timed calls counted once: the check's own wait
+    is the check's)."""
+    rows = host_overhead.measure_breakdown(2, quick=True)
+    by = {r["what"].split(": ", 1)[1].split(" ")[0]: r for r in rows}
+    assert len(rows) == 6 and by["ring"]["share"] == 1.0, rows
+    parts = [r for r in rows if not r["what"].startswith("breakdown: ring")]
+    assert all(r["cpu_us"] > 0 for r in parts), rows  # every part took time: posting, waits, check, kernels, rest
+    assert abs(sum(r["cpu_us"] for r in parts) - by["ring"]["cpu_us"]) < 0.25 * by["ring"]["cpu_us"], rows
