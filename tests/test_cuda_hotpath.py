@@ -51,6 +51,8 @@ def _lasp2(q, k, v):
 
 OPS = {
     "ring_attention": (_attention("ring_attention"), HKV),
+    # the zigzag layout: two spans per shard even at world 1, so the kernels take span positions as data
+    "ring_attention+zigzag": (_attention("ring_attention", layout="zigzag"), HKV),
     "token_ring_attention": (_attention("token_ring_attention"), HKV),
     "ulysses_attention": (_attention("ulysses_attention"), HKV),
     "allgather_kv_attention": (_attention("allgather_kv_attention"), HKV),
