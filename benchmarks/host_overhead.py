@@ -37,6 +37,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_run_args, bench, print_table, write_json  # noqa: E402
 
 
+# the tiny shapes measured: on CPU (gloo ranks, the default backend, and the breakdown) and on a GPU (the
+# ring there, and the fused ring steps everywhere: the Triton kernels' shapes)
+CPU_SHAPE = {"batch": 1, "tokens": 64, "heads": 2, "head_dim": 32, "dtype": "float32"}
+GPU_SHAPE = {"batch": 1, "tokens": 256, "heads": 2, "head_dim": 64, "dtype": "bfloat16"}
+
+
 def _stub_triton_launch() -> None:
     """Under ``TRITON_INTERPRET=1``: every Triton launch returns at once (the host code around it runs)."""
     from triton.runtime.interpreter import InterpretedFunction
@@ -107,6 +113,24 @@ def install_recording_driver() -> RecordingDriver:
     return d
 
 
+def shape_of(cfg: dict) -> str:
+    """The ``shape`` column of a measurement's rows: ``"B1 C64 H2 D32 float32"``."""
+    return f"B{cfg['batch']} C{cfg['tokens']} H{cfg['heads']} D{cfg['head_dim']} {cfg['dtype']}"
+
+
+def _ring_inputs(cfg: dict, rank: int, device):
+    """One rank's ``q, k, v`` (requiring grad) and ``dout`` of ``cfg``'s shape and dtype on ``device``
+    (seeded per rank, so ranks differ)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1234 + rank)
+    b, c, h, d = cfg["batch"], cfg["tokens"], cfg["heads"], cfg["head_dim"]
+    q, k, v, do = (torch.randn(b, c, h, d, generator=g).to(device, getattr(torch, cfg["dtype"])) for _ in range(4))
+    for t in (q, k, v):
+        t.requires_grad_()
+    return q, k, v, do
+
+
 def _rank_main(cfg: dict) -> dict:
     """One rank: time ring fwd+bwd, the captured exchanges replayed bare, the metadata check."""
     import torch
@@ -121,11 +145,7 @@ def _rank_main(cfg: dict) -> dict:
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
-    dtype = getattr(torch, cfg["dtype"])
-    g = torch.Generator().manual_seed(1234 + rank)
-    b, c, h, d = cfg["batch"], cfg["tokens"], cfg["heads"], cfg["head_dim"]
-    q, k, v, do = (torch.randn(b, c, h, d, generator=g).to(dev, dtype) for _ in range(4))
-    q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+    q, k, v, do = _ring_inputs(cfg, rank, dev)
 
     def sync():
         if dev.type == "cuda":
@@ -204,8 +224,7 @@ def measure(device: str, world: int, *, quick: bool, stub_kernels: bool = False,
     other, so the slowest is the step time). ``stub_kernels``: the GPU path's host code on CPU."""
     from odysseus_kernels.comm import LocalWorld
 
-    cfg = {"device": device, "dtype": "float32" if device == "cpu" else "bfloat16", "batch": 1,
-           "tokens": 64 if device == "cpu" else 256, "heads": 2, "head_dim": 32 if device == "cpu" else 64,
+    cfg = {"device": device, **(CPU_SHAPE if device == "cpu" else GPU_SHAPE),
            "iters": 10 if quick else 20, "meta_iters": 30 if quick else 100, "rounds": 3 if quick else 15,
            "backend": "triton" if stub_kernels else "auto", "stub_kernels": stub_kernels}
     env = os.environ.get("TRITON_INTERPRET")
@@ -277,6 +296,18 @@ def ring_in_one_process(world: int, q, k, v, do) -> None:
     bwd.finish()
 
 
+class _TensorsToLauncher:
+    """A prepared launch's fingerprint with the same keys that hands the launcher the arguments as they
+    are (tensors, not their addresses): the ``"_tensors"`` mode of :func:`_steps_main`, the old way."""
+
+    def __init__(self, fingerprint):
+        self.fingerprint = fingerprint
+
+    def __call__(self, args):
+        hit = self.fingerprint(args)
+        return None if hit is None else (hit[0], args)
+
+
 def _steps_main(reps: int, device: str) -> dict:
     """In a fresh interpreter: the package's host work of one fused (Triton) ring step, forward and
     backward, without communication (a world-of-two schedule driven step by step in one process):
@@ -303,7 +334,8 @@ def _steps_main(reps: int, device: str) -> dict:
     torch.set_num_threads(1)
     dev, dtype = (torch.device("cuda", 0), torch.bfloat16) if cuda else (torch.device("cpu"), torch.float32)
     g = torch.Generator().manual_seed(0)
-    q, k, v, do = (torch.randn(1, 256, 2, 64, generator=g).to(dev, dtype) for _ in range(4))
+    b, c, h, d = (GPU_SHAPE[key] for key in ("batch", "tokens", "heads", "head_dim"))
+    q, k, v, do = (torch.randn(b, c, h, d, generator=g).to(dev, dtype) for _ in range(4))
     fwd, bwd, setup = ring_schedules(2, q, k, v, do)  # real (out, lse) on CUDA; the stubs compute nothing
 
     def bwd_step(t):
@@ -339,8 +371,8 @@ def _steps_main(reps: int, device: str) -> dict:
                 return
             pls = [pl for pl in list(launch._PREPARED.values()) if pl._fingerprint is not None]
             saved = [pl._fingerprint for pl in pls]
-            for pl, fp in zip(pls, saved):  # the same keys, the launcher given the arguments as they are
-                pl._fingerprint = lambda a, fp=fp: (lambda r: None if r is None else (r[0], a))(fp(a))
+            for pl, fp in zip(pls, saved):
+                pl._fingerprint = _TensorsToLauncher(fp)
             try:
                 yield
             finally:
@@ -446,11 +478,7 @@ def _breakdown_main(cfg: dict) -> dict:
     from odysseus_kernels.kernels.attention import cpu_flash
 
     torch.set_num_threads(1)
-    g = torch.Generator().manual_seed(1234 + dist.get_rank())
-    b, c, h, d = cfg["batch"], cfg["tokens"], cfg["heads"], cfg["head_dim"]
-    q, k, v, do = (torch.randn(b, c, h, d, generator=g) for _ in range(4))
-    for t in (q, k, v):
-        t.requires_grad_()
+    q, k, v, do = _ring_inputs(cfg, dist.get_rank(), torch.device("cpu"))
     acc = dict.fromkeys(("post", "wait", "check", "kernels"), 0.0)
     saved, depth = [], [0]
 
@@ -499,14 +527,14 @@ def measure_breakdown(world: int, quick: bool, timeout: float = 600.0) -> list[d
     """:func:`_breakdown_main` on ``world`` local gloo ranks (CPU); rows per part, the slowest rank's."""
     from odysseus_kernels.comm import LocalWorld
 
-    cfg = {"batch": 1, "tokens": 64, "heads": 2, "head_dim": 32, "calls": 100 if quick else 300}
+    cfg = {**CPU_SHAPE, "calls": 100 if quick else 300}
     with LocalWorld(world, threads=1) as w:
         per_rank = w.run(_breakdown_main, cfg, timeout=timeout)
     total = max(r["total"] for r in per_rank)
     what = {"post": "posting the P2P exchanges (batch_isend_irecv)", "wait": "waiting for communication",
             "check": "the cross-rank metadata check's gather", "kernels": "block attention kernels (CPU flash)",
             "rest": "the rest: validation, schedules, autograd", "total": "ring fwd+bwd, host CPU per call"}
-    return [{"device": "cpu", "path": "default backend", "world": world, "shape": "B1 C64 H2 D32 float32",
+    return [{"device": "cpu", "path": "default backend", "world": world, "shape": shape_of(cfg),
              "what": f"breakdown: {what[key]}", "cpu_us": max(r[key] for r in per_rank),
              "share": max(r[key] for r in per_rank) / total} for key in what]
 
@@ -533,9 +561,7 @@ def rows_of(device: str, world: int, m: dict, label: str) -> list[dict]:
     """Rows of one measurement; ``steps`` = ring steps of a forward + backward (``2 * world``: every step
     of a causal zigzag ring has work), ``batches`` = the P2P exchanges they post."""
     steps, batches = 2 * world, m["batches"]
-    c = m["cfg"]
-    shape = f"B{c['batch']} C{c['tokens']} H{c['heads']} D{c['head_dim']} {c['dtype']}"
-    base = {"device": device, "path": label, "world": world, "shape": shape}
+    base = {"device": device, "path": label, "world": world, "shape": shape_of(m["cfg"])}
     return [
         {**base, "what": "ring_attention fwd+bwd (causal zigzag)", "steps": steps, "batches": batches,
          "ms": m["ring_ms"], "ms_per_step": m["ring_ms"] / steps, "ratio": m["ratio"],
@@ -623,7 +649,7 @@ def main(argv=None) -> int:
             if key not in st:
                 continue
             rows.append({"device": "cuda" if dev == "cuda" else "cpu", "path": STEP_PATHS[dev], "world": 2,
-                         "shape": f"B1 C256 H2 D64 {st['dtype']}", "what": label, "steps": 1,
+                         "shape": shape_of({**GPU_SHAPE, "dtype": st["dtype"]}), "what": label, "steps": 1,
                          "cpu_us_per_step": st[key]})
             if key == "bwd_step_jit_us":  # each round's JIT / direct backward step, the rounds alternating
                 rows[-1]["ratio_per_round"] = st["bwd_jit_over_direct_per_round"]

@@ -59,6 +59,24 @@ def test_breakdown_of_the_cpu_rings_host_time():
     rows = host_overhead.measure_breakdown(2, quick=True)
     by = {r["what"].split(": ", 1)[1].split(" ")[0]: r for r in rows}
     assert len(rows) == 6 and by["ring"]["share"] == 1.0, rows
+    # labelled with the shape measured (the same formatter and shape as the ring-vs-bare rows)
+    assert {r["shape"] for r in rows} == {host_overhead.shape_of(host_overhead.CPU_SHAPE)} == {"B1 C64 H2 D32 float32"}
     parts = [r for r in rows if not r["what"].startswith("breakdown: ring")]
     assert all(r["cpu_us"] > 0 for r in parts), rows  # every part took time: posting, waits, check, kernels, rest
     assert abs(sum(r["cpu_us"] for r in parts) - by["ring"]["cpu_us"]) < 0.25 * by["ring"]["cpu_us"], rows
+
+
+def test_the_tensors_mode_keeps_the_key_and_hands_the_launcher_the_arguments():
+    """The "_tensors" step mode wraps a prepared launch's fingerprint: the same key (or the same miss), the
+    launcher given the arguments as they are instead of the addresses the fingerprint read."""
+    seen = []
+
+    def fingerprint(args):
+        seen.append(args)
+        return None if args[0] is None else (("key", 3), (1234, args[1]))
+
+    wrapped = host_overhead._TensorsToLauncher(fingerprint)
+    args = ("tensor", 7)
+    assert wrapped(args) == (("key", 3), args)
+    assert wrapped((None, 7)) is None
+    assert seen == [args, (None, 7)]
