@@ -42,3 +42,9 @@ def acc_dtype(dtype):
     import torch  # already loaded by any caller holding a torch.dtype; not at module import (see above)
 
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def as_dtype(t, dtype):
+    """``t`` in ``dtype``; ``t`` itself when it already is, without a call (``Tensor.to`` costs about a
+    microsecond of host time even when it has nothing to do: these run several times per op call)."""
+    return t if t.dtype == dtype else t.to(dtype)

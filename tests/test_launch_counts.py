@@ -208,3 +208,54 @@ def test_kernel_wrappers_do_host_arithmetic_without_triton_constexpr_functions()
         assert next_pow2(a) == triton.next_power_of_2(a), a
         for b in (1, 3, 16, 64, 128):
             assert cdiv(a, b) == triton.cdiv(a, b), (a, b)
+
+
+
+def test_planned_blocks_over_whole_shards_take_the_tensors_without_slicing(monkeypatch):
+    """A block covering all query rows / all key rows hands the block kernel those tensors themselves, not
+    views of them (taking ``t[:, 0:n]`` costs about a microsecond of host time per tensor and ring step,
+    nine tensors per backward block); a partial block slices; both give the float64 reference's values."""
+    from odysseus_kernels.kernels.attention import attention_ref
+    from odysseus_kernels.ops.attention import common
+    from odysseus_kernels.ops.attention.blocks import Block, Mask
+
+    g = torch.Generator().manual_seed(3)
+    b, c, h, d = 2, 12, 2, 8
+    q, k, v, do = (torch.randn(b, c, h, d, generator=g, dtype=torch.float64) for _ in range(4))
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    ref = attention_ref(*leaves, causal=True)
+    ref.backward(do)
+    seen = []
+    fwd, bwd = common.attention_block_fwd, common.attention_block_bwd
+
+    def rec_fwd(q_, k_, v_, **kw):
+        seen.append(("fwd", q_, k_, v_, kw.get("out"), kw.get("lse")))
+        return fwd(q_, k_, v_, **kw)
+
+    def rec_bwd(do_, q_, k_, v_, out_, lse_, **kw):
+        seen.append(("bwd", do_, q_, k_, v_, out_, lse_, kw["dq"], kw["dk"], kw["dv"]))
+        return bwd(do_, q_, k_, v_, out_, lse_, **kw)
+
+    monkeypatch.setattr(common, "attention_block_fwd", rec_fwd)
+    monkeypatch.setattr(common, "attention_block_bwd", rec_bwd)
+    mask, scale = Mask(causal=True), d ** -0.5
+    whole = (Block(0, c, 0, c, True, 0, 0),)
+    halves = (Block(0, c, 0, c // 2, True, 0, 0), Block(0, c, c // 2, c, True, 0, c // 2))  # keys in two blocks
+    for blocks in (whole, halves):
+        seen.clear()
+        out, lse = common.blocks_attention(q, k, v, blocks[:1], scale=scale, backend="torch", mask=mask)
+        common.blocks_forward(q, k, v, blocks[1:], out, lse, scale=scale, backend="torch", mask=mask)
+        dq, dk, dv = (torch.zeros_like(t) for t in (q, k, v))
+        common.blocks_backward(do, q, k, v, out, lse, None, blocks, dq, dk, dv, scale=scale, backend="torch",
+                               mask=mask)
+        calls = {kind: [x for x in seen if x[0] == kind] for kind in ("fwd", "bwd")}
+        assert len(calls["fwd"]) == len(blocks) and len(calls["bwd"]) == len(blocks)
+        for _, *args in calls["bwd"]:  # every query-side tensor is whole here (all blocks cover all rows)
+            assert all(a is w for a, w in zip(args[:2] + args[4:6], (do, q, out, lse))), "query side sliced"
+            assert args[6] is dq
+            key_side_whole = all(a is w for a, w in zip(args[2:4] + args[7:], (k, v, dk, dv)))
+            assert key_side_whole == (blocks is whole)
+        for _, q_, k_, v_, *_ in calls["fwd"]:
+            assert q_ is q and (k_ is k and v_ is v) == (blocks is whole)
+        for got, want in zip((out, dq, dk, dv), (ref.detach(), *(t.grad for t in leaves))):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..._util import as_dtype
+
 
 def eligible(q, k, v, *, causal, q_offset, k_offset, window, cu_seqlens) -> bool:
     return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and k.dtype == q.dtype
@@ -18,25 +20,20 @@ def eligible(q, k, v, *, causal, q_offset, k_offset, window, cu_seqlens) -> bool
             and q.shape[2] == k.shape[2] and q.shape[3] == v.shape[3])
 
 
-def _as(x, dtype):
-    """``x`` in ``dtype`` (no call when it already is: these wrappers run once per ring block)."""
-    return x if x.dtype == dtype else x.to(dtype)
-
-
 def fwd(q, k, v, *, softmax_scale, causal, out_dtype):
     """``(out [B, Sq, H, D], lse [B, H, Sq])`` like :func:`.reference.attention_block_fwd_torch`."""
     o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, bool(causal), attn_mask=None,
         scale=softmax_scale)[:2]
-    return _as(o.transpose(1, 2), out_dtype or q.dtype), lse
+    return as_dtype(o.transpose(1, 2), out_dtype or q.dtype), lse
 
 
 def bwd(dout, q, k, v, out, lse, *, softmax_scale, causal, grad_dtype):
     """``(dq, dk, dv)`` of a block given the rows' final ``out``/``lse`` (the kernel computes delta from them)."""
     dt = q.dtype
     dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        _as(dout, dt).transpose(1, 2), q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-        _as(out, dt).transpose(1, 2), _as(lse, dt).contiguous(), 0.0, bool(causal), attn_mask=None,
+        as_dtype(dout, dt).transpose(1, 2), q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+        as_dtype(out, dt).transpose(1, 2), as_dtype(lse, dt).contiguous(), 0.0, bool(causal), attn_mask=None,
         scale=softmax_scale)
     gd = grad_dtype or dt
-    return _as(dq.transpose(1, 2), gd), _as(dk.transpose(1, 2), gd), _as(dv.transpose(1, 2), gd)
+    return as_dtype(dq.transpose(1, 2), gd), as_dtype(dk.transpose(1, 2), gd), as_dtype(dv.transpose(1, 2), gd)

@@ -155,11 +155,22 @@ def mask_args(b, mask) -> dict:
     return mask.kernel_args(b.q_offset, b.k_offset) if b.masked else {"causal": False}
 
 
+def _whole(rows: slice, n: int) -> bool:
+    """Whether ``rows`` covers all ``n`` rows (the block then takes the tensors as they are: a ring step's
+    slicing costs about a microsecond of host time per tensor)."""
+    return rows.start == 0 and rows.stop == n
+
+
 def blocks_forward(q, k, v, blocks, out, lse, *, scale, backend, mask) -> None:
     """Merge the attention of every block (``q[:, b.q]`` vs ``k/v[:, b.k]``) into ``(out, lse)``."""
     for b in blocks:
-        attention_block_fwd(q[:, b.q], k[:, b.k], v[:, b.k], softmax_scale=scale, out=out[:, b.q],
-                            lse=lse[:, :, b.q], backend=backend, **mask_args(b, mask))
+        bq, bk = b.q, b.k
+        kb, vb = (k, v) if _whole(bk, k.shape[1]) else (k[:, bk], v[:, bk])
+        if _whole(bq, q.shape[1]):
+            attention_block_fwd(q, kb, vb, softmax_scale=scale, out=out, lse=lse, backend=backend, **mask_args(b, mask))
+        else:
+            attention_block_fwd(q[:, bq], kb, vb, softmax_scale=scale, out=out[:, bq], lse=lse[:, :, bq],
+                                backend=backend, **mask_args(b, mask))
 
 
 def blocks_attention(q, k, v, blocks, *, scale, backend, mask):
@@ -169,7 +180,8 @@ def blocks_attention(q, k, v, blocks, *, scale, backend, mask):
     acc = acc_dtype(q.dtype)
     b0 = blocks[0] if len(blocks) == 1 else None
     if b0 is not None and b0.q_start == 0 and b0.q_stop == q.shape[1]:
-        o, lse = attention_block_fwd(q, k[:, b0.k], v[:, b0.k], softmax_scale=scale, out_dtype=acc, backend=backend,
+        kb, vb = (k, v) if _whole(b0.k, k.shape[1]) else (k[:, b0.k], v[:, b0.k])
+        o, lse = attention_block_fwd(q, kb, vb, softmax_scale=scale, out_dtype=acc, backend=backend,
                                      **mask_args(b0, mask))
         return o.contiguous(), (lse if lse.dtype == acc else lse.to(acc)).contiguous()
     out, lse = new_accumulators(q, q.shape[1], v.shape[-1])
@@ -180,10 +192,15 @@ def blocks_attention(q, k, v, blocks, *, scale, backend, mask):
 def blocks_backward(dout, q, k, v, out, lse, delta, blocks, dq, dk, dv, *, scale, backend, mask) -> None:
     """Accumulate every block's gradients into ``dq``/``dk``/``dv`` (given the rows' final lse, and delta or
     ``out``: ``delta=None`` lets each block take it from ``out``, which PyTorch's CPU flash backward does anyway)."""
+    nq, nk = q.shape[1], k.shape[1]
     for b in blocks:
-        attention_block_bwd(dout[:, b.q], q[:, b.q], k[:, b.k], v[:, b.k], None if out is None else out[:, b.q],
-                            lse[:, :, b.q], softmax_scale=scale, delta=None if delta is None else delta[:, :, b.q],
-                            dq=dq[:, b.q], dk=dk[:, b.k], dv=dv[:, b.k], backend=backend, **mask_args(b, mask))
+        bq, bk = b.q, b.k
+        qs = (dout, q, out, lse, delta, dq) if _whole(bq, nq) else (
+            dout[:, bq], q[:, bq], None if out is None else out[:, bq], lse[:, :, bq],
+            None if delta is None else delta[:, :, bq], dq[:, bq])
+        ks = (k, v, dk, dv) if _whole(bk, nk) else (k[:, bk], v[:, bk], dk[:, bk], dv[:, bk])
+        attention_block_bwd(qs[0], qs[1], ks[0], ks[1], qs[2], qs[3], softmax_scale=scale, delta=qs[4], dq=qs[5],
+                            dk=ks[2], dv=ks[3], backend=backend, **mask_args(b, mask))
 
 
 def row_delta(dout, out, dtype) -> torch.Tensor:

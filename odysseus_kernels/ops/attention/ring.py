@@ -78,7 +78,7 @@ class RingForward(Rotation):
         p = self.payload(t)
         hit = self._kv.get(id(p))
         if hit is None or hit[0] is not p:
-            hit = self._kv[id(p)] = (p, p[0], p[1])
+            hit = self._kv[id(p)] = (p, *p.unbind(0))
         return hit[1], hit[2]
 
     def visible(self, t) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..._util import as_dtype
 from ..ring import run_schedule
 
 
@@ -19,7 +20,7 @@ class ScheduledAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, fwd_cls, bwd_cls, info, spans, mask, scale, backend):
         sched = run_schedule(fwd_cls(info, spans, q, k, v, mask=mask, scale=scale, backend=backend), info)
-        out = sched.out.to(q.dtype)
+        out = as_dtype(sched.out, q.dtype)
         ctx.save_for_backward(q, k, v, out, sched.lse)
         ctx.opts = (bwd_cls, info, spans, mask, scale, backend)
         ctx.mark_non_differentiable(sched.lse)
@@ -32,4 +33,4 @@ class ScheduledAttention(torch.autograd.Function):
         sched = run_schedule(bwd_cls(info, spans, q, k, v, out, lse, dout.contiguous(), mask=mask, scale=scale,
                                      backend=backend), info)
         dq, dk, dv = sched.grads()
-        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)) + (None,) * 7
+        return (as_dtype(dq, q.dtype), as_dtype(dk, k.dtype), as_dtype(dv, v.dtype)) + (None,) * 7
