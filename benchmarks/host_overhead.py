@@ -398,6 +398,8 @@ def _steps_main(reps: int, device: str) -> dict:
         res["bwd_jit_over_direct_per_round"] = [round(j / d, 3) for j, d in zip(rounds["bwd_step_jit_us"],
                                                                                  rounds["bwd_step_us"])]
         res["bwd_step_profile"] = _profile(lambda: (bwd_step(0), bwd_step(1)), reps)
+        # the set-up of a call's two schedules (199 us on the H200, 2026-12-04: more than a step)
+        res["setup_profile"] = _profile(setup, reps)
     return res
 
 
@@ -626,10 +628,11 @@ def main(argv=None) -> int:
             for dev in devices]
     if "cpu" in devices and not a.no_stub:
         runs.append(("cpu", "triton-stub", True))
-    rows, errors, profiles = [], {}, {}
+    rows, errors, profiles, setup_profiles = [], {}, {}, {}
 
     def save():  # after every measurement: a run stopped later (a budget, a hung transport) keeps what it had
-        write_json(a.out, "host_overhead", rows, {"world": a.world, "errors": errors, "bwd_step_profile": profiles})
+        write_json(a.out, "host_overhead", rows, {"world": a.world, "errors": errors, "bwd_step_profile": profiles,
+                                                  "setup_profile": setup_profiles})
 
     # first the per-step host work (on a GPU machine the most telling number, and the quickest)
     step_devices = [d for d in devices if d == "cuda"] + (["cpu", "cpu-jit"] if "cpu" in devices and not a.no_stub
@@ -645,6 +648,10 @@ def main(argv=None) -> int:
             profiles[dev] = st["bwd_step_profile"]
             print(f"host_overhead ({dev}): a fused backward step (t = 0 and 1) under cProfile, by own time:\n  "
                   + "\n  ".join(st["bwd_step_profile"]))
+        if st.get("setup_profile"):
+            setup_profiles[dev] = st["setup_profile"]
+            print(f"host_overhead ({dev}): the set-up of a fused ring call's two schedules under cProfile, by own "
+                  f"time:\n  " + "\n  ".join(st["setup_profile"]))
         for key, label in STEP_ROWS[dev]:
             if key not in st:
                 continue

@@ -23,7 +23,8 @@ def test_fused_step_measurements_with_no_launcher_and_with_the_jit():
     """The per-step host measurement of the GPU path on CPU, each in a fresh interpreter: the kernels
     stubbed under the interpreter (no launcher), and Triton's real JIT with the recording driver, in both
     launch modes (direct, the default, and every launch through the JIT) and direct launches handing the
-    launcher tensors; each has its rows, and the JIT measurement a profile of the backward step."""
+    launcher tensors; each has its rows, and the JIT measurement profiles of the backward step and of the
+    set-up of a call's two schedules."""
     st = host_overhead.measure_steps(quick=True, device="cpu")
     jit = host_overhead.measure_steps(quick=True, device="cpu-jit")
     assert set(st) >= {"fwd_step_us", "bwd_step_us", "setup_us"} and "fwd_step_jit_us" not in st, st
@@ -38,6 +39,11 @@ def test_fused_step_measurements_with_no_launcher_and_with_the_jit():
     prof = jit["bwd_step_profile"]
     assert len(prof) >= 5 and any("fingerprint" in line for line in prof), prof
     assert all(len(line.split(" | ")) == 3 for line in prof), prof
+    # and where the set-up of a call's two schedules goes (the schedules' constructors among the top)
+    setup = jit["setup_profile"]
+    assert len(setup) >= 5 and all(len(line.split(" | ")) == 3 for line in setup), setup
+    assert any("ring.py" in line and "__init__" in line for line in setup), setup
+    assert "setup_profile" not in st, st  # no launcher under the interpreter: nothing to tell
 
 
 def test_the_recording_driver_keeps_launches_only_while_recording():
