@@ -63,12 +63,6 @@ OPS = {
 }
 
 
-def _linear(name):
-    def run(x, w):
-        return getattr(ok, name)(x, w)
-    return run
-
-
 @pytest.mark.parametrize("mode", ["full", "local"])
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_attention_ops_do_not_sync_the_host(name, mode):
@@ -118,16 +112,18 @@ def test_direct_launches_run_what_the_jit_runs(name):
         assert torch.equal(a, b), f"{name}: direct and JIT launches differ by {(a.float() - b.float()).abs().max().item()}"
 
 
-@pytest.mark.parametrize("name", ["all_gather_linear", "linear_reduce_scatter"])
-def test_tp_gemms_do_not_sync_the_host(name):
+@pytest.mark.parametrize("impl", ["auto", "fused"])  # at world 1 "auto" is the plain GEMM; "fused" runs the
+@pytest.mark.parametrize("name", ["all_gather_linear", "linear_reduce_scatter"])  # fused kernels and their flags
+def test_tp_gemms_do_not_sync_the_host(name, impl):
     x = torch.randn(B, L, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     w = torch.randn(384, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    _linear(name)(x, w).float().sum().backward()
+    op = getattr(ok, name)
+    op(x, w, impl=impl).float().sum().backward()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         with ok.validation("local"):
-            y = _linear(name)(x, w)
+            y = op(x, w, impl=impl)
             y.backward(torch.ones_like(y))
     finally:
         torch.cuda.set_sync_debug_mode("default")
@@ -222,3 +218,39 @@ def test_tp_gemms_capture_in_a_cuda_graph(name, impl):
     w = torch.randn(384, 256, device="cuda", dtype=torch.bfloat16)
     fn = lambda x: op(x, w, impl=impl)  # noqa: E731
     assert capture_forward(fn, [x], [_fresh([x], 1), _fresh([x], 2)]) == [0.0, 0.0], (name, impl)
+
+
+def test_a_captured_graph_keeps_its_span_tables_past_the_cache():
+    """The span-position tables a capture used outlive the bounded cache (``cached_positions``): dropped
+    from it after the capture, their memory handed out again and overwritten, the replay still equals an
+    eager call (a packing of its own, so this test builds its tables)."""
+    import gc
+
+    from odysseus_kernels.kernels.attention import triton_attention as ta
+
+    fn = _attention("ring_attention", cu_seqlens=[0, 11, 200, L])
+    static = _qkv(grad=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(2):
+            fn(*static)
+    torch.cuda.current_stream().wait_stream(side)
+    kept = len(ta._CAPTURED)
+    graph = torch.cuda.CUDAGraph()
+    with ok.validation("local"), torch.no_grad(), torch.cuda.graph(graph):
+        out = fn(*static)
+    assert len(ta._CAPTURED) > kept, "the capture's span tables were not kept"
+    ta._positions.cache_clear()  # as an eviction by eager calls with many other packings would
+    gc.collect()
+    junk = [torch.full((1 << 16,), -7, dtype=torch.int32, device="cuda") for _ in range(64)]  # reuse freed blocks
+    fresh = _fresh(static, 3)
+    with torch.no_grad():
+        for s, f in zip(static, fresh):
+            s.copy_(f)
+    graph.replay()
+    with torch.no_grad():
+        eager = fn(*fresh)
+    torch.cuda.synchronize()
+    del junk
+    assert torch.equal(out, eager), f"replay after eviction differs by {(out.float() - eager.float()).abs().max().item()}"

@@ -232,3 +232,29 @@ def test_spy_catches_host_reads_in_package_code():
     with spy:
         exec(compile("import torch\nbool(torch.ones(1))", os.path.join(_PKG, "ops", "_probe.py"), "exec"), {})
     assert spy.hits and spy.hits[0].startswith("ops/_probe.py:2"), spy.hits
+
+
+def test_span_positions_a_graph_capture_used_outlive_the_bounded_cache(monkeypatch):
+    """The device tables of span positions live in a bounded cache (1024 entries); a CUDA graph replays
+    reads of them long after its capture, so the ones looked up while a capture is running are kept for
+    good: the cache may drop them (eager calls with many other packings), their tensors stay alive. Tables
+    looked up outside a capture are not kept (the cache's bound holds)."""
+    import gc
+    import weakref
+
+    from odysseus_kernels.kernels.attention import triton_attention as ta
+
+    monkeypatch.setattr(ta, "_CAPTURED", {})
+    refs = {}
+    for capturing, spans in ((True, ((0, 5), (9, 3))), (False, ((0, 4),))):
+        monkeypatch.setattr(ta, "_capturing", lambda device, c=capturing: c)
+        p = ta.cached_positions(spans, (0, 6, 12), "cpu")
+        assert p is ta.cached_positions(spans, (0, 6, 12), "cpu")  # cached
+        assert p.pos.tolist() == [a + i for a, n in spans for i in range(n)]
+        refs[capturing] = weakref.ref(p.pos)
+        del p
+    ta._positions.cache_clear()  # as an eviction would
+    gc.collect()
+    assert refs[True]() is not None, "a table a captured graph reads was freed"
+    assert refs[False]() is None, "a table used outside any capture was kept past the cache"
+    assert not ta._capturing("cpu")  # the real check never calls into CUDA for a host device
