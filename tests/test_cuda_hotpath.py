@@ -55,6 +55,8 @@ OPS = {
     "ring_attention+zigzag": (_attention("ring_attention", layout="zigzag"), HKV),
     "token_ring_attention": (_attention("token_ring_attention"), HKV),
     "ulysses_attention": (_attention("ulysses_attention"), HKV),
+    # rows arrive rank-major: attended in token order through a cached permutation
+    "ulysses_attention+zigzag": (_attention("ulysses_attention", layout="zigzag"), HKV),
     "allgather_kv_attention": (_attention("allgather_kv_attention"), HKV),
     "local_attention": (_attention("local_attention"), HKV),
     "lasp2_linear_attention": (_lasp2, H),
@@ -132,10 +134,11 @@ def test_tp_gemms_do_not_sync_the_host(name, impl):
     assert (y.float() - ref).abs().max().item() < 0.05 * ref.abs().max().item()
 
 
-def capture_forward(fn, static, fresh_inputs) -> list[float]:
+def capture_forward(fn, static, fresh_inputs, after_capture=None) -> list[float]:
     """Capture ``fn(*static)`` (no grad, validation "local", after two warm-up calls on a side stream)
     in a CUDA graph; for each list in ``fresh_inputs`` copy it into ``static``, replay, and return the
-    max abs difference of the replayed output from an eager call on the same inputs."""
+    max abs difference of the replayed output from an eager call on the same inputs. ``after_capture()``
+    runs between the capture and the first replay."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side), torch.no_grad():
@@ -145,6 +148,8 @@ def capture_forward(fn, static, fresh_inputs) -> list[float]:
     graph = torch.cuda.CUDAGraph()
     with ok.validation("local"), torch.no_grad(), torch.cuda.graph(graph):
         out = fn(*static)
+    if after_capture is not None:
+        after_capture()
     diffs = []
     for fresh in fresh_inputs:
         with torch.no_grad():
@@ -220,37 +225,28 @@ def test_tp_gemms_capture_in_a_cuda_graph(name, impl):
     assert capture_forward(fn, [x], [_fresh([x], 1), _fresh([x], 2)]) == [0.0, 0.0], (name, impl)
 
 
-def test_a_captured_graph_keeps_its_span_tables_past_the_cache():
-    """The span-position tables a capture used outlive the bounded cache (``cached_positions``): dropped
-    from it after the capture, their memory handed out again and overwritten, the replay still equals an
-    eager call (a packing of its own, so this test builds its tables)."""
+@pytest.mark.parametrize("name", ["ring_attention+docs", "ulysses_attention+doc_zigzag"])
+def test_a_captured_graph_keeps_its_device_tables_past_their_caches(name):
+    """The device tables a capture used (span positions, ``cached_positions``; the Ulysses row order)
+    outlive their bounded caches: dropped from them after the capture, their memory handed out again and
+    overwritten, the replay still equals an eager call."""
     import gc
 
-    from odysseus_kernels.kernels.attention import triton_attention as ta
+    from odysseus_kernels.kernels.attention.triton_attention import cached_positions
+    from odysseus_kernels.ops.attention.ulysses import _natural_order
 
-    fn = _attention("ring_attention", cu_seqlens=[0, 11, 200, L])
+    docs = [0, 12, 200, L]  # a packing no other test uses: this test's capture looks its tables up first
+    fn = (_attention("ring_attention", cu_seqlens=docs) if name == "ring_attention+docs"
+          else _attention("ulysses_attention", layout="doc_zigzag", cu_seqlens=docs))
+    cache = cached_positions if name == "ring_attention+docs" else _natural_order
+    kept, junk = len(cache.captured), []
+
+    def evict():
+        assert len(cache.captured) > kept, "the capture's device tables were not kept"
+        cached_positions.cache_clear()  # as an eviction by eager calls with many other packings would
+        _natural_order.cache_clear()
+        gc.collect()
+        junk.extend(torch.full((1 << 16,), -7, dtype=torch.int32, device="cuda") for _ in range(64))  # reuse
+
     static = _qkv(grad=False)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.no_grad():
-        for _ in range(2):
-            fn(*static)
-    torch.cuda.current_stream().wait_stream(side)
-    kept = len(ta._CAPTURED)
-    graph = torch.cuda.CUDAGraph()
-    with ok.validation("local"), torch.no_grad(), torch.cuda.graph(graph):
-        out = fn(*static)
-    assert len(ta._CAPTURED) > kept, "the capture's span tables were not kept"
-    ta._positions.cache_clear()  # as an eviction by eager calls with many other packings would
-    gc.collect()
-    junk = [torch.full((1 << 16,), -7, dtype=torch.int32, device="cuda") for _ in range(64)]  # reuse freed blocks
-    fresh = _fresh(static, 3)
-    with torch.no_grad():
-        for s, f in zip(static, fresh):
-            s.copy_(f)
-    graph.replay()
-    with torch.no_grad():
-        eager = fn(*fresh)
-    torch.cuda.synchronize()
-    del junk
-    assert torch.equal(out, eager), f"replay after eviction differs by {(out.float() - eager.float()).abs().max().item()}"
+    assert capture_forward(fn, static, [_fresh(static, 3)], after_capture=evict) == [0.0], name

@@ -234,27 +234,49 @@ def test_spy_catches_host_reads_in_package_code():
     assert spy.hits and spy.hits[0].startswith("ops/_probe.py:2"), spy.hits
 
 
-def test_span_positions_a_graph_capture_used_outlive_the_bounded_cache(monkeypatch):
-    """The device tables of span positions live in a bounded cache (1024 entries); a CUDA graph replays
-    reads of them long after its capture, so the ones looked up while a capture is running are kept for
-    good: the cache may drop them (eager calls with many other packings), their tensors stay alive. Tables
-    looked up outside a capture are not kept (the cache's bound holds)."""
+
+@pytest.mark.parametrize("which", ["span positions", "Ulysses row order"])
+def test_device_tables_a_graph_capture_used_outlive_the_bounded_cache(monkeypatch, which):
+    """Device tables built once and cached (span positions of the fused attention kernels, the Ulysses
+    permutation to token order) live in bounded caches; a CUDA graph replay reads them long after its
+    capture, so the ones looked up while a capture is running are kept for good: the cache may drop them
+    (eager calls with many other packings), their tensors stay alive. Tables looked up outside a capture
+    are not kept (the cache's bound holds)."""
     import gc
     import weakref
 
-    from odysseus_kernels.kernels.attention import triton_attention as ta
+    from odysseus_kernels.kernels import device_cache
+    from odysseus_kernels.kernels.attention.triton_attention import cached_positions
+    from odysseus_kernels.ops.attention.ulysses import _natural_order
 
-    monkeypatch.setattr(ta, "_CAPTURED", {})
+    cache = cached_positions if which == "span positions" else _natural_order
+    monkeypatch.setattr(cache, "captured", {})
     refs = {}
     for capturing, spans in ((True, ((0, 5), (9, 3))), (False, ((0, 4),))):
-        monkeypatch.setattr(ta, "_capturing", lambda device, c=capturing: c)
-        p = ta.cached_positions(spans, (0, 6, 12), "cpu")
-        assert p is ta.cached_positions(spans, (0, 6, 12), "cpu")  # cached
-        assert p.pos.tolist() == [a + i for a, n in spans for i in range(n)]
-        refs[capturing] = weakref.ref(p.pos)
-        del p
-    ta._positions.cache_clear()  # as an eviction would
+        monkeypatch.setattr(device_cache, "capturing", lambda device, c=capturing: c)
+        if cache is cached_positions:
+            key, want = (spans, (0, 6, 12), "cpu"), [a + i for a, n in spans for i in range(n)]
+            table = lambda v: v.pos  # noqa: E731
+        else:  # two ranks' spans, rank-major
+            key, want = (((spans[0],), spans[1:] or ((7, 2),)), "cpu"), None
+            table = lambda v: v[0]  # noqa: E731
+        value = cache(*key)
+        assert value is cache(*key)  # cached
+        if want is not None:
+            assert table(value).tolist() == want
+        refs[capturing] = weakref.ref(table(value))
+        del value
+    cache.cache_clear()  # as an eviction would
     gc.collect()
     assert refs[True]() is not None, "a table a captured graph reads was freed"
     assert refs[False]() is None, "a table used outside any capture was kept past the cache"
-    assert not ta._capturing("cpu")  # the real check never calls into CUDA for a host device
+    assert not device_cache.capturing("cpu")  # the real check never calls into CUDA for a host device
+
+
+def test_ulysses_row_order_is_the_token_order():
+    from odysseus_kernels.ops.attention.ulysses import _natural_order
+
+    spans = (((0, 2), (6, 2)), ((2, 2), (4, 2)))  # zigzag on 2 ranks, 8 tokens, rank-major
+    to_nat, back = _natural_order(spans, "cpu")
+    assert back.tolist() == [0, 1, 6, 7, 2, 3, 4, 5]
+    assert back[to_nat].tolist() == list(range(8))

@@ -28,7 +28,6 @@ Head dims that are not powers of two are padded with masked lanes. fp32 inputs u
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -36,6 +35,7 @@ import triton
 import triton.language as tl
 
 from ..backend import cdiv, next_pow2
+from ..device_cache import DeviceCache
 from ..launch import prepared
 from .configs import current_arch, pick
 
@@ -484,29 +484,11 @@ class Positions:
         return m
 
 
-@functools.lru_cache(maxsize=1024)
-def _positions(spans: tuple, cu_seqlens, device: str) -> Positions:
-    return Positions(spans, cu_seqlens, torch.device(device))
-
-
-# Positions a CUDA graph read while it was captured: kept for the life of the process, since a replay reads
-# their device tensors and the bounded cache above may drop them (eager calls with many other packings)
-_CAPTURED: dict = {}
-
-
-def _capturing(device: str) -> bool:
-    """Whether the current CUDA stream is being captured into a graph (never for a host device)."""
-    return device.startswith("cuda") and torch.cuda.is_current_stream_capturing()
-
-
-def cached_positions(spans: tuple, cu_seqlens, device: str) -> Positions:
-    """The :class:`Positions` of ``spans`` (a tuple of ``(start, length)``) and ``cu_seqlens`` (a tuple or
-    ``None``) on ``device``, built and uploaded once and reused (at most 1024 kept; those a CUDA graph
-    capture used are kept for good, so a replay never reads a freed table)."""
-    p = _positions(spans, cu_seqlens, device)
-    if _capturing(device):
-        _CAPTURED[(spans, cu_seqlens, device)] = p
-    return p
+# cached_positions(spans, cu_seqlens, device): the Positions of ``spans`` (a tuple of ``(start, length)``)
+# and ``cu_seqlens`` (a tuple or None) on ``device`` (a str), built and uploaded once and reused (at most
+# 1024 kept; those a CUDA graph capture used are kept for good: a replay never reads a freed table)
+cached_positions = DeviceCache(lambda spans, cu_seqlens, device: Positions(spans, cu_seqlens, torch.device(device)),
+                               maxsize=1024)
 
 
 def _s3(t: torch.Tensor) -> tuple:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ...comm import all_to_all, group_info, new_group, on_forget, rank_consistent
+from ...kernels.device_cache import DeviceCache
 from ..local_attention import local_attention
 from .common import (DEFAULT_LAYOUT, empty_attention, is_empty, resolve_layout, scale_of, validate_qkv,
                      validated_layout)
@@ -90,11 +91,15 @@ def _expand_kv(k, v, n):
     return k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
 
 
-def _natural_order(spans, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row permutation from the rank-major concatenation of every rank's spans to token order, and back."""
+def _build_natural_order(spans, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     pos = torch.cat([torch.arange(s, s + m, device=device) for rank in spans for s, m in rank])
-    to_nat = pos.argsort()
-    return to_nat, pos
+    return pos.argsort(), pos
+
+
+# Row permutation from the rank-major concatenation of every rank's spans (nested tuples) to token order,
+# and back, on ``device`` (a str): built on the device once per layout (no host read), then reused (no launch
+# per call; warm up before capturing a graph)
+_natural_order = DeviceCache(_build_natural_order, maxsize=256)
 
 
 def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, causal: bool = False,
@@ -133,7 +138,7 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, grou
     if layout == "contiguous":
         o, lse = local_attention(qh, kh, vh, **kw)
     else:  # rows arrive rank-major: attend in token order, then put them back
-        to_nat, back = _natural_order(spans, q.device)
+        to_nat, back = _natural_order(spans, str(q.device))
         o, lse = local_attention(*(t.index_select(1, to_nat) for t in (qh, kh, vh)), **kw)
         o, lse = o.index_select(1, back), lse.index_select(2, back)
     out = _AllToAll.apply(o, info, False)
