@@ -92,7 +92,7 @@ def default_parts(jobs: int | None = None) -> list[Part]:
              doc="versions, device, clocks (nvidia-smi)"),
         Part("gloo_cuda_probe", 15, _py("scripts/gpu_check.py", "--probe-gloo", "{json}"), "json",
              doc="which gloo collectives / P2P move CUDA tensors (2 ranks sharing the GPU)"),
-        Part("tests_cuda", 150, _py("-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", *_xdist(workers),
+        Part("tests_cuda", 170, _py("-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", *_xdist(workers),
                                     "tests", "--junitxml={junit}"), "pytest", uses=["file:tests/conftest.py"],
              doc="every cuda-marked test (pytest-xdist workers when installed)"),
         Part("host_overhead", 55, _py("benchmarks/host_overhead.py", "--quick", "--no-stub", "--out", "{pdir}"), "bench",
@@ -105,7 +105,7 @@ def default_parts(jobs: int | None = None) -> list[Part]:
                                       *_xdist(workers), *KERNEL_TESTS, "--junitxml={junit}"), "pytest",
              uses=[f"file:{t}" for t in KERNEL_TESTS],
              doc="the kernel tests' small odd-shaped cases, Triton compiled for the GPU (fp32/fp16)"),
-        Part("playground", 100, _py("scripts/gpu_check.py", "--playground", "{pdir}", "{json}"), "json",
+        Part("playground", 80, _py("scripts/gpu_check.py", "--playground", "{pdir}", "{json}"), "json",
              uses=["module:odysseus_kernels.playground"], doc="a short playground run on the GPU (its output echoed line by line with the seconds since its start, "
              "so that a run stopped by its budget shows where the time went)"),
         Part("compile_gate", 25, _py("-m", "odysseus_kernels.kernels.aot", "--out", "{out}", "--arch", "90", "--families",

@@ -59,6 +59,9 @@ OPS = {
     "ulysses_attention+zigzag": (_attention("ulysses_attention", layout="zigzag"), HKV),
     "allgather_kv_attention": (_attention("allgather_kv_attention"), HKV),
     "local_attention": (_attention("local_attention"), HKV),
+    "ring_self_attention": (_attention("ring_self_attention"), HKV),  # RSA, the 2021 baseline (torch ops)
+    # USP at world 1: both groups the default group of one
+    "usp_attention": (_attention("usp_attention", ulysses_group=None, ring_group=None), HKV),
     "lasp2_linear_attention": (_lasp2, H),
     **{f"{name}+docs": (_attention(name, cu_seqlens=DOCS), HKV)
        for name in ("ring_attention", "token_ring_attention", "allgather_kv_attention", "local_attention")},
