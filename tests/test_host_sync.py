@@ -9,10 +9,10 @@ backward (called twice: the first call builds the cached plans) must make none, 
 and span plans of the GPU path) and with the torch backend.
 
 Exempt by design (each entry says why): the CPU control plane (comm/validate.py: the cross-rank check
-runs on CPU tensors of a gloo group, never on the GPU), the torch kernel backends (run on CPU; on a
-GPU ``backend="auto"`` picks Triton), :mod:`odysseus_kernels._host` (reads ``cu_seqlens`` /
-``g_gamma`` once per tensor version: asserted separately below to read on the first call only), and
-branches that only CPU tensors reach. The CUDA-marked tests in test_cuda_hotpath.py check the same on
+runs on CPU tensors of a gloo group, never on the GPU), :mod:`odysseus_kernels._host` (reads
+``cu_seqlens`` / ``g_gamma`` once per tensor version: asserted separately below to read on the first
+call only), and branches that only CPU tensors reach. The torch kernel backends are not exempt: they
+read nothing either. The CUDA-marked tests in test_cuda_hotpath.py check the same on
 a real GPU with ``torch.cuda.set_sync_debug_mode("error")`` (world 1).
 """
 from __future__ import annotations
@@ -35,9 +35,6 @@ _TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 # (package file, function or "*") -> why it may read tensors on the host
 EXEMPT = {
     ("comm/validate.py", "*"): "the cross-rank check: CPU tensors on the gloo control group, by design",
-    ("kernels/attention/reference.py", "*"): "torch backend (CPU; on a GPU 'auto' runs Triton)",
-    ("kernels/attention/cpu_flash.py", "*"): "torch backend: PyTorch's CPU flash kernels",
-    ("kernels/linear_attention/reference.py", "*"): "torch backend of LASP-2 (CPU; on a GPU 'auto' runs Triton)",
     ("_host.py", "*"): "host copies of cu_seqlens / g_gamma, read once per tensor version (tested below)",
     ("ops/lasp2.py", "_decay_values"): "value range check of a CPU decay tensor (a CUDA one is not read)",
     ("ops/tp_gemm/fused.py", "all_gather_gemm"): "host-flag path of the fused GEMM, CPU tensors only",
