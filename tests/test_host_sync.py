@@ -277,3 +277,21 @@ def test_ulysses_row_order_is_the_token_order():
     to_nat, back = _natural_order(spans, "cpu")
     assert back.tolist() == [0, 1, 6, 7, 2, 3, 4, 5]
     assert back[to_nat].tolist() == list(range(8))
+
+
+def test_fused_gemm_flags_keep_their_old_buffers_when_they_grow():
+    """The fused TP GEMMs' flag vectors grow (more pieces than they hold) without a host sync: the old
+    buffers stay allocated, since launches in flight, or a CUDA graph captured before the growth, still
+    use them; the row maps are device tables kept for a capture like the span positions."""
+    import weakref
+
+    from odysseus_kernels.kernels.device_cache import DeviceCache
+    from odysseus_kernels.ops.tp_gemm import fused
+
+    flags = fused._Flags(torch.device("cpu"))
+    old = weakref.ref(flags.ag)
+    e1 = flags.next_epoch(8)
+    e2 = flags.next_epoch(200)  # grows: 64 -> 200
+    assert flags.cap == 200 and flags.ag.numel() == 200 and e2 == e1 + 1
+    assert old() is not None and any(a is old() for a, _, _ in flags.retired)
+    assert isinstance(fused._ag_rows, DeviceCache) and isinstance(fused._rs_rows, DeviceCache)

@@ -9,14 +9,16 @@ import functools
 import torch
 
 
-def capturing(device: str) -> bool:
-    """Whether the current CUDA stream is being captured into a graph (never asked for a host device)."""
-    return device.startswith("cuda") and torch.cuda.is_current_stream_capturing()
+def capturing(device) -> bool:
+    """Whether the current CUDA stream is being captured into a graph (``device``: a str or a
+    ``torch.device``; never asked for a host device)."""
+    kind = device if isinstance(device, str) else device.type
+    return kind.startswith("cuda") and torch.cuda.is_current_stream_capturing()
 
 
 class DeviceCache:
     """``cache(*key)`` is ``build(*key)``, built once (at most ``maxsize`` entries kept, the least recently
-    used dropped); the key's last element is the device, as a string. Entries looked up while the
+    used dropped); the key's last element is the device (a str or a ``torch.device``). Entries looked up while the
     current stream is being captured into a CUDA graph are also kept in :attr:`captured`, for the life
     of the process."""
 

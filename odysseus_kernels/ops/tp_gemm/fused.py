@@ -32,12 +32,12 @@ before each chunk is reduce-scattered.
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 
 from ...comm import GroupInfo, comm_stream, exchange, reduce_scatter_async
+from ...kernels.device_cache import DeviceCache
 from ...kernels.gemm import RowMap, Signal, Wait, persistent_gemm
 from ...kernels.gemm.persistent import INTERPRET
 from ..ring import Rotation
@@ -65,20 +65,21 @@ class _Flags:
     counters (zero between launches) and the epoch counter."""
 
     def __init__(self, device: torch.device):
-        self.device, self.epoch, self.cap = device, 0, 0
+        self.device, self.epoch, self.cap, self.retired = device, 0, 0, []
         self._grow(64)
 
     def _grow(self, cap: int) -> None:
-        # new buffers start at 0 < every epoch in use (epochs start at 1 and only grow until wrap)
+        # new buffers start at 0 < every epoch in use (epochs start at 1 and only grow until wrap); the old
+        # ones stay allocated: a CUDA graph captured before the growth (one rank) still reads and writes them
+        if self.cap:
+            self.retired.append((self.ag, self.rs, self.counters))
         self.ag = torch.zeros(cap, dtype=torch.int32, device=self.device)
         self.rs = torch.zeros(cap, dtype=torch.int32, device=self.device)
         self.counters = torch.zeros(cap, dtype=torch.int32, device=self.device)
         self.cap = cap
 
     def next_epoch(self, pieces: int) -> int:
-        if pieces > self.cap:
-            if self.device.type == "cuda":
-                torch.cuda.current_stream(self.device).synchronize()  # old buffers may be in use
+        if pieces > self.cap:  # the old buffers stay allocated (in-flight launches may still use them): no sync
             self._grow(max(pieces, 2 * self.cap))
         self.epoch = self.epoch + 1 if self.epoch < 2 ** 31 - 1 else -2 ** 31 + 1
         if self.epoch == 0:
@@ -107,8 +108,7 @@ def _signal(flag: torch.Tensor, epoch: int) -> None:
         flag.fill_(epoch)
 
 
-@functools.lru_cache(maxsize=64)
-def _ag_rows(p: int, n: int, r: int, rank: int, device: torch.device) -> RowMap:
+def _build_ag_rows(p: int, n: int, r: int, rank: int, device: torch.device) -> RowMap:
     v = torch.arange(n * p * r, device=device)
     j, rem = v // (p * r), v % (p * r)
     pp, rr = rem // r, rem % r
@@ -116,8 +116,7 @@ def _ag_rows(p: int, n: int, r: int, rank: int, device: torch.device) -> RowMap:
     return RowMap((src * p * r + pp * r + rr).int(), (pp * n * r + src * r + rr).int(), j.int(), n)
 
 
-@functools.lru_cache(maxsize=64)
-def _rs_rows(p: int, n: int, r: int, chunks: tuple, device: torch.device) -> RowMap:
+def _build_rs_rows(p: int, n: int, r: int, chunks: tuple, device: torch.device) -> RowMap:
     a_rows, piece = [], []
     for c, (start, stop) in enumerate(chunks):
         rc = stop - start
@@ -128,6 +127,11 @@ def _rs_rows(p: int, n: int, r: int, chunks: tuple, device: torch.device) -> Row
         piece.append(torch.full_like(v, c))
     a = torch.cat(a_rows)
     return RowMap(a.int(), torch.arange(a.numel(), device=device).int(), torch.cat(piece).int(), len(chunks))
+
+
+# the GEMMs' row maps, built on the device once per shape (what a CUDA graph capture used is kept for good)
+_ag_rows = DeviceCache(_build_ag_rows, maxsize=64)
+_rs_rows = DeviceCache(_build_rs_rows, maxsize=64)
 
 
 def all_gather_gemm(xv: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, info: GroupInfo,
