@@ -644,14 +644,11 @@ def main(argv=None) -> int:
             errors[f"{dev} steps"] = f"{type(e).__name__}: {str(e)[:2000]}"
             print(f"host_overhead: the per-step measurement on {dev} failed: {str(e)[:500]}", file=sys.stderr)
             continue
-        if st.get("bwd_step_profile"):
-            profiles[dev] = st["bwd_step_profile"]
-            print(f"host_overhead ({dev}): a fused backward step (t = 0 and 1) under cProfile, by own time:\n  "
-                  + "\n  ".join(st["bwd_step_profile"]))
-        if st.get("setup_profile"):
-            setup_profiles[dev] = st["setup_profile"]
-            print(f"host_overhead ({dev}): the set-up of a fused ring call's two schedules under cProfile, by own "
-                  f"time:\n  " + "\n  ".join(st["setup_profile"]))
+        for key, kept, what in (("bwd_step_profile", profiles, "a fused backward step (t = 0 and 1)"),
+                                ("setup_profile", setup_profiles, "the set-up of a fused ring call's two schedules")):
+            if st.get(key):
+                kept[dev] = st[key]
+                print(f"host_overhead ({dev}): {what} under cProfile, by own time:\n  " + "\n  ".join(st[key]))
         for key, label in STEP_ROWS[dev]:
             if key not in st:
                 continue

@@ -231,7 +231,6 @@ def test_spy_catches_host_reads_in_package_code():
     assert spy.hits and spy.hits[0].startswith("ops/_probe.py:2"), spy.hits
 
 
-
 @pytest.mark.parametrize("which", ["span positions", "Ulysses row order"])
 def test_device_tables_a_graph_capture_used_outlive_the_bounded_cache(monkeypatch, which):
     """Device tables built once and cached (span positions of the fused attention kernels, the Ulysses

@@ -155,22 +155,23 @@ def mask_args(b, mask) -> dict:
     return mask.kernel_args(b.q_offset, b.k_offset) if b.masked else {"causal": False}
 
 
-def _whole(rows: slice, n: int) -> bool:
-    """Whether ``rows`` covers all ``n`` rows (the block then takes the tensors as they are: a ring step's
-    slicing costs about a microsecond of host time per tensor)."""
-    return rows.start == 0 and rows.stop == n
+def _block_rows(span: slice, n: int, *tensors, dim: int = 1) -> tuple:
+    """``tensors`` restricted to the rows ``span`` along ``dim`` (``None`` passes through); the tensors
+    themselves when ``span`` covers all ``n`` rows (a block over a whole shard: ``t[:, 0:n]`` costs about a
+    microsecond of host time per tensor and ring step)."""
+    if span.start == 0 and span.stop == n:
+        return tensors
+    return tuple(None if t is None else t.narrow(dim, span.start, span.stop - span.start) for t in tensors)
 
 
 def blocks_forward(q, k, v, blocks, out, lse, *, scale, backend, mask) -> None:
     """Merge the attention of every block (``q[:, b.q]`` vs ``k/v[:, b.k]``) into ``(out, lse)``."""
+    nq, nk = q.shape[1], k.shape[1]
     for b in blocks:
-        bq, bk = b.q, b.k
-        kb, vb = (k, v) if _whole(bk, k.shape[1]) else (k[:, bk], v[:, bk])
-        if _whole(bq, q.shape[1]):
-            attention_block_fwd(q, kb, vb, softmax_scale=scale, out=out, lse=lse, backend=backend, **mask_args(b, mask))
-        else:
-            attention_block_fwd(q[:, bq], kb, vb, softmax_scale=scale, out=out[:, bq], lse=lse[:, :, bq],
-                                backend=backend, **mask_args(b, mask))
+        qb, ob = _block_rows(b.q, nq, q, out)
+        (lb,) = _block_rows(b.q, nq, lse, dim=2)
+        kb, vb = _block_rows(b.k, nk, k, v)
+        attention_block_fwd(qb, kb, vb, softmax_scale=scale, out=ob, lse=lb, backend=backend, **mask_args(b, mask))
 
 
 def blocks_attention(q, k, v, blocks, *, scale, backend, mask):
@@ -180,7 +181,7 @@ def blocks_attention(q, k, v, blocks, *, scale, backend, mask):
     acc = acc_dtype(q.dtype)
     b0 = blocks[0] if len(blocks) == 1 else None
     if b0 is not None and b0.q_start == 0 and b0.q_stop == q.shape[1]:
-        kb, vb = (k, v) if _whole(b0.k, k.shape[1]) else (k[:, b0.k], v[:, b0.k])
+        kb, vb = _block_rows(b0.k, k.shape[1], k, v)
         o, lse = attention_block_fwd(q, kb, vb, softmax_scale=scale, out_dtype=acc, backend=backend,
                                      **mask_args(b0, mask))
         return o.contiguous(), (lse if lse.dtype == acc else lse.to(acc)).contiguous()
@@ -194,13 +195,11 @@ def blocks_backward(dout, q, k, v, out, lse, delta, blocks, dq, dk, dv, *, scale
     ``out``: ``delta=None`` lets each block take it from ``out``, which PyTorch's CPU flash backward does anyway)."""
     nq, nk = q.shape[1], k.shape[1]
     for b in blocks:
-        bq, bk = b.q, b.k
-        qs = (dout, q, out, lse, delta, dq) if _whole(bq, nq) else (
-            dout[:, bq], q[:, bq], None if out is None else out[:, bq], lse[:, :, bq],
-            None if delta is None else delta[:, :, bq], dq[:, bq])
-        ks = (k, v, dk, dv) if _whole(bk, nk) else (k[:, bk], v[:, bk], dk[:, bk], dv[:, bk])
-        attention_block_bwd(qs[0], qs[1], ks[0], ks[1], qs[2], qs[3], softmax_scale=scale, delta=qs[4], dq=qs[5],
-                            dk=ks[2], dv=ks[3], backend=backend, **mask_args(b, mask))
+        dob, qb, ob, dqb = _block_rows(b.q, nq, dout, q, out, dq)
+        lb, db = _block_rows(b.q, nq, lse, delta, dim=2)
+        kb, vb, dkb, dvb = _block_rows(b.k, nk, k, v, dk, dv)
+        attention_block_bwd(dob, qb, kb, vb, ob, lb, softmax_scale=scale, delta=db, dq=dqb, dk=dkb, dv=dvb,
+                            backend=backend, **mask_args(b, mask))
 
 
 def row_delta(dout, out, dtype) -> torch.Tensor:
