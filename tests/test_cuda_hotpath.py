@@ -218,8 +218,8 @@ def test_attention_forward_and_backward_capture_in_a_cuda_graph(name):
             assert (g.float() - r.grad.float()).abs().max().item() <= 1e-2 * scale, f"{name}: replayed gradient differs"
 
 
-@pytest.mark.parametrize("impl", ["auto", "chunked"])
-@pytest.mark.parametrize("name", ["all_gather_linear", "linear_reduce_scatter"])
+@pytest.mark.parametrize("impl", ["auto", "chunked", "fused"])  # "fused" at world 1: its flags' epoch is host-counted,
+@pytest.mark.parametrize("name", ["all_gather_linear", "linear_reduce_scatter"])  # but one rank waits on no piece
 def test_tp_gemms_capture_in_a_cuda_graph(name, impl):
     op = getattr(ok, name)
     x = torch.randn(B, L, 256, device="cuda", dtype=torch.bfloat16)
