@@ -471,7 +471,14 @@ def _breakdown_main(cfg: dict) -> dict:
     backend goes, per call: inside ``batch_isend_irecv`` (posting the exchanges), waiting for them, the
     cross-rank metadata check's gather, the block attention kernels (PyTorch's CPU flash kernels), and
     the rest (validation, the schedules' Python, autograd). Wrappers around those functions time them
-    (their own cost, a few us per call, lands in "rest")."""
+    (their own cost, a few us per call, lands in "rest").
+
+    Context (``ctx_*``, not parts of the total): per call, the thread's system time and context switches
+    (``getrusage``: voluntary = it blocked, involuntary = it was preempted), and the same kernel calls
+    replayed back to back in this process (``kernels_alone``: what they cost without waits and switches
+    between them)."""
+    import resource
+
     import torch
     import torch.distributed as dist
 
@@ -483,12 +490,15 @@ def _breakdown_main(cfg: dict) -> dict:
     q, k, v, do = _ring_inputs(cfg, dist.get_rank(), torch.device("cpu"))
     acc = dict.fromkeys(("post", "wait", "check", "kernels"), 0.0)
     saved, depth = [], [0]
+    kernel_calls = []  # the last call's kernel calls (function, args, kwargs), replayed alone below
 
     def timed(owner, name, key):
         f = getattr(owner, name)
         saved.append((owner, name, f))
 
         def wrapper(*a, **kw):  # a timed call inside another (the check's own wait) counts for the outer one
+            if key == "kernels":
+                kernel_calls.append((f, a, kw))
             depth[0] += 1
             t0 = time.thread_time()
             try:
@@ -512,16 +522,32 @@ def _breakdown_main(cfg: dict) -> dict:
         for _ in range(20):
             ring()
         acc.update(dict.fromkeys(acc, 0.0))
+        ru0 = resource.getrusage(resource.RUSAGE_THREAD)
         t0 = time.thread_time()
         for _ in range(cfg["calls"]):
+            kernel_calls.clear()
             ring()
         total = time.thread_time() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_THREAD)
     finally:
         for owner, name, f in reversed(saved):
             setattr(owner, name, f)
-    us = {key: x / cfg["calls"] * 1e6 for key, x in acc.items()}
-    us["total"] = total / cfg["calls"] * 1e6
+    n = cfg["calls"]
+    us = {key: x / n * 1e6 for key, x in acc.items()}
+    us["total"] = total / n * 1e6
     us["rest"] = us["total"] - sum(us[key] for key in ("post", "wait", "check", "kernels"))
+    us["ctx_system_us"] = (ru1.ru_stime - ru0.ru_stime) / n * 1e6
+    us["ctx_voluntary"] = (ru1.ru_nvcsw - ru0.ru_nvcsw) / n
+    us["ctx_involuntary"] = (ru1.ru_nivcsw - ru0.ru_nivcsw) / n
+    reps = 200
+    for f, a, kw in kernel_calls:  # warm
+        f(*a, **kw)
+    t0 = time.thread_time()
+    for _ in range(reps):
+        for f, a, kw in kernel_calls:
+            f(*a, **kw)
+    us["ctx_kernels_alone_us"] = (time.thread_time() - t0) / reps * 1e6
+    us["ctx_kernel_calls"] = len(kernel_calls)
     return us
 
 
@@ -536,9 +562,22 @@ def measure_breakdown(world: int, quick: bool, timeout: float = 600.0) -> list[d
     what = {"post": "posting the P2P exchanges (batch_isend_irecv)", "wait": "waiting for communication",
             "check": "the cross-rank metadata check's gather", "kernels": "block attention kernels (CPU flash)",
             "rest": "the rest: validation, schedules, autograd", "total": "ring fwd+bwd, host CPU per call"}
-    return [{"device": "cpu", "path": "default backend", "world": world, "shape": shape_of(cfg),
+    rows = [{"device": "cpu", "path": "default backend", "world": world, "shape": shape_of(cfg),
              "what": f"breakdown: {what[key]}", "cpu_us": max(r[key] for r in per_rank),
              "share": max(r[key] for r in per_rank) / total} for key in what]
+    # context, the slowest rank's (not parts of the total): why the same code costs more between waits
+    worst = max(per_rank, key=lambda r: r["total"])
+    alone = worst["ctx_kernels_alone_us"]
+    rows.append({"device": "cpu", "path": "default backend", "world": world, "shape": shape_of(cfg),
+                 "what": f"context: the {worst['ctx_kernel_calls']} block kernel calls of a ring call replayed "
+                         f"back to back (in the ring: {worst['kernels'] / alone:.2f}x this)",
+                 "cpu_us": alone, "share": alone / worst["total"]})
+    rows.append({"device": "cpu", "path": "default backend", "world": world, "shape": shape_of(cfg),
+                 "what": f"context: system time per ring call ({worst['ctx_voluntary']:.1f} voluntary and "
+                         f"{worst['ctx_involuntary']:.1f} involuntary context switches per call)",
+                 "cpu_us": worst["ctx_system_us"], "share": worst["ctx_system_us"] / worst["total"],
+                 "voluntary_switches": worst["ctx_voluntary"], "involuntary_switches": worst["ctx_involuntary"]})
+    return rows
 
 
 def measure_steps(quick: bool, device: str) -> dict:
@@ -676,7 +715,11 @@ def main(argv=None) -> int:
         else:
             rows += parts
             print("cpu ring fwd+bwd host CPU per call: " + ", ".join(
-                f"{r['what'].split(': ', 1)[1]} {r['cpu_us']:.0f} us ({100 * r['share']:.0f}%)" for r in parts))
+                f"{r['what'].split(': ', 1)[1]} {r['cpu_us']:.0f} us ({100 * r['share']:.0f}%)" for r in parts
+                if r["what"].startswith("breakdown: ")))
+            for r in parts:
+                if r["what"].startswith("context: "):
+                    print(f"cpu ring fwd+bwd, {r['what']}: {r['cpu_us']:.0f} us")
             save()
     if a.p2p_latency and "cpu" in devices:
         try:

@@ -63,13 +63,20 @@ def test_breakdown_of_the_cpu_rings_host_time():
     the slowest rank's) add up to about the total (nested timed calls counted once: the check's own wait
     is the check's)."""
     rows = host_overhead.measure_breakdown(2, quick=True)
-    by = {r["what"].split(": ", 1)[1].split(" ")[0]: r for r in rows}
-    assert len(rows) == 6 and by["ring"]["share"] == 1.0, rows
+    split = [r for r in rows if r["what"].startswith("breakdown: ")]
+    by = {r["what"].split(": ", 1)[1].split(" ")[0]: r for r in split}
+    assert len(split) == 6 and by["ring"]["share"] == 1.0, rows
     # labelled with the shape measured (the same formatter and shape as the ring-vs-bare rows)
     assert {r["shape"] for r in rows} == {host_overhead.shape_of(host_overhead.CPU_SHAPE)} == {"B1 C64 H2 D32 float32"}
-    parts = [r for r in rows if not r["what"].startswith("breakdown: ring")]
+    parts = [r for r in split if not r["what"].startswith("breakdown: ring")]
     assert all(r["cpu_us"] > 0 for r in parts), rows  # every part took time: posting, waits, check, kernels, rest
     assert abs(sum(r["cpu_us"] for r in parts) - by["ring"]["cpu_us"]) < 0.25 * by["ring"]["cpu_us"], rows
+    # context: the ring's 4 kernel calls (2 steps forward, 2 backward: one planned block each) replayed alone,
+    # and the thread's system time and context switches per call (how many depends on the machine)
+    alone, system = (r for r in rows if r["what"].startswith("context: "))
+    assert "the 4 block kernel calls" in alone["what"] and 0 < alone["cpu_us"], rows
+    assert system["cpu_us"] >= 0 and system["voluntary_switches"] >= 0 and system["involuntary_switches"] >= 0, rows
+    assert f"{system['voluntary_switches']:.1f} voluntary" in system["what"], rows
 
 
 def test_the_tensors_mode_keeps_the_key_and_hands_the_launcher_the_arguments():
