@@ -205,6 +205,52 @@ def test_rsa_lasp2_and_tp_gemms_make_no_host_reads(n):
             assert rep[f"lasp2-{backend}#1-host-reads"] == 0, rep
 
 
+def _check_layers():
+    """A training step of the Llama-style model under every strategy's layers (the SP attention cores,
+    TP-SP's and Odysseus' TP/ZeRO linears, LASP-2H's hybrid stack; default ``"auto"`` backend): forward,
+    loss, backward and the replicated weights' gradient sync, each twice."""
+    from odysseus_kernels.models.llama import LlamaModel, make_batch, token_loss_sum
+    from odysseus_kernels.ops import local_positions, shard_sequence
+    from odysseus_kernels.playground.runner import STRATEGIES, RunConfig, _apply, model_config
+
+    n = ok.group_info().size
+    rc = RunConfig(seq_len=8 * n, hidden=24, heads=4, kv_heads=2, intermediate=48, vocab=64, layers=2,
+                   dtype="float32", steps=1, warmup=0)
+    report = {}
+    for strategy in STRATEGIES:
+        cfg = model_config(rc, strategy)
+        torch.manual_seed(0)
+        model = LlamaModel(cfg)
+        plan = _apply(strategy, model, None, rc, n)
+        ids, labels = make_batch(cfg, 1, rc.seq_len, seed=0)
+        ids_l, labels_l = (shard_sequence(t, group=plan.group, layout=plan.layout) for t in (ids, labels))
+        pos = local_positions(ids_l.shape[1], rank=plan.group.rank, world_size=plan.group.size, layout=plan.layout)
+        for call in range(2):
+            model.zero_grad(set_to_none=True)
+            spy = SyncSpy()
+            _run(spy, lambda: token_loss_sum(model(ids_l, pos), labels_l))
+            with spy:
+                plan.finish_backward()
+            report[f"{strategy}#{call}"] = (spy.hits, sorted(spy.callers))
+    return report
+
+
+@pytest.mark.parametrize("n", [2])
+def test_strategy_layers_make_no_host_reads(n):
+    """The layers that combine the ops (and the model around them) add no host read: every strategy's
+    training step, as the playground runs it."""
+    from odysseus_kernels.playground.runner import STRATEGIES
+
+    per_rank = run_world(_check_layers, n, timeout=600)
+    for rep in per_rank:
+        assert sorted(rep) == sorted(f"{s}#{c}" for s in STRATEGIES for c in range(2)), sorted(rep)
+    bad = {case: hits for rep in per_rank for case, (hits, _) in rep.items() if hits}
+    assert not bad, f"host-synchronising calls in the layers' or the model's code: {bad}"
+    # the spy saw the layers' own code: the strategies' modules and the replicated gradients' all-reduce
+    callers = {c for rep in per_rank for _, (_, cs) in rep.items() for c in cs}
+    assert {"sync_replicated_grads", "forward"} <= callers, sorted(callers)
+
+
 @pytest.mark.parametrize("n", [2])
 def test_cu_seqlens_tensor_is_read_once_per_version(n):
     for reads in run_world(_check_cu_seqlens_tensor, n, timeout=300):
