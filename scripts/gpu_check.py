@@ -85,14 +85,14 @@ def default_parts(jobs: int | None = None) -> list[Part]:
                   uses=[f"bench:benchmarks/{b}.py"], doc=f"benchmarks/{b}.py at its --quick size set")
              for b in BENCHMARKS]
     return [
-        Part("build", 40, _py("scripts/gpu_check.py", "--build"), env={"MAX_JOBS": str(os.cpu_count() or 8)},
+        Part("build", 30, _py("scripts/gpu_check.py", "--build"), env={"MAX_JOBS": str(os.cpu_count() or 8)},
              uses=["file:setup.py", "file:_build/odysseus_backend.py"], doc="build the extension in place with this python3/torch (SASS for the GPU "
              "found plus setup.py's 8.0;9.0+PTX)"),
         Part("env", 10, _py("scripts/gpu_check.py", "--probe-env", "{json}"), "json", uses=["file:scripts/gpu_check.py"],
              doc="versions, device, clocks (nvidia-smi)"),
         Part("gloo_cuda_probe", 15, _py("scripts/gpu_check.py", "--probe-gloo", "{json}"), "json",
              doc="which gloo collectives / P2P move CUDA tensors (2 ranks sharing the GPU)"),
-        Part("tests_cuda", 170, _py("-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", *_xdist(workers),
+        Part("tests_cuda", 195, _py("-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", *_xdist(workers),
                                     "tests", "--junitxml={junit}"), "pytest", uses=["file:tests/conftest.py"],
              doc="every cuda-marked test (pytest-xdist workers when installed)"),
         Part("host_overhead", 55, _py("benchmarks/host_overhead.py", "--quick", "--no-stub", "--out", "{pdir}"), "bench",
@@ -101,7 +101,7 @@ def default_parts(jobs: int | None = None) -> list[Part]:
         Part("tune_attention", 55, _py("benchmarks/attention_tune.py", "--quick", "--head-dims", "64", "--out", "{pdir}"), "bench",
              uses=["bench:benchmarks/attention_tune.py"], doc="launch-config sweep of the attention kernels "
              "(16-bit, head dim 64; 128 was swept in the 2026-12-04b run; every candidate checked against float64 first)"),
-        Part("tests_kernels", 40, _py("-m", "pytest", "-m", "not cuda", "-q", "-p", "no:cacheprovider",
+        Part("tests_kernels", 25, _py("-m", "pytest", "-m", "not cuda", "-q", "-p", "no:cacheprovider",
                                       *_xdist(workers), *KERNEL_TESTS, "--junitxml={junit}"), "pytest",
              uses=[f"file:{t}" for t in KERNEL_TESTS],
              doc="the kernel tests' small odd-shaped cases, Triton compiled for the GPU (fp32/fp16)"),

@@ -253,3 +253,55 @@ def test_a_captured_graph_keeps_its_device_tables_past_their_caches(name):
 
     static = _qkv(grad=False)
     assert capture_forward(fn, static, [_fresh(static, 3)], after_capture=evict) == [0.0], name
+
+
+def strategy_step(strategy: str, device, dtype):
+    """A training step of the Llama-style model under ``strategy``'s layers at world 1, as the playground
+    runs it (USP with both groups the default group of one): ``step()`` zeroes the gradients, runs forward,
+    loss, backward and the replicated weights' gradient sync, and returns the loss."""
+    from odysseus_kernels import layers
+    from odysseus_kernels.models.llama import LlamaModel, make_batch, token_loss_sum
+    from odysseus_kernels.ops import local_positions, shard_sequence
+    from odysseus_kernels.playground.runner import RunConfig, _apply, model_config
+
+    rc = RunConfig(seq_len=128, hidden=128, heads=2, kv_heads=1, intermediate=256, vocab=128, layers=2,
+                   steps=1, warmup=0)
+    cfg = model_config(rc, strategy)
+    torch.manual_seed(0)
+    model = LlamaModel(cfg).to(device=device, dtype=dtype)
+    plan = (layers.apply_usp(model, ulysses_group=None, ring_group=None, layout="zigzag") if strategy == "usp"
+            else _apply(strategy, model, None, rc, 1))
+    ids, labels = make_batch(cfg, 2, rc.seq_len, seed=0)
+    ids, labels = (shard_sequence(t.to(device), group=plan.group, layout=plan.layout) for t in (ids, labels))
+    pos = local_positions(ids.shape[1], rank=0, world_size=1, layout=plan.layout, device=device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss = token_loss_sum(model(ids, pos), labels)
+        loss.backward()
+        plan.finish_backward()
+        return loss.detach()
+
+    return step
+
+
+def _strategies():
+    from odysseus_kernels.playground.runner import STRATEGIES
+
+    return list(STRATEGIES)
+
+
+@pytest.mark.parametrize("strategy", _strategies())
+def test_strategy_layers_do_not_sync_the_host(strategy):
+    """The layers that combine the ops (TP-SP, Odysseus, LASP-2H, every SP core) and the model around them:
+    a bf16 training step (after a warm-up step) under sync-debug mode "error" (default validation)."""
+    step = strategy_step(strategy, torch.device("cuda"), torch.bfloat16)
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert torch.isfinite(loss).item(), strategy
