@@ -257,27 +257,18 @@ def test_a_captured_graph_keeps_its_device_tables_past_their_caches(name):
 
 def strategy_step(strategy: str, device, dtype):
     """A training step of the Llama-style model under ``strategy``'s layers at world 1, as the playground
-    runs it (USP with both groups the default group of one): ``step()`` zeroes the gradients, runs forward,
-    loss, backward and the replicated weights' gradient sync, and returns the loss."""
-    from odysseus_kernels import layers
-    from odysseus_kernels.models.llama import LlamaModel, make_batch, token_loss_sum
-    from odysseus_kernels.ops import local_positions, shard_sequence
-    from odysseus_kernels.playground.runner import RunConfig, _apply, model_config
+    runs it (:mod:`tests.strategy_model`; head dim 64): ``step()`` zeroes the gradients, runs forward, loss,
+    backward and the replicated weights' gradient sync, and returns the loss."""
+    from odysseus_kernels.playground.runner import RunConfig
+    from tests.strategy_model import strategy_model
 
-    rc = RunConfig(seq_len=128, hidden=128, heads=2, kv_heads=1, intermediate=256, vocab=128, layers=2,
+    rc = RunConfig(seq_len=128, hidden=128, heads=2, kv_heads=1, intermediate=256, vocab=128, layers=2, batch=2,
                    steps=1, warmup=0)
-    cfg = model_config(rc, strategy)
-    torch.manual_seed(0)
-    model = LlamaModel(cfg).to(device=device, dtype=dtype)
-    plan = (layers.apply_usp(model, ulysses_group=None, ring_group=None, layout="zigzag") if strategy == "usp"
-            else _apply(strategy, model, None, rc, 1))
-    ids, labels = make_batch(cfg, 2, rc.seq_len, seed=0)
-    ids, labels = (shard_sequence(t.to(device), group=plan.group, layout=plan.layout) for t in (ids, labels))
-    pos = local_positions(ids.shape[1], rank=0, world_size=1, layout=plan.layout, device=device)
+    model, plan, loss_fn = strategy_model(strategy, rc, device=device, dtype=dtype)
 
     def step():
         model.zero_grad(set_to_none=True)
-        loss = token_loss_sum(model(ids, pos), labels)
+        loss = loss_fn()
         loss.backward()
         plan.finish_backward()
         return loss.detach()

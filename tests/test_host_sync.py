@@ -209,26 +209,19 @@ def _check_layers():
     """A training step of the Llama-style model under every strategy's layers (the SP attention cores,
     TP-SP's and Odysseus' TP/ZeRO linears, LASP-2H's hybrid stack; default ``"auto"`` backend): forward,
     loss, backward and the replicated weights' gradient sync, each twice."""
-    from odysseus_kernels.models.llama import LlamaModel, make_batch, token_loss_sum
-    from odysseus_kernels.ops import local_positions, shard_sequence
-    from odysseus_kernels.playground.runner import STRATEGIES, RunConfig, _apply, model_config
+    from odysseus_kernels.playground.runner import STRATEGIES, RunConfig
+    from tests.strategy_model import strategy_model
 
     n = ok.group_info().size
     rc = RunConfig(seq_len=8 * n, hidden=24, heads=4, kv_heads=2, intermediate=48, vocab=64, layers=2,
                    dtype="float32", steps=1, warmup=0)
     report = {}
     for strategy in STRATEGIES:
-        cfg = model_config(rc, strategy)
-        torch.manual_seed(0)
-        model = LlamaModel(cfg)
-        plan = _apply(strategy, model, None, rc, n)
-        ids, labels = make_batch(cfg, 1, rc.seq_len, seed=0)
-        ids_l, labels_l = (shard_sequence(t, group=plan.group, layout=plan.layout) for t in (ids, labels))
-        pos = local_positions(ids_l.shape[1], rank=plan.group.rank, world_size=plan.group.size, layout=plan.layout)
+        model, plan, loss = strategy_model(strategy, rc)
         for call in range(2):
             model.zero_grad(set_to_none=True)
             spy = SyncSpy()
-            _run(spy, lambda: token_loss_sum(model(ids_l, pos), labels_l))
+            _run(spy, loss)
             with spy:
                 plan.finish_backward()
             report[f"{strategy}#{call}"] = (spy.hits, sorted(spy.callers))
