@@ -490,14 +490,14 @@ def _breakdown_main(cfg: dict) -> dict:
     q, k, v, do = _ring_inputs(cfg, dist.get_rank(), torch.device("cpu"))
     acc = dict.fromkeys(("post", "wait", "check", "kernels"), 0.0)
     saved, depth = [], [0]
-    kernel_calls = []  # the last call's kernel calls (function, args, kwargs), replayed alone below
+    kernel_calls, record = [], [False]  # one recorded call's kernel calls (function, args, kwargs), replayed below
 
     def timed(owner, name, key):
         f = getattr(owner, name)
         saved.append((owner, name, f))
 
         def wrapper(*a, **kw):  # a timed call inside another (the check's own wait) counts for the outer one
-            if key == "kernels":
+            if record[0] and key == "kernels":
                 kernel_calls.append((f, a, kw))
             depth[0] += 1
             t0 = time.thread_time()
@@ -525,15 +525,17 @@ def _breakdown_main(cfg: dict) -> dict:
         ru0 = resource.getrusage(resource.RUSAGE_THREAD)
         t0 = time.thread_time()
         for _ in range(cfg["calls"]):
-            kernel_calls.clear()
             ring()
         total = time.thread_time() - t0
         ru1 = resource.getrusage(resource.RUSAGE_THREAD)
+        parts = dict(acc)
+        record[0] = True  # one more call, not counted, records its kernel calls
+        ring()
     finally:
         for owner, name, f in reversed(saved):
             setattr(owner, name, f)
     n = cfg["calls"]
-    us = {key: x / n * 1e6 for key, x in acc.items()}
+    us = {key: x / n * 1e6 for key, x in parts.items()}
     us["total"] = total / n * 1e6
     us["rest"] = us["total"] - sum(us[key] for key in ("post", "wait", "check", "kernels"))
     us["ctx_system_us"] = (ru1.ru_stime - ru0.ru_stime) / n * 1e6
@@ -562,18 +564,16 @@ def measure_breakdown(world: int, quick: bool, timeout: float = 600.0) -> list[d
     what = {"post": "posting the P2P exchanges (batch_isend_irecv)", "wait": "waiting for communication",
             "check": "the cross-rank metadata check's gather", "kernels": "block attention kernels (CPU flash)",
             "rest": "the rest: validation, schedules, autograd", "total": "ring fwd+bwd, host CPU per call"}
-    rows = [{"device": "cpu", "path": "default backend", "world": world, "shape": shape_of(cfg),
-             "what": f"breakdown: {what[key]}", "cpu_us": max(r[key] for r in per_rank),
+    base = {"device": "cpu", "path": "default backend", "world": world, "shape": shape_of(cfg)}
+    rows = [{**base, "what": f"breakdown: {what[key]}", "cpu_us": max(r[key] for r in per_rank),
              "share": max(r[key] for r in per_rank) / total} for key in what]
     # context, the slowest rank's (not parts of the total): why the same code costs more between waits
     worst = max(per_rank, key=lambda r: r["total"])
     alone = worst["ctx_kernels_alone_us"]
-    rows.append({"device": "cpu", "path": "default backend", "world": world, "shape": shape_of(cfg),
-                 "what": f"context: the {worst['ctx_kernel_calls']} block kernel calls of a ring call replayed "
+    rows.append({**base, "what": f"context: the {worst['ctx_kernel_calls']} block kernel calls of a ring call replayed "
                          f"back to back (in the ring: {worst['kernels'] / alone:.2f}x this)",
                  "cpu_us": alone, "share": alone / worst["total"]})
-    rows.append({"device": "cpu", "path": "default backend", "world": world, "shape": shape_of(cfg),
-                 "what": f"context: system time per ring call ({worst['ctx_voluntary']:.1f} voluntary and "
+    rows.append({**base, "what": f"context: system time per ring call ({worst['ctx_voluntary']:.1f} voluntary and "
                          f"{worst['ctx_involuntary']:.1f} involuntary context switches per call)",
                  "cpu_us": worst["ctx_system_us"], "share": worst["ctx_system_us"] / worst["total"],
                  "voluntary_switches": worst["ctx_voluntary"], "involuntary_switches": worst["ctx_involuntary"]})

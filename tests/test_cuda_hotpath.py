@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import odysseus_kernels as ok
+from odysseus_kernels.playground.runner import STRATEGIES
 
 pytestmark = pytest.mark.cuda
 
@@ -257,18 +258,18 @@ def test_a_captured_graph_keeps_its_device_tables_past_their_caches(name):
 
 def strategy_step(strategy: str, device, dtype):
     """A training step of the Llama-style model under ``strategy``'s layers at world 1, as the playground
-    runs it (:mod:`tests.strategy_model`; head dim 64): ``step()`` zeroes the gradients, runs forward, loss,
-    backward and the replicated weights' gradient sync, and returns the loss."""
-    from odysseus_kernels.playground.runner import RunConfig
-    from tests.strategy_model import strategy_model
+    runs it (``runner.prepare``; head dim 64): ``step()`` zeroes the gradients, runs forward, loss, backward
+    and the replicated weights' gradient sync, and returns the loss."""
+    from odysseus_kernels.models import token_loss_sum
+    from odysseus_kernels.playground.runner import RunConfig, prepare
 
     rc = RunConfig(seq_len=128, hidden=128, heads=2, kv_heads=1, intermediate=256, vocab=128, layers=2, batch=2,
                    steps=1, warmup=0)
-    model, plan, loss_fn = strategy_model(strategy, rc, device=device, dtype=dtype)
+    model, plan, ids, labels, pos = prepare(strategy, rc, device=device, dtype=dtype)
 
     def step():
         model.zero_grad(set_to_none=True)
-        loss = loss_fn()
+        loss = token_loss_sum(model(ids, pos), labels)
         loss.backward()
         plan.finish_backward()
         return loss.detach()
@@ -276,13 +277,7 @@ def strategy_step(strategy: str, device, dtype):
     return step
 
 
-def _strategies():
-    from odysseus_kernels.playground.runner import STRATEGIES
-
-    return list(STRATEGIES)
-
-
-@pytest.mark.parametrize("strategy", _strategies())
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_strategy_layers_do_not_sync_the_host(strategy):
     """The layers that combine the ops (TP-SP, Odysseus, LASP-2H, every SP core) and the model around them:
     a bf16 training step (after a warm-up step) under sync-debug mode "error" (default validation)."""

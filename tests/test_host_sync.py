@@ -209,19 +209,19 @@ def _check_layers():
     """A training step of the Llama-style model under every strategy's layers (the SP attention cores,
     TP-SP's and Odysseus' TP/ZeRO linears, LASP-2H's hybrid stack; default ``"auto"`` backend): forward,
     loss, backward and the replicated weights' gradient sync, each twice."""
-    from odysseus_kernels.playground.runner import STRATEGIES, RunConfig
-    from tests.strategy_model import strategy_model
+    from odysseus_kernels.models import token_loss_sum
+    from odysseus_kernels.playground.runner import STRATEGIES, RunConfig, prepare
 
     n = ok.group_info().size
     rc = RunConfig(seq_len=8 * n, hidden=24, heads=4, kv_heads=2, intermediate=48, vocab=64, layers=2,
-                   dtype="float32", steps=1, warmup=0)
+                   steps=1, warmup=0)
     report = {}
     for strategy in STRATEGIES:
-        model, plan, loss = strategy_model(strategy, rc)
+        model, plan, ids, labels, pos = prepare(strategy, rc)
         for call in range(2):
             model.zero_grad(set_to_none=True)
             spy = SyncSpy()
-            _run(spy, loss)
+            _run(spy, lambda: token_loss_sum(model(ids, pos), labels))
             with spy:
                 plan.finish_backward()
             report[f"{strategy}#{call}"] = (spy.hits, sorted(spy.callers))

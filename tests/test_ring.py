@@ -134,6 +134,22 @@ def _usp_cached():
     return a is b, c is d, c is not a, one is not a, s
 
 
+def test_usp_groups_in_a_world_of_one():
+    """Without torch.distributed (a world of one) there is nothing to create: both groups are the default
+    group of one, and USP runs as plain attention; a degree that does not divide one still raises."""
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+    g = ok.usp_groups(1)
+    assert (g.ulysses_group, g.ring_group, g.ulysses_degree, g.ring_degree) == (None, None, 1, 1)
+    q, k, v = (torch.randn(1, 8, 2, 4, dtype=torch.float64) for _ in range(3))
+    out = ok.usp_attention(q, k, v, ulysses_group=g.ulysses_group, ring_group=g.ring_group, causal=True)
+    ref = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True)
+    torch.testing.assert_close(out, ref.transpose(1, 2))
+    with pytest.raises(ValueError, match="must divide the group size"):
+        ok.usp_groups(2)
+
+
 def test_usp_groups_are_cached_per_parent_and_degree():
     for r, (same, same_sub, other_parent, other_degree, s) in enumerate(run_world(_usp_cached, 4)):
         assert same and same_sub and other_parent and other_degree

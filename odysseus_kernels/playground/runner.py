@@ -162,20 +162,27 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def prepare(strategy: str, rc: RunConfig, group=None, *, device=None, dtype=None):
+    """``(model, plan, ids, labels, positions)`` of this rank: ``rc``'s model for ``strategy`` on ``device`` in
+    ``dtype`` with the strategy's layers applied over ``group``, and this rank's shard of ``rc``'s batch."""
+    cfg = model_config(rc, strategy)
+    model = LlamaModel(cfg).to(device=device, dtype=dtype)
+    plan = _apply(strategy, model, group, rc, group_info(group).size)
+    ids, labels = make_batch(cfg, rc.batch, rc.seq_len, seed=rc.seed)
+    ids_l, labels_l = (shard_sequence(t.to(device), group=plan.group, layout=plan.layout) for t in (ids, labels))
+    pos = local_positions(ids_l.shape[1], rank=plan.group.rank, world_size=plan.group.size, layout=plan.layout,
+                          device=device)
+    return model, plan, ids_l, labels_l, pos
+
+
 def run_strategy(strategy: str, rc: RunConfig, group=None) -> dict:
     """Train ``rc.steps`` steps under ``strategy`` on this rank; return this rank's measurements."""
     info = group_info(group)
     device = torch.device(rc.device if rc.device != "cuda" else f"cuda:{torch.cuda.current_device()}")
     dtype = getattr(torch, rc.dtype)
     ref_loss, ref_grads = _reference(rc, strategy, device)
-    cfg = model_config(rc, strategy)
-    model = LlamaModel(cfg).to(device=device, dtype=dtype)
-    plan = _apply(strategy, model, group, rc, info.size)
-    ids, labels = make_batch(cfg, rc.batch, rc.seq_len, seed=rc.seed)
-    ids_l = shard_sequence(ids.to(device), group=plan.group, layout=plan.layout)
-    labels_l = shard_sequence(labels.to(device), group=plan.group, layout=plan.layout)
-    pos = local_positions(ids_l.shape[1], rank=plan.group.rank, world_size=plan.group.size, layout=plan.layout,
-                          device=device)
+    model, plan, ids_l, labels_l, pos = prepare(strategy, rc, group, device=device, dtype=dtype)
+    n_labels = rc.batch * rc.seq_len  # the global batch's labels (make_batch: [batch, seq_len], none ignored)
     opt = torch.optim.SGD(model.parameters(), lr=rc.lr)
     times, losses = [], []
     first = {}
@@ -187,7 +194,7 @@ def run_strategy(strategy: str, rc: RunConfig, group=None) -> dict:
         _sync(device)
         t0 = time.perf_counter()
         with comm_ledger() as act, saved.track():
-            local_loss = token_loss_sum(model(ids_l, pos), labels_l) / labels.numel()
+            local_loss = token_loss_sum(model(ids_l, pos), labels_l) / n_labels
             local_loss.backward()
         with comm_ledger() as grad_sync:
             plan.finish_backward()

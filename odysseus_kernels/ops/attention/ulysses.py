@@ -187,6 +187,8 @@ def usp_groups(ulysses_degree: int, group=None) -> USPGroups:
     info = group_info(group)
     if ulysses_degree < 1 or info.size % ulysses_degree:
         raise ValueError(f"usp_groups: ulysses_degree ({ulysses_degree}) must divide the group size ({info.size})")
+    if info.group is None:  # the implicit world of one (torch.distributed not initialised): nothing to create
+        return USPGroups(None, None, 1, 1)
     key = (info.group, ulysses_degree)
     if key in _usp_cache:
         return _usp_cache[key]
